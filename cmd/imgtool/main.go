@@ -1,0 +1,184 @@
+// Command imgtool reads, writes and converts copy-on-write disk images
+// (qcow2, raw) and OCI container layers.
+//
+// Each subcommand lives in its own file as
+//
+//	func runX(args []string, stdout, stderr io.Writer) error
+//
+// with its own pflag.FlagSet. This file dispatches and is the only place
+// that calls os.Exit.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+)
+
+// command is one subcommand of imgtool.
+type command struct {
+	name    string
+	summary string
+	run     func(args []string, stdout, stderr io.Writer) error
+}
+
+// commands lists the subcommands in the order `imgtool help` shows them.
+func commands() []command {
+	return []command{
+		{"help", "show this help, or the help of one command", nil},
+	}
+}
+
+// exitError carries a specific process exit code (qemu-img's codes for
+// check and compare, for instance) together with the error to print, if
+// any.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e *exitError) Unwrap() error { return e.err }
+
+// withCode wraps err so that imgtool exits with code.
+func withCode(code int, err error) error { return &exitError{code: code, err: err} }
+
+// usageError marks a command-line mistake; imgtool prints it with a hint
+// to run help.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one imgtool invocation and returns the process exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		printHelp(stdout)
+		return 1
+	}
+	name := args[0]
+	if name == "help" || name == "-h" || name == "--help" {
+		if len(args) > 1 {
+			if c, ok := lookup(args[1]); ok && c.run != nil {
+				return exitCode(c.name, c.run([]string{"--help"}, stdout, stderr), stderr)
+			}
+		}
+		printHelp(stdout)
+		return 0
+	}
+	if name == "version" || name == "--version" {
+		fmt.Fprintln(stdout, "imgtool", version())
+		return 0
+	}
+	c, ok := lookup(name)
+	if !ok || c.run == nil {
+		fmt.Fprintf(stderr, "imgtool: unknown command %q\nRun 'imgtool help' for the list of commands.\n", name)
+		return 1
+	}
+	return exitCode(name, c.run(args[1:], stdout, stderr), stderr)
+}
+
+func lookup(name string) (command, bool) {
+	for _, c := range commands() {
+		if c.name == name {
+			return c, true
+		}
+	}
+	return command{}, false
+}
+
+// exitCode prints err (if any) and maps it to an exit code: 0 on success,
+// the code of an exitError, 1 otherwise (qemu-img's convention).
+func exitCode(name string, err error, stderr io.Writer) int {
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, pflag.ErrHelp) {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintf(stderr, "imgtool %s: %v\n", name, ee.err)
+		}
+		return ee.code
+	}
+	fmt.Fprintf(stderr, "imgtool %s: %v\n", name, err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "Run 'imgtool help %s' for usage.\n", name)
+	}
+	return 1
+}
+
+func printHelp(w io.Writer) {
+	fmt.Fprint(w, `imgtool: copy-on-write disk images (qcow2, raw) and OCI container layers.
+
+Usage: imgtool COMMAND [OPTIONS] ARGS...
+
+Commands:
+`)
+	cs := commands()
+	width := 0
+	for _, c := range cs {
+		width = max(width, len(c.name))
+	}
+	for _, c := range cs {
+		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
+	}
+	fmt.Fprint(w, `
+Run 'imgtool help COMMAND' for the options of one command.
+Exit status: 0 on success, 1 on error; check and compare use qemu-img's codes.
+`)
+}
+
+// newFlagSet returns a flag set for a subcommand whose usage text prints
+// the synopsis line followed by the flag defaults.
+func newFlagSet(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.SortFlags = false
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: imgtool %s %s\n\nOptions:\n%s", name, synopsis, fs.FlagUsages())
+	}
+	return fs
+}
+
+// parseFlags parses args; a parse error becomes a usageError.
+func parseFlags(fs *pflag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, pflag.ErrHelp) {
+			return err
+		}
+		return usagef("%v", err)
+	}
+	return nil
+}
+
+// outputFormat validates an --output value (human or json).
+func outputFormat(v string) (json bool, err error) {
+	switch strings.ToLower(v) {
+	case "", "human":
+		return false, nil
+	case "json":
+		return true, nil
+	}
+	return false, usagef("--output must be human or json, not %q", v)
+}
