@@ -64,7 +64,9 @@ type imageV1Blob struct {
 
 var _ partial.CompressedLayer = (*imageV1Blob)(nil)
 
-func (b *imageV1Blob) Digest() (v1.Hash, error)            { return v1.NewHash(b.desc.Digest.String()) }
-func (b *imageV1Blob) Size() (int64, error)                { return b.desc.Size, nil }
-func (b *imageV1Blob) MediaType() (types.MediaType, error) { return types.MediaType(b.desc.MediaType), nil }
-func (b *imageV1Blob) Compressed() (io.ReadCloser, error)  { return b.l.OpenBlob(b.desc) }
+func (b *imageV1Blob) Digest() (v1.Hash, error) { return v1.NewHash(b.desc.Digest.String()) }
+func (b *imageV1Blob) Size() (int64, error)     { return b.desc.Size, nil }
+func (b *imageV1Blob) MediaType() (types.MediaType, error) {
+	return types.MediaType(b.desc.MediaType), nil
+}
+func (b *imageV1Blob) Compressed() (io.ReadCloser, error) { return b.l.OpenBlob(b.desc) }
