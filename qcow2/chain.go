@@ -1,0 +1,142 @@
+package qcow2
+
+import (
+	"fmt"
+	"os"
+	"strings"
+)
+
+// chainState carries what opening a chain needs: the options, the files
+// already open (loop detection) and the depth limit.
+type chainState struct {
+	opts     Options
+	maxDepth int
+	seen     []os.FileInfo
+	paths    []string
+}
+
+// open opens path at the given depth of the chain, and below it its
+// backing file.
+func (st *chainState) open(path string, format Format, depth int) (*Image, error) {
+	img, err := openFile(path, format, &st.opts)
+	if err != nil {
+		return nil, err
+	}
+	img.depth = depth
+	fi, err := img.f.Stat()
+	if err != nil {
+		img.f.Close()
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	for i, s := range st.seen {
+		if os.SameFile(s, fi) {
+			img.f.Close()
+			return nil, fmt.Errorf("%w: %s is its own backing file (via %s)", ErrChainLoop, path, st.paths[i])
+		}
+	}
+	st.seen = append(st.seen, fi)
+	st.paths = append(st.paths, path)
+	if img.hdr == nil || img.hdr.BackingFile == "" {
+		return img, nil
+	}
+	bpath, bfmt, err := img.resolveBacking(st.opts.CheckReference)
+	if err != nil {
+		img.f.Close()
+		return nil, err
+	}
+	img.backingPath, img.backingFmt = bpath, bfmt
+	if st.opts.NoBacking {
+		return img, nil
+	}
+	if depth+1 > st.maxDepth {
+		img.f.Close()
+		return nil, fmt.Errorf("%w: %s: more than %d backing files", ErrChainTooDeep, st.paths[0], st.maxDepth)
+	}
+	b, err := st.open(bpath, bfmt, depth+1)
+	if err != nil {
+		img.f.Close()
+		return nil, fmt.Errorf("qcow2: opening backing file of %s: %w", path, err)
+	}
+	img.backing = b
+	return img, nil
+}
+
+// resolveBacking checks the backing reference and returns the path to
+// open (the name resolved against the image's directory, as QEMU's
+// full-backing-filename) and its format ("" = probe).
+func (img *Image) resolveBacking(check func(Reference) error) (string, Format, error) {
+	name := img.hdr.BackingFile
+	if err := checkRefName(name); err != nil {
+		return "", "", fmt.Errorf("%w: backing file %q of %s: %v", ErrRefused, name, img.path, err)
+	}
+	path := combinePath(img.path, name)
+	if check != nil {
+		if err := check(Reference{Kind: "backing", Image: img.path, Name: name, Path: path}); err != nil {
+			return "", "", fmt.Errorf("%w: backing file %q of %s: %w", ErrRefused, name, img.path, err)
+		}
+	}
+	var f Format
+	switch img.hdr.BackingFormat {
+	case "":
+	case "qcow2":
+		f = FormatQcow2
+	case "raw", "file":
+		f = FormatRaw
+	default:
+		return "", "", fmt.Errorf("%w: backing file %s of %s has format %q", ErrUnsupportedFeature, name, img.path, img.hdr.BackingFormat)
+	}
+	return path, f, nil
+}
+
+// checkRefName refuses names QEMU would hand to a protocol driver or parse
+// as options: "json:{...}" and "proto:..." before any slash.
+func checkRefName(name string) error {
+	if name == "" {
+		return fmt.Errorf("empty name")
+	}
+	if strings.HasPrefix(name, "json:") {
+		return fmt.Errorf("json: names are never followed")
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return fmt.Errorf("name contains a NUL byte")
+	}
+	if i := strings.IndexByte(name, ':'); i > 0 {
+		if j := strings.IndexByte(name, '/'); j < 0 || i < j {
+			return fmt.Errorf("protocol names (%s:) are never followed", name[:i])
+		}
+	}
+	return nil
+}
+
+// combinePath resolves a backing name against the image naming it the way
+// QEMU's path_combine does: an absolute name stays, a relative one gets
+// the directory part of base (up to and including the last slash)
+// prepended, unnormalised.
+func combinePath(base, name string) string {
+	if strings.HasPrefix(name, "/") {
+		return name
+	}
+	i := strings.LastIndexByte(base, '/')
+	if i < 0 {
+		return name
+	}
+	return base[:i+1] + name
+}
+
+// BackingPath returns the backing file name resolved against this
+// image's directory (qemu-img's full-backing-filename), or "".
+func (img *Image) BackingPath() string {
+	if img.hdr == nil || img.hdr.BackingFile == "" {
+		return ""
+	}
+	return combinePath(img.path, img.hdr.BackingFile)
+}
+
+// BackingFormat returns the backing format recorded in the image, or ""
+// when it is absent (the backing file is then probed).
+func (img *Image) BackingFormat() string {
+	if img.hdr == nil {
+		return ""
+	}
+	return img.hdr.BackingFormat
+}

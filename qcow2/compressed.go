@@ -1,0 +1,178 @@
+package qcow2
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/flate"
+	"github.com/klauspost/compress/zstd"
+)
+
+// decompressor turns compressed clusters back into clusters. It is safe
+// for concurrent use; buffers and inflaters are pooled so steady-state
+// decompression does not allocate.
+type decompressor struct {
+	kind        uint8
+	clusterSize int64
+	clusters    sync.Pool // *[]byte of clusterSize
+	inputs      sync.Pool // *[]byte of up to 2*clusterSize
+	inflaters   sync.Pool // *inflater
+	zstdOnce    sync.Once
+	zdec        *zstd.Decoder
+	zerr        error
+}
+
+type inflater struct {
+	r   io.ReadCloser
+	src bytes.Reader
+}
+
+func newDecompressor(kind uint8, clusterSize int64) *decompressor {
+	return &decompressor{kind: kind, clusterSize: clusterSize}
+}
+
+func (d *decompressor) getCluster() *[]byte {
+	if b, ok := d.clusters.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, d.clusterSize)
+	return &b
+}
+
+func (d *decompressor) putCluster(b *[]byte) { d.clusters.Put(b) }
+
+// getInput returns a buffer of n bytes; n is at most 2 cluster sizes
+// (the largest compressed size the descriptor can express).
+func (d *decompressor) getInput(n int64) *[]byte {
+	if b, ok := d.inputs.Get().(*[]byte); ok && int64(cap(*b)) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n, max(n, 2*d.clusterSize))
+	return &b
+}
+
+func (d *decompressor) putInput(b *[]byte) { d.inputs.Put(b) }
+
+// decompress fills out (one cluster) from src. As in QEMU, the
+// compressed stream must produce at least a full cluster; bytes after
+// the stream (the start of the next compressed cluster sharing the last
+// sector) are ignored.
+func (d *decompressor) decompress(out, src []byte) error {
+	switch d.kind {
+	case CompressionDeflate:
+		return d.inflate(out, src)
+	case CompressionZstd:
+		return d.unzstd(out, src)
+	}
+	return fmt.Errorf("%w: compression type %d", ErrUnsupportedFeature, d.kind)
+}
+
+func (d *decompressor) inflate(out, src []byte) error {
+	inf, _ := d.inflaters.Get().(*inflater)
+	if inf == nil {
+		inf = &inflater{}
+		inf.src.Reset(src)
+		inf.r = flate.NewReader(&inf.src)
+	} else {
+		inf.src.Reset(src)
+		if err := inf.r.(flate.Resetter).Reset(&inf.src, nil); err != nil {
+			return err
+		}
+	}
+	_, err := io.ReadFull(inf.r, out)
+	d.inflaters.Put(inf)
+	if err != nil {
+		return fmt.Errorf("deflate: %w", err)
+	}
+	return nil
+}
+
+func (d *decompressor) unzstd(out, src []byte) error {
+	d.zstdOnce.Do(func() {
+		d.zdec, d.zerr = zstd.NewReader(nil,
+			zstd.WithDecoderConcurrency(0),
+			zstd.WithDecoderMaxMemory(uint64(4*d.clusterSize)),
+			zstd.WithDecoderMaxWindow(uint64(max(4*d.clusterSize, 1<<20))))
+	})
+	if d.zerr != nil {
+		return d.zerr
+	}
+	n, err := zstdFrameLen(src)
+	if err != nil {
+		return err
+	}
+	res, err := d.zdec.DecodeAll(src[:n], out[:0])
+	if err != nil {
+		return fmt.Errorf("zstd: %w", err)
+	}
+	if len(res) != len(out) {
+		return fmt.Errorf("zstd: frame decodes to %d bytes, want %d", len(res), len(out))
+	}
+	if &res[0] != &out[0] {
+		copy(out, res) // the decoder had to grow the buffer
+	}
+	return nil
+}
+
+var errZstdFrame = errors.New("zstd: truncated or invalid frame")
+
+// zstdFrameLen returns the length of the zstd frame at the start of src
+// by walking its block headers (RFC 8878), so that bytes after it are
+// not mistaken for another frame.
+func zstdFrameLen(src []byte) (int, error) {
+	if len(src) < 6 || binary.LittleEndian.Uint32(src) != 0xfd2fb528 {
+		return 0, fmt.Errorf("zstd: no frame magic")
+	}
+	fhd := src[4]
+	pos := 5
+	single := fhd&0x20 != 0
+	if !single {
+		pos++ // window descriptor
+	}
+	pos += [4]int{0, 1, 2, 4}[fhd&3]
+	switch fhd >> 6 {
+	case 0:
+		if single {
+			pos++
+		}
+	case 1:
+		pos += 2
+	case 2:
+		pos += 4
+	case 3:
+		pos += 8
+	}
+	for {
+		if pos+3 > len(src) {
+			return 0, errZstdFrame
+		}
+		bh := uint32(src[pos]) | uint32(src[pos+1])<<8 | uint32(src[pos+2])<<16
+		pos += 3
+		size := int(bh >> 3)
+		switch (bh >> 1) & 3 {
+		case 1: // RLE
+			size = 1
+		case 3:
+			return 0, fmt.Errorf("zstd: reserved block type")
+		}
+		if size > len(src)-pos {
+			return 0, errZstdFrame
+		}
+		pos += size
+		if bh&1 != 0 {
+			break
+		}
+	}
+	if fhd&4 != 0 {
+		pos += 4
+		if pos > len(src) {
+			return 0, errZstdFrame
+		}
+	}
+	return pos, nil
+}

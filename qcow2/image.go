@@ -1,0 +1,293 @@
+// Package qcow2 reads qcow2 disk images and backing chains as QEMU does,
+// and raw images through the same entry point.
+//
+// Open parses an image's metadata and opens its backing chain. The
+// returned *Image is an io.ReaderAt over the guest-visible content of the
+// whole chain; Extents describes how each byte range is stored, and Info
+// reports what `qemu-img info` reports.
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Format names an image format.
+type Format string
+
+// Formats Open understands.
+const (
+	FormatQcow2 Format = "qcow2"
+	FormatRaw   Format = "raw"
+)
+
+// DefaultMaxChainDepth is the backing chain limit when
+// Options.MaxChainDepth is 0.
+const DefaultMaxChainDepth = 64
+
+// Options configures Open. The zero value opens a qcow2 or raw image
+// (probed) with its whole backing chain, default cache size and depth
+// limit, and follows local backing files.
+type Options struct {
+	// Format of the image: "" probes (qcow2 magic, else raw), "qcow2" or
+	// "raw" force it.
+	Format Format
+	// NoBacking opens only this image, not its backing file: metadata is
+	// complete (Info reports the backing name), and ranges the image does
+	// not allocate read as zeros. qemu-img info works this way.
+	NoBacking bool
+	// MaxChainDepth limits how many backing files may be opened below
+	// the image. 0 means DefaultMaxChainDepth (64).
+	MaxChainDepth int
+	// L2CacheSize is the memory, in bytes, the decoded L2 tables of each
+	// image may use. 0 means DefaultL2CacheSize (32 MiB, 256 GiB of guest
+	// at 64 KiB clusters).
+	L2CacheSize int64
+	// CheckReference, if set, is called before a backing file is opened
+	// and may refuse it by returning an error. json: and protocol names
+	// (nbd:, http://, ...) are refused before it is asked.
+	CheckReference func(Reference) error
+}
+
+// Reference is an external file an image points at.
+type Reference struct {
+	Kind  string // "backing"
+	Image string // the image that names it
+	Name  string // the name as stored in the image
+	Path  string // Name resolved against the directory of Image
+}
+
+func (o *Options) validate() error {
+	switch o.Format {
+	case "", FormatQcow2, FormatRaw:
+	default:
+		return fmt.Errorf("%w: image format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, o.Format)
+	}
+	if o.MaxChainDepth < 0 {
+		return fmt.Errorf("qcow2: MaxChainDepth %d is negative", o.MaxChainDepth)
+	}
+	if o.L2CacheSize < 0 {
+		return fmt.Errorf("qcow2: L2CacheSize %d is negative", o.L2CacheSize)
+	}
+	return nil
+}
+
+// Image is an open qcow2 or raw image together with its backing chain.
+//
+// Lifecycle: Open returns it, the caller calls Close once, which closes the
+// whole chain. Concurrency: after Open, every method except Close is safe
+// for concurrent use (ReadAt, Extents, Info may run in parallel).
+type Image struct {
+	path     string
+	f        *os.File
+	format   Format
+	fileSize int64
+	size     int64 // guest size
+	hdr      *Header
+
+	// qcow2 geometry
+	clusterBits  uint32
+	clusterSize  int64
+	l2Bits       uint32 // log2 of entries per L2 table
+	l2Mask       int64
+	extL2        bool
+	scBits       uint32 // log2 of subcluster size (cluster size without extended L2)
+	l1           []uint64
+	l2           *l2Cache
+	snapshots    []Snapshot
+	compression  uint8
+	unreadable   error // why guest content cannot be read, or nil
+	backing      *Image
+	backingPath  string // resolved backing name (qemu's full-backing-filename)
+	backingFmt   Format
+	depth        int // 0 for the top image
+	decompressor *decompressor
+
+	refOnce   sync.Once
+	refErr    error
+	refTable  []uint64
+	preOnce   sync.Once
+	prealloc  bool // QEMU's metadata preallocation heuristic
+	closeOnce sync.Once
+}
+
+var (
+	_ io.ReaderAt = (*Image)(nil)
+	_ io.Closer   = (*Image)(nil)
+)
+
+// Open opens the image at path and, unless opts.NoBacking, its backing
+// chain.
+func Open(path string, opts Options) (*Image, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	st := &chainState{opts: opts, maxDepth: opts.MaxChainDepth}
+	if st.maxDepth == 0 {
+		st.maxDepth = DefaultMaxChainDepth
+	}
+	return st.open(path, opts.Format, 0)
+}
+
+// openFile opens one image file without its backing file.
+func openFile(path string, format Format, opts *Options) (*Image, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	img, err := newImage(path, f, format, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return img, nil
+}
+
+func newImage(path string, f *os.File, format Format, opts *Options) (*Image, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	if fi.IsDir() {
+		return nil, fmt.Errorf("qcow2: %s is a directory", path)
+	}
+	img := &Image{path: path, f: f, fileSize: fi.Size()}
+	if format == "" {
+		var magic [4]byte
+		n, err := f.ReadAt(magic[:], 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return nil, fmt.Errorf("qcow2: probing %s: %w", path, err)
+		}
+		format = FormatRaw
+		if n == 4 && string(magic[:]) == Magic {
+			format = FormatQcow2
+		}
+	}
+	img.format = format
+	switch format {
+	case FormatRaw:
+		// QEMU rounds a raw image up to whole 512-byte sectors.
+		img.size = (img.fileSize + 511) &^ 511
+		return img, nil
+	case FormatQcow2:
+		if err := img.openQcow2(opts); err != nil {
+			return nil, err
+		}
+		return img, nil
+	}
+	return nil, fmt.Errorf("%w: image format %q", ErrUnsupportedFeature, format)
+}
+
+func (img *Image) openQcow2(opts *Options) error {
+	// The header, its extensions and the backing name live in cluster 0,
+	// which is at most 2 MiB.
+	n := min(img.fileSize, 1<<maxClusterBits)
+	buf := make([]byte, n)
+	if _, err := img.f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("qcow2: reading header of %s: %w", img.path, err)
+	}
+	h, err := parseHeader(img.path, buf, img.fileSize)
+	if err != nil {
+		return err
+	}
+	img.hdr = h
+	img.size = int64(h.Size)
+	img.clusterBits = h.ClusterBits
+	img.clusterSize = h.ClusterSize()
+	img.extL2 = h.ExtendedL2()
+	entryBits := uint32(3)
+	if img.extL2 {
+		entryBits = 4
+	}
+	img.l2Bits = h.ClusterBits - entryBits
+	img.l2Mask = 1<<img.l2Bits - 1
+	img.scBits = h.ClusterBits
+	if img.extL2 {
+		img.scBits = h.ClusterBits - 5
+	}
+	img.compression = h.CompressionType
+	switch {
+	case h.CryptMethod == CryptAES:
+		img.unreadable = fmt.Errorf("%w: %s is encrypted with the legacy AES method", ErrCannotRead, img.path)
+	case h.CryptMethod == CryptLUKS:
+		img.unreadable = fmt.Errorf("%w: %s is LUKS encrypted", ErrCannotRead, img.path)
+	case h.IncompatibleFeatures&IncompatDataFile != 0:
+		name := h.DataFile
+		if name == "" {
+			name = "(not named in the image)"
+		}
+		img.unreadable = fmt.Errorf("%w: %s keeps its data in the external data file %s", ErrCannotRead, img.path, name)
+	}
+	// Active L1 table (size checked against the 32 MiB limit and the file).
+	raw := make([]byte, int64(h.L1Size)*8)
+	if _, err := img.f.ReadAt(raw, int64(h.L1TableOffset)); err != nil {
+		return fmt.Errorf("qcow2: reading L1 table of %s: %w", img.path, err)
+	}
+	img.l1 = decodeTable(raw)
+	img.l2 = newL2Cache(len(img.l1), img.clusterSize, opts.L2CacheSize)
+	if err := img.loadSnapshots(); err != nil {
+		return err
+	}
+	img.decompressor = newDecompressor(img.compression, img.clusterSize)
+	return nil
+}
+
+// Path returns the file name the image was opened with.
+func (img *Image) Path() string { return img.path }
+
+// Format returns the image format, qcow2 or raw.
+func (img *Image) Format() Format { return img.format }
+
+// Size returns the guest-visible size in bytes.
+func (img *Image) Size() int64 { return img.size }
+
+// Header returns the parsed qcow2 header, or nil for a raw image. The
+// caller must not modify it.
+func (img *Image) Header() *Header { return img.hdr }
+
+// Backing returns the open backing image, or nil when there is none or
+// it was not opened (Options.NoBacking).
+func (img *Image) Backing() *Image { return img.backing }
+
+// Layer returns the image at depth d of the chain (0 is img itself), or
+// nil.
+func (img *Image) Layer(d int) *Image {
+	for l := img; l != nil; l = l.backing {
+		if d == 0 {
+			return l
+		}
+		d--
+	}
+	return nil
+}
+
+// ClusterSize returns the cluster size, or 0 for a raw image.
+func (img *Image) ClusterSize() int64 { return img.clusterSize }
+
+// Readable returns nil if guest content of the whole chain can be read,
+// else an error matching ErrCannotRead whose text is
+// "cannot read content: <reason>".
+func (img *Image) Readable() error {
+	for l := img; l != nil; l = l.backing {
+		if l.unreadable != nil {
+			return l.unreadable
+		}
+	}
+	return nil
+}
+
+// Close closes the image and its backing chain.
+func (img *Image) Close() error {
+	var err error
+	img.closeOnce.Do(func() {
+		for l := img; l != nil; l = l.backing {
+			if e := l.f.Close(); e != nil && err == nil {
+				err = e
+			}
+		}
+	})
+	return err
+}

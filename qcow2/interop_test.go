@@ -1,0 +1,319 @@
+package qcow2
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"testing"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+)
+
+// qimg runs qemu-img and returns its output.
+func qimg(t *testing.T, args ...string) []byte {
+	t.Helper()
+	return testutil.Run(t, "qemu-img", args...)
+}
+
+// qio runs qemu-io commands on an image of the given format.
+func qio(t *testing.T, path, format string, cmds ...string) {
+	t.Helper()
+	args := []string{"-f", format}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	testutil.Run(t, "qemu-io", append(args, path)...)
+}
+
+// interopCase builds an image with qemu tools in dir and returns the path
+// of the image to open.
+type interopCase struct {
+	name  string
+	build func(t *testing.T, dir string) string
+}
+
+func interopCases() []interopCase {
+	create := func(t *testing.T, path string, opts string, size string, extra ...string) {
+		t.Helper()
+		args := []string{"create", "-q", "-f", "qcow2"}
+		if opts != "" {
+			args = append(args, "-o", opts)
+		}
+		args = append(args, extra...)
+		qimg(t, append(args, path, size)...)
+	}
+	pattern := func(t *testing.T, path string, cs int) {
+		t.Helper()
+		// A mix of full clusters, partial writes, zero writes and
+		// discards.
+		qio(t, path, "qcow2",
+			"write -P 0x11 0 "+itoa(3*cs),
+			"write -P 0x22 "+itoa(5*cs+100*512)+" 4k",
+			"write -z "+itoa(cs)+" "+itoa(cs),
+			"write -P 0x33 "+itoa(9*cs)+" "+itoa(2*cs),
+			"discard "+itoa(10*cs)+" "+itoa(cs),
+			"write -P 0x44 1M 64k",
+		)
+	}
+	var cases []interopCase
+	for _, cs := range []int{512, 4096, 65536, 2 << 20} {
+		cases = append(cases, interopCase{"cluster" + itoa(cs), func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "cluster_size="+itoa(cs), itoa(max(8<<20, 12*cs)))
+			pattern(t, p, cs)
+			return p
+		}})
+	}
+	for _, rb := range []int{1, 2, 4, 8, 32, 64} {
+		cases = append(cases, interopCase{"refcount" + itoa(rb), func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "refcount_bits="+itoa(rb)+",cluster_size=4096", "4M")
+			pattern(t, p, 4096)
+			return p
+		}})
+	}
+	cases = append(cases,
+		interopCase{"v2", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "compat=0.10", "4M")
+			pattern(t, p, 65536)
+			return p
+		}},
+		interopCase{"chain-relative-dirs", func(t *testing.T, dir string) string {
+			os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755)
+			os.MkdirAll(filepath.Join(dir, "c"), 0o755)
+			base := filepath.Join(dir, "a", "b", "base.qcow2")
+			create(t, base, "", "4M")
+			qio(t, base, "qcow2", "write -P 1 0 4M")
+			mid := filepath.Join(dir, "c", "mid.qcow2")
+			create(t, mid, "", "6M", "-b", "../a/b/base.qcow2", "-F", "qcow2")
+			qio(t, mid, "qcow2", "write -P 2 1M 1M", "write -z 3M 512k")
+			top := filepath.Join(dir, "a", "top.qcow2")
+			create(t, top, "", "8M", "-b", "../c/mid.qcow2", "-F", "qcow2")
+			qio(t, top, "qcow2", "write -P 3 1536k 1M", "write -P 4 7M 4k")
+			return top
+		}},
+		interopCase{"chain-raw-base", func(t *testing.T, dir string) string {
+			base := filepath.Join(dir, "base.raw")
+			qimg(t, "create", "-q", "-f", "raw", base, "2M")
+			qio(t, base, "raw", "write -P 7 64k 128k", "write -P 8 1M 4k")
+			top := filepath.Join(dir, "top.qcow2")
+			create(t, top, "", "3M", "-b", "base.raw", "-F", "raw")
+			qio(t, top, "qcow2", "write -P 9 96k 64k")
+			return top
+		}},
+		interopCase{"chain-v2-probe", func(t *testing.T, dir string) string {
+			base := filepath.Join(dir, "base.qcow2")
+			create(t, base, "compat=0.10", "2M")
+			qio(t, base, "qcow2", "write -P 5 0 1M")
+			top := filepath.Join(dir, "top.qcow2")
+			create(t, top, "compat=0.10", "2M", "-b", "base.qcow2", "-F", "qcow2")
+			qio(t, top, "qcow2", "write -P 6 512k 64k")
+			// Drop the backing format extension so the backing file is
+			// probed, as for old images (qemu-img no longer writes such
+			// images).
+			dropBackingFormat(t, top)
+			return top
+		}},
+		interopCase{"extended-l2", func(t *testing.T, dir string) string {
+			base := filepath.Join(dir, "base.qcow2")
+			create(t, base, "", "4M")
+			qio(t, base, "qcow2", "write -P 1 0 4M")
+			top := filepath.Join(dir, "top.qcow2")
+			create(t, top, "extended_l2=on,cluster_size=64k", "4M", "-b", "base.qcow2", "-F", "qcow2")
+			qio(t, top, "qcow2", "write -P 2 2k 2k", "write -P 3 8k 6k", "write -z 32k 4k",
+				"write -P 4 128k 64k", "write -z 300k 10k", "discard 1M 64k", "write -P 5 2M 2k")
+			return top
+		}},
+		interopCase{"extended-l2-nobacking", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "extended_l2=on,cluster_size=32k", "2M")
+			qio(t, p, "qcow2", "write -P 2 1k 1k", "write -z 4k 2k", "write -P 3 40k 3k")
+			return p
+		}},
+		interopCase{"snapshots", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "", "4M")
+			qio(t, p, "qcow2", "write -P 1 0 1M")
+			qimg(t, "snapshot", "-c", "first", p)
+			qio(t, p, "qcow2", "write -P 2 512k 1M")
+			qimg(t, "snapshot", "-c", "second", p)
+			qio(t, p, "qcow2", "write -z 0 64k")
+			return p
+		}},
+		interopCase{"prealloc-metadata", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "preallocation=metadata", "4M")
+			qio(t, p, "qcow2", "write -P 1 128k 4k")
+			return p
+		}},
+		interopCase{"prealloc-full", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "preallocation=full", "2M")
+			qio(t, p, "qcow2", "write -P 1 128k 4k")
+			return p
+		}},
+		interopCase{"lazy-refcounts-dirty", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "lazy_refcounts=on", "4M")
+			// abort leaves the dirty bit set; qemu-io exits by signal.
+			testutil.Exec("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "abort", p)
+			return p
+		}},
+	)
+	for _, ct := range []string{"zlib", "zstd"} {
+		cases = append(cases, interopCase{"compressed-" + ct, func(t *testing.T, dir string) string {
+			src := filepath.Join(dir, "src.qcow2")
+			create(t, src, "", "4M")
+			qio(t, src, "qcow2", "write -P 1 0 1M", "write -P 2 2M 64k", "write -z 3M 64k")
+			// Incompressible-ish data too: random bytes from a pattern
+			// mix.
+			rnd := filepath.Join(dir, "rnd.raw")
+			buf := make([]byte, 256<<10)
+			seed := uint32(1)
+			for i := range buf {
+				seed = seed*1664525 + 1013904223
+				buf[i] = byte(seed >> 24)
+			}
+			os.WriteFile(rnd, buf, 0o644)
+			qio(t, src, "qcow2", "write -P 3 1536k 4k")
+			dst := filepath.Join(dir, "img.qcow2")
+			qimg(t, "convert", "-q", "-c", "-O", "qcow2", "-o", "compression_type="+ct, src, dst)
+			return dst
+		}})
+	}
+	cases = append(cases, interopCase{"compressed-mixed", func(t *testing.T, dir string) string {
+		p := filepath.Join(dir, "img.qcow2")
+		create(t, p, "compression_type=zstd,cluster_size=4k", "1M")
+		qio(t, p, "qcow2", "write -c -P 1 0 64k", "write -P 2 16k 4k", "write -c -P 3 128k 8k")
+		return p
+	}})
+	return cases
+}
+
+func itoa(v int) string { return strconv.Itoa(v) }
+
+
+func TestInterop(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	for _, c := range interopCases() {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			path := c.build(t, dir)
+			checkAgainstQemu(t, path)
+		})
+	}
+}
+
+// checkAgainstQemu requires byte equality with qemu-img convert -O raw and
+// equal map and info JSON.
+func checkAgainstQemu(t *testing.T, path string) {
+	t.Helper()
+	img, err := Open(path, Options{})
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	defer img.Close()
+
+	// Content.
+	want := filepath.Join(t.TempDir(), "want.raw")
+	qimg(t, "convert", "-U", "-O", "raw", path, want)
+	wantData, err := os.ReadFile(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(wantData)) != img.Size() {
+		t.Fatalf("size %d, qemu-img %d", img.Size(), len(wantData))
+	}
+	got := make([]byte, img.Size())
+	// Odd-sized reads exercise run boundaries.
+	for off := 0; off < len(got); {
+		n := min(len(got)-off, 123457)
+		if _, err := img.ReadAt(got[off:off+n], int64(off)); err != nil {
+			t.Fatalf("ReadAt(%d, %d): %v", off, n, err)
+		}
+		off += n
+	}
+	if i := firstDiff(got, wantData); i >= 0 {
+		t.Fatalf("content differs from qemu-img convert at byte %#x: got %#x want %#x", i, got[i], wantData[i])
+	}
+
+	// Map.
+	var wantMap []MapEntry
+	if err := json.Unmarshal(qimg(t, "map", "-U", "--output=json", path), &wantMap); err != nil {
+		t.Fatal(err)
+	}
+	gotMap, err := img.Map()
+	if err != nil {
+		t.Fatalf("Map: %v", err)
+	}
+	gj, _ := json.Marshal(gotMap)
+	wj, _ := json.Marshal(wantMap)
+	if !bytes.Equal(gj, wj) {
+		t.Errorf("map differs from qemu-img map:\n got %s\nwant %s", gj, wj)
+	}
+
+	// Info, for each image of the chain.
+	var wantInfo []map[string]any
+	if err := json.Unmarshal(qimg(t, "info", "-U", "--output=json", "--backing-chain", path), &wantInfo); err != nil {
+		t.Fatal(err)
+	}
+	chain, err := ChainInfo(path, Options{})
+	if err != nil {
+		t.Fatalf("ChainInfo: %v", err)
+	}
+	var gotInfo []map[string]any
+	b, _ := json.Marshal(chain)
+	json.Unmarshal(b, &gotInfo)
+	if !reflect.DeepEqual(gotInfo, wantInfo) {
+		gi, _ := json.MarshalIndent(gotInfo, "", " ")
+		wi, _ := json.MarshalIndent(wantInfo, "", " ")
+		t.Errorf("info differs from qemu-img info:\n got %s\nwant %s", gi, wi)
+	}
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// dropBackingFormat rewrites the header of an image without its backing
+// format extension, using Header.MarshalBinary.
+func dropBackingFormat(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, _ := f.Stat()
+	buf := make([]byte, 65536)
+	f.ReadAt(buf, 0)
+	h, err := parseHeader(path, buf, fi.Size())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.RemoveExtension(ExtBackingFormat)
+	h.BackingFormat = ""
+	out, err := h.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	end := int(h.BackingFileOffset) + int(h.BackingFileSize)
+	padded := make([]byte, max(len(out), end))
+	copy(padded, out)
+	if _, err := f.WriteAt(padded, 0); err != nil {
+		t.Fatal(err)
+	}
+}

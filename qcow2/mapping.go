@@ -1,0 +1,153 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"io"
+)
+
+// Bits of L1 and L2 entries.
+const (
+	entryCopied     = 1 << 63
+	entryCompressed = 1 << 62
+	entryZero       = 1 << 0
+	bitmapAllocMask = 0xffffffff
+)
+
+// subType is the state of one (sub)cluster, as QEMU classifies it.
+type subType uint8
+
+const (
+	subUnallocated      subType = iota // reads from the backing file
+	subUnallocatedAlloc                // host cluster exists but this subcluster reads from the backing file
+	subZeroPlain                       // reads as zeros, no host cluster
+	subZeroAlloc                       // reads as zeros, host cluster preallocated
+	subNormal                          // data at a host offset
+	subCompressed                      // compressed cluster
+)
+
+// l2Entry returns the L2 descriptor and subcluster bitmap (0 without
+// extended L2) of guest cluster vc. An unallocated L2 table yields 0, 0.
+// This is the hot path: a cached table costs one atomic load.
+func (img *Image) l2Entry(vc int64) (entry, bitmap uint64, err error) {
+	l1i := int(vc >> img.l2Bits)
+	l2i := int(vc & img.l2Mask)
+	t := img.l2.get(l1i)
+	if t == nil {
+		if t, err = img.loadL2(l1i); err != nil || t == nil {
+			return 0, 0, err
+		}
+	}
+	if img.extL2 {
+		return t.entries[2*l2i], t.entries[2*l2i+1], nil
+	}
+	return t.entries[l2i], 0, nil
+}
+
+// loadL2 reads, decodes and caches the L2 table of L1 index l1i. It
+// returns nil for an unallocated table.
+func (img *Image) loadL2(l1i int) (*l2Table, error) {
+	if l1i >= len(img.l1) {
+		return nil, nil
+	}
+	e := img.l1[l1i]
+	off := int64(e & hostOffsetMask)
+	if off == 0 {
+		return nil, nil
+	}
+	fieldOff := int64(img.hdr.L1TableOffset) + int64(l1i)*8
+	if off&(img.clusterSize-1) != 0 {
+		return nil, img.corrupt("L1 entry", fieldOff, "L2 table offset %#x is not cluster aligned", off)
+	}
+	if off+img.clusterSize > img.fileSize {
+		return nil, img.corrupt("L1 entry", fieldOff, "L2 table at %#x lies past the end of the file (%d bytes)", off, img.fileSize)
+	}
+	raw := make([]byte, img.clusterSize)
+	if _, err := img.f.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("qcow2: reading L2 table of %s at %#x: %w", img.path, off, err)
+	}
+	return img.l2.put(l1i, &l2Table{entries: decodeTable(raw)}), nil
+}
+
+// l2EntryOffset returns the file offset of the L2 entry of guest cluster
+// vc, for error messages.
+func (img *Image) l2EntryOffset(vc int64) int64 {
+	l1i := int(vc >> img.l2Bits)
+	base := int64(img.l1[l1i] & hostOffsetMask)
+	size := int64(8)
+	if img.extL2 {
+		size = 16
+	}
+	return base + (vc&img.l2Mask)*size
+}
+
+// classify returns the type of subcluster sc (0 without extended L2) of
+// guest cluster vc with the given entry, and for allocated types the
+// host offset of the cluster. It validates the entry as QEMU does.
+func (img *Image) classify(vc int64, entry, bitmap uint64, sc uint) (subType, int64, error) {
+	if entry&entryCompressed != 0 {
+		if img.extL2 && bitmap != 0 {
+			return 0, 0, img.corrupt("L2 entry", img.l2EntryOffset(vc), "compressed cluster with a subcluster bitmap %#x", bitmap)
+		}
+		return subCompressed, -1, nil
+	}
+	host := int64(entry & hostOffsetMask)
+	if !img.extL2 {
+		if entry&entryZero != 0 {
+			if host == 0 {
+				return subZeroPlain, -1, nil
+			}
+			if err := img.checkHost(vc, host); err != nil {
+				return 0, 0, err
+			}
+			return subZeroAlloc, host, nil
+		}
+		if host == 0 {
+			return subUnallocated, -1, nil
+		}
+		if err := img.checkHost(vc, host); err != nil {
+			return 0, 0, err
+		}
+		return subNormal, host, nil
+	}
+	if host == 0 {
+		if bitmap&bitmapAllocMask != 0 {
+			return 0, 0, img.corrupt("L2 entry", img.l2EntryOffset(vc), "unallocated cluster with subcluster allocation bits %#x", bitmap&bitmapAllocMask)
+		}
+		if bitmap&(1<<(32+sc)) != 0 {
+			return subZeroPlain, -1, nil
+		}
+		return subUnallocated, -1, nil
+	}
+	if (bitmap>>32)&bitmap != 0 {
+		return 0, 0, img.corrupt("L2 entry", img.l2EntryOffset(vc), "subclusters %#x are both allocated and zero", (bitmap>>32)&bitmap&bitmapAllocMask)
+	}
+	if err := img.checkHost(vc, host); err != nil {
+		return 0, 0, err
+	}
+	switch {
+	case bitmap&(1<<(32+sc)) != 0:
+		return subZeroAlloc, host, nil
+	case bitmap&(1<<sc) != 0:
+		return subNormal, host, nil
+	}
+	return subUnallocatedAlloc, host, nil
+}
+
+func (img *Image) checkHost(vc int64, host int64) error {
+	if host&(img.clusterSize-1) != 0 {
+		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "cluster offset %#x is not cluster aligned", host)
+	}
+	return nil
+}
+
+// compressedLocation decodes a compressed cluster descriptor into the
+// host byte offset and the number of bytes to read.
+func (img *Image) compressedLocation(entry uint64) (off, size int64) {
+	shift := 62 - (img.clusterBits - 8)
+	desc := entry &^ (entryCopied | entryCompressed)
+	off = int64(desc & (1<<shift - 1))
+	sectors := int64(desc>>shift) + 1
+	size = sectors*512 - off&511
+	return off, size
+}
