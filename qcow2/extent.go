@@ -288,4 +288,3 @@ func (img *Image) readHost(dst []byte, off int64) error {
 	clear(dst[n:])
 	return nil
 }
-

@@ -40,19 +40,19 @@ const (
 
 // Limits QEMU enforces; images beyond them are refused.
 const (
-	minClusterBits      = 9
-	maxClusterBits      = 21
-	maxL1Size           = 32 << 20 // bytes of active L1 table
-	maxRefcountTable    = 8 << 20  // bytes of refcount table
-	maxSnapshots        = 65536
-	maxSnapshotsSize    = 1024 * maxSnapshots // bytes of snapshot table
-	maxSnapshotExtra    = 1024
-	maxBackingNameSize  = 1023
-	maxRefcountOrder    = 6
-	v2HeaderLength      = 72
-	v3MinHeaderLength   = 104
-	hostOffsetMask      = 0x00fffffffffffe00 // bits 9..55 of L1 and standard L2 entries
-	maxHostOffset int64 = 1 << 56
+	minClusterBits           = 9
+	maxClusterBits           = 21
+	maxL1Size                = 32 << 20 // bytes of active L1 table
+	maxRefcountTable         = 8 << 20  // bytes of refcount table
+	maxSnapshots             = 65536
+	maxSnapshotsSize         = 1024 * maxSnapshots // bytes of snapshot table
+	maxSnapshotExtra         = 1024
+	maxBackingNameSize       = 1023
+	maxRefcountOrder         = 6
+	v2HeaderLength           = 72
+	v3MinHeaderLength        = 104
+	hostOffsetMask           = 0x00fffffffffffe00 // bits 9..55 of L1 and standard L2 entries
+	maxHostOffset      int64 = 1 << 56
 )
 
 // Header is the parsed qcow2 header with its extensions. The write path

@@ -196,7 +196,6 @@ func interopCases() []interopCase {
 
 func itoa(v int) string { return strconv.Itoa(v) }
 
-
 func TestInterop(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img", "qemu-io")
 	for _, c := range interopCases() {
