@@ -30,6 +30,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"help", "show this help, or the help of one command", nil},
+		{"image", "build, unpack and list images of an OCI image layout", runImage},
 	}
 }
 

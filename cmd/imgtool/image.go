@@ -1,0 +1,240 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/imgtool/imgtool/layers"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/pflag"
+)
+
+const imageUsage = `Usage: imgtool image SUBCOMMAND [OPTIONS] ARGS...
+
+Subcommands:
+  build   [--base DIR:TAG] --layer PATH [--layer PATH ...] DIR:TAG
+          write a new image into the OCI layout DIR (created if missing)
+  unpack  DIR:TAG TARGET
+          flatten an image into TARGET (like umoci raw unpack)
+  ls      DIR
+          list the tags of a layout with digests, platforms and sizes
+
+A layout reference is DIR[:TAG]; TAG defaults to latest.
+Run 'imgtool image SUBCOMMAND --help' for the options of one.
+`
+
+// runImage dispatches imgtool image build|unpack|ls.
+func runImage(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, imageUsage)
+		return usagef("missing subcommand (build, unpack or ls)")
+	}
+	switch args[0] {
+	case "build":
+		return runImageBuild(args[1:], stdout, stderr)
+	case "unpack":
+		return runImageUnpack(args[1:], stdout, stderr)
+	case "ls", "list":
+		return runImageLs(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, imageUsage)
+		return pflag.ErrHelp
+	}
+	return usagef("unknown subcommand %q (want build, unpack or ls)", args[0])
+}
+
+// parsePlatform parses OS/ARCH[/VARIANT].
+func parsePlatform(s string) (*ocispec.Platform, error) {
+	if s == "" {
+		return nil, nil
+	}
+	parts := strings.Split(s, "/")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return nil, usagef("--platform %q: want OS/ARCH[/VARIANT]", s)
+	}
+	p := &ocispec.Platform{OS: parts[0], Architecture: parts[1]}
+	if len(parts) == 3 {
+		p.Variant = parts[2]
+	}
+	return p, nil
+}
+
+// sourceDateEpoch returns the --source-date-epoch flag's time, else the
+// SOURCE_DATE_EPOCH environment variable's, else nil.
+func sourceDateEpoch(flag string) (*time.Time, error) {
+	v, what := flag, "--source-date-epoch"
+	if v == "" {
+		v, what = os.Getenv("SOURCE_DATE_EPOCH"), "SOURCE_DATE_EPOCH"
+	}
+	if v == "" {
+		return nil, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return nil, usagef("%s %q: want seconds since 1970 (a non-negative integer)", what, v)
+	}
+	t := time.Unix(n, 0).UTC()
+	return &t, nil
+}
+
+func runImageBuild(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image build", "[--base DIR:TAG] --layer PATH [--layer PATH ...] DIR:TAG", stderr)
+	base := fs.String("base", "", "base image `DIR:TAG` (default: none, start from scratch)")
+	layerPaths := fs.StringArray("layer", nil, "a layer, bottom first: a directory (diffed against the image below it) or a layer blob file; repeatable")
+	comp := fs.String("compression", "gzip", "compression of layers made from directories: gzip, zstd or none")
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick the base from an index, or to record for an image from scratch (default: the host's)")
+	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
+	tmp := fs.String("tmpdir", "", "`DIR` for the scratch tree that directory layers are diffed against (default: $TMPDIR)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one DIR:TAG argument, got %d", fs.NArg())
+	}
+	if len(*layerPaths) == 0 {
+		return usagef("at least one --layer is required")
+	}
+	ref, err := layers.ParseImageRef(fs.Arg(0))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	c, err := layers.ParseCompression(*comp)
+	if err != nil {
+		return usagef("--compression: %v", err)
+	}
+	plat, err := parsePlatform(*platform)
+	if err != nil {
+		return err
+	}
+	epoch, err := sourceDateEpoch(*sde)
+	if err != nil {
+		return err
+	}
+	opts := layers.BuildOptions{
+		Platform:        plat,
+		Layers:          *layerPaths,
+		Tag:             ref.Tag,
+		Compression:     c,
+		SourceDateEpoch: epoch,
+		TempDir:         *tmp,
+	}
+	if *base != "" {
+		b, err := layers.ParseImageRef(*base)
+		if err != nil {
+			return usagef("--base: %v", err)
+		}
+		opts.BaseLayout, opts.Base = b.Dir, b.Tag
+	}
+	update, finish := newProgress(*progress, stderr, "building")
+	opts.Progress = update
+	res, err := layers.Build(context.Background(), ref.Dir, opts)
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(stdout, "%s %s\n", ref, res.Manifest.Digest)
+	for i, l := range res.Layers {
+		fmt.Fprintf(stdout, "  layer %d: %s %s (%d bytes, diffID %s)\n", i, l.Digest, l.MediaType, l.Size, l.DiffID)
+	}
+	return nil
+}
+
+func runImageUnpack(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image unpack", "DIR[:TAG] TARGET", stderr)
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want DIR[:TAG] and TARGET, got %d arguments", fs.NArg())
+	}
+	ref, err := layers.ParseImageRef(fs.Arg(0))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	plat, err := parsePlatform(*platform)
+	if err != nil {
+		return err
+	}
+	update, finish := newProgress(*progress, stderr, "unpacking")
+	img, err := layers.Unpack(context.Background(), ref.Dir, ref.Tag, fs.Arg(1), layers.UnpackOptions{Platform: plat, Progress: update})
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return json.NewEncoder(stdout).Encode(map[string]any{
+			"ref":      ref.String(),
+			"manifest": img.Descriptor.Digest,
+			"platform": img.Config.Platform,
+			"layers":   len(img.Manifest.Layers),
+			"target":   fs.Arg(1),
+		})
+	}
+	fmt.Fprintf(stdout, "unpacked %s (%s, %d layers) into %s\n", ref, img.Descriptor.Digest, len(img.Manifest.Layers), fs.Arg(1))
+	return nil
+}
+
+func runImageLs(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image ls", "DIR", stderr)
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one DIR argument, got %d", fs.NArg())
+	}
+	l, err := layers.OpenLayout(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	list, err := l.List(context.Background())
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(list)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "TAG\tDIGEST\tPLATFORM\tLAYERS\tSIZE\tCREATED")
+	for _, s := range list {
+		for _, im := range s.Images {
+			p := im.Platform.OS + "/" + im.Platform.Architecture
+			if im.Platform.Variant != "" {
+				p += "/" + im.Platform.Variant
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", s.Tag, im.Digest, p, im.Layers, im.Size, im.Created)
+		}
+	}
+	return tw.Flush()
+}
