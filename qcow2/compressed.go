@@ -106,7 +106,7 @@ func (d *decompressor) unzstd(out, src []byte) error {
 	if err != nil {
 		return err
 	}
-	res, err := d.zdec.DecodeAll(src[:n], out[:0])
+	res, err := d.zdec.DecodeAll(src[:n], out[:0:len(out)])
 	if err != nil {
 		return fmt.Errorf("zstd: %w", err)
 	}

@@ -386,15 +386,15 @@ func WriteMapHuman(w io.Writer, entries []MapEntry) error {
 			return fmt.Errorf("qcow2: the image contains compressed or encrypted clusters, which have no host offset; use --output=json")
 		}
 		if e.Data && !e.Zero {
-			fmt.Fprintf(&b, "%-16s%-16s%-16s%s\n", hex(e.Start), hex(e.Length), hex(*e.Offset), e.Filename)
+			fmt.Fprintf(&b, "%-16s%-16s%-16s%s\n", hexC(e.Start), hexC(e.Length), hexC(*e.Offset), e.Filename)
 		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-// hex formats like C's %#x: "0" for zero, "0x..." otherwise.
-func hex(v int64) string {
+// hexC formats like C's %#x: "0" for zero, "0x..." otherwise.
+func hexC(v int64) string {
 	if v == 0 {
 		return "0"
 	}
@@ -445,4 +445,25 @@ func ChainInfo(path string, opts Options) ([]*ImageInfo, error) {
 		}
 		path, format = next, nextFmt
 	}
+}
+
+// WriteMapJSON writes entries the way `qemu-img map --output=json` does:
+// a JSON array with one object per line.
+func WriteMapJSON(w io.Writer, entries []MapEntry) error {
+	var b strings.Builder
+	b.WriteString("[")
+	for i, e := range entries {
+		if i > 0 {
+			b.WriteString(",\n")
+		}
+		fmt.Fprintf(&b, `{ "start": %d, "length": %d, "depth": %d, "present": %t, "zero": %t, "data": %t`,
+			e.Start, e.Length, e.Depth, e.Present, e.Zero, e.Data)
+		if e.Offset != nil {
+			fmt.Fprintf(&b, `, "offset": %d`, *e.Offset)
+		}
+		b.WriteString("}")
+	}
+	b.WriteString("]\n")
+	_, err := io.WriteString(w, b.String())
+	return err
 }

@@ -48,10 +48,19 @@ func (img *Image) readCompressed(dst []byte, off int64) error {
 	defer img.decompressor.putCluster(buf)
 	for len(dst) > 0 {
 		vc := off >> img.clusterBits
+		in := off - vc<<img.clusterBits
+		if in == 0 && int64(len(dst)) >= img.clusterSize {
+			// A whole cluster: decompress in place.
+			if err := img.decompressCluster(vc, dst[:img.clusterSize]); err != nil {
+				return err
+			}
+			dst = dst[img.clusterSize:]
+			off += img.clusterSize
+			continue
+		}
 		if err := img.decompressCluster(vc, *buf); err != nil {
 			return err
 		}
-		in := off - vc<<img.clusterBits
 		k := copy(dst, (*buf)[in:])
 		dst = dst[k:]
 		off += int64(k)

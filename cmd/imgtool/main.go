@@ -30,7 +30,12 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"help", "show this help, or the help of one command", nil},
+		{"info", "show what an image (and its backing chain) is: format, sizes, backing file, snapshots", runInfo},
+		{"map", "show how each guest range of an image chain is stored", runMap},
+		{"convert", "copy the content of an image chain into a new image (raw, sparse)", runConvert},
 		{"image", "build, unpack and list images of an OCI image layout", runImage},
+		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
+		{"store", "list and garbage-collect the layer store used by rootfs", runStore},
 	}
 }
 

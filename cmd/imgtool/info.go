@@ -1,0 +1,68 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/imgtool/imgtool/qcow2"
+)
+
+// runInfo implements `imgtool info`: what qemu-img info prints.
+func runInfo(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("info", "[--output human|json] [--backing-chain] [-f FMT] [-U] FILE", stderr)
+	output := fs.String("output", "human", "output format: human or json")
+	chain := fs.Bool("backing-chain", false, "show every image of the backing chain, top first")
+	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
+	fs.BoolP("force-share", "U", false, "open without taking locks (reads never lock; accepted for qemu-img compatibility)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("expected one FILE, got %d arguments", fs.NArg())
+	}
+	opts := qcow2.Options{Format: qcow2.Format(*format)}
+	var infos []*qcow2.ImageInfo
+	if *chain {
+		infos, err = qcow2.ChainInfo(fs.Arg(0), opts)
+	} else {
+		opts.NoBacking = true
+		var img *qcow2.Image
+		if img, err = qcow2.Open(fs.Arg(0), opts); err == nil {
+			var info *qcow2.ImageInfo
+			info, err = img.Info()
+			img.Close()
+			if err == nil {
+				infos = append(infos, info)
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		var v any = infos[0]
+		if *chain {
+			v = infos
+		}
+		b, err := json.MarshalIndent(v, "", "    ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
+		return err
+	}
+	for i, info := range infos {
+		if i > 0 {
+			fmt.Fprintln(stdout)
+		}
+		if err := info.WriteHuman(stdout); err != nil {
+			return err
+		}
+	}
+	return nil
+}

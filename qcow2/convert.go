@@ -1,0 +1,218 @@
+package qcow2
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// ConvertOptions configures ConvertRaw. The zero value uses GOMAXPROCS
+// workers, 2 MiB chunks and no progress reporting.
+type ConvertOptions struct {
+	// Workers is the number of goroutines reading (and decompressing)
+	// chunks in parallel. 0 means runtime.GOMAXPROCS(0).
+	Workers int
+	// ChunkSize is the unit of work in bytes, rounded up to a multiple of
+	// 4 KiB. 0 means 2 MiB.
+	ChunkSize int64
+	// Progress, if set, is called with the guest bytes processed so far
+	// and the total. Calls are serialised and done never decreases.
+	Progress func(done, total int64)
+}
+
+// sparseBlock is the granularity of zero detection in ConvertRaw: a block
+// of this many zero bytes is left as a hole in the output.
+const sparseBlock = 4096
+
+func (o *ConvertOptions) validate() error {
+	if o.Workers < 0 || o.ChunkSize < 0 {
+		return fmt.Errorf("qcow2: negative Workers or ChunkSize in ConvertOptions")
+	}
+	if o.Workers == 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	if o.ChunkSize == 0 {
+		o.ChunkSize = 2 << 20
+	}
+	o.ChunkSize = (o.ChunkSize + sparseBlock - 1) &^ (sparseBlock - 1)
+	return nil
+}
+
+// ConvertRaw writes the guest content of src to dst as a raw image. The
+// output is sparse: unallocated and zero ranges, and 4 KiB blocks that
+// read as zeros, stay holes. Data is read and compressed clusters are
+// decompressed by parallel workers. dst is written as a temporary file in
+// its directory, synced, and renamed over dst only on success; on error
+// or cancellation dst is untouched.
+func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions) (err error) {
+	if err := opts.validate(); err != nil {
+		return err
+	}
+	if err := src.Readable(); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	size := src.Size()
+	if err := tmp.Truncate(size); err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	if err := convertInto(ctx, src, tmp, opts); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	return nil
+}
+
+// chunk is one unit of convert work: guest bytes to copy.
+type chunk struct{ off, n int64 }
+
+// convertInto copies the allocated content of src into w (already sized)
+// with parallel workers.
+func convertInto(ctx context.Context, src *Image, w interface {
+	WriteAt([]byte, int64) (int, error)
+}, opts ConvertOptions) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	size := src.Size()
+
+	var (
+		progMu   sync.Mutex
+		done     atomic.Int64
+		reported int64
+	)
+	advance := func(n int64) {
+		d := done.Add(n)
+		if opts.Progress == nil {
+			return
+		}
+		progMu.Lock()
+		if d > reported {
+			reported = d
+			opts.Progress(d, size)
+		}
+		progMu.Unlock()
+	}
+	if opts.Progress != nil {
+		opts.Progress(0, size)
+	}
+
+	work := make(chan chunk, 2*opts.Workers)
+	var (
+		wg       sync.WaitGroup
+		errOnce  sync.Once
+		firstErr error
+	)
+	fail := func(err error) {
+		errOnce.Do(func() { firstErr = err; cancel() })
+	}
+	for range opts.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, opts.ChunkSize)
+			for c := range work {
+				if ctx.Err() != nil {
+					continue
+				}
+				b := buf[:c.n]
+				if _, err := src.ReadAt(b, c.off); err != nil {
+					fail(err)
+					continue
+				}
+				if err := writeSparse(w, b, c.off); err != nil {
+					fail(fmt.Errorf("qcow2: convert: %w", err))
+					continue
+				}
+				advance(c.n)
+			}
+		}()
+	}
+
+	// Walk the extents and cut data into chunks aligned to ChunkSize.
+	walkErr := src.WalkExtents(0, size, func(e Extent) error {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if e.Kind != KindData && e.Kind != KindCompressed {
+			advance(e.Length)
+			return nil
+		}
+		for off, end := e.Start, e.Start+e.Length; off < end; {
+			next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
+			select {
+			case work <- chunk{off, next - off}:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			off = next
+		}
+		return nil
+	})
+	close(work)
+	wg.Wait()
+	if firstErr != nil {
+		return firstErr
+	}
+	if walkErr != nil {
+		return walkErr
+	}
+	return ctx.Err()
+}
+
+var zeroBlock [sparseBlock]byte
+
+// writeSparse writes b at off, skipping 4 KiB-aligned blocks of zeros so
+// that they stay holes, and coalescing non-zero blocks into single writes.
+func writeSparse(w interface {
+	WriteAt([]byte, int64) (int, error)
+}, b []byte, off int64) error {
+	start := -1 // start of pending non-zero run in b
+	i := 0
+	flush := func(end int) error {
+		if start < 0 {
+			return nil
+		}
+		_, err := w.WriteAt(b[start:end], off+int64(start))
+		start = -1
+		return err
+	}
+	for i < len(b) {
+		// Blocks are aligned to guest offsets.
+		n := min(len(b)-i, sparseBlock-int((off+int64(i))%sparseBlock))
+		if bytes.Equal(b[i:i+n], zeroBlock[:n]) {
+			if err := flush(i); err != nil {
+				return err
+			}
+		} else if start < 0 {
+			start = i
+		}
+		i += n
+	}
+	return flush(len(b))
+}
+
