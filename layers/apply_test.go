@@ -13,6 +13,7 @@ import (
 
 	"github.com/imgtool/imgtool/internal/tartest"
 	"github.com/imgtool/imgtool/internal/treecmp"
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -134,7 +135,7 @@ func TestApplySecurity(t *testing.T) {
 				tartest.Tar(tartest.File("x/"+strings.TrimPrefix(s.outside, "/")+"/victim", "pwned")),
 			}
 		}, after: func(t *testing.T, s *sandbox) {
-			exists(strings.TrimPrefix(s.outside, "/") + "/victim")(t, s)
+			exists(strings.TrimPrefix(s.outside, "/")+"/victim")(t, s)
 		}},
 		{name: "hardlink outside", layers: one(tartest.Hardlink("h", "../outside/victim")), wantErr: ErrHardlink},
 		{name: "hardlink absolute", layers: func(s *sandbox) [][]byte {
@@ -200,7 +201,9 @@ func TestApplySecurity(t *testing.T) {
 			b := tartest.Tar(tartest.File("a", strings.Repeat("x", 5000)))
 			return [][]byte{b[:2000]}
 		}, wantErr: ErrCorrupt},
-		{name: "pax bomb over archive/tar cap", layers: func(*sandbox) [][]byte { return [][]byte{tartest.RawPAXHeader(2<<20, []byte(paxRecord("path", strings.Repeat("A", 2<<20))))} }, wantErr: ErrCorrupt},
+		{name: "pax bomb over archive/tar cap", layers: func(*sandbox) [][]byte {
+			return [][]byte{tartest.RawPAXHeader(2<<20, []byte(paxRecord("path", strings.Repeat("A", 2<<20))))}
+		}, wantErr: ErrCorrupt},
 		{name: "pax bomb over our cap", layers: func(*sandbox) [][]byte { return [][]byte{tartest.PAXBomb(8 << 10)} },
 			opts: ApplyOptions{Limits: Limits{MaxPAXHeaderBytes: 4096}}, wantErr: ErrLimitExceeded},
 		{name: "pax header claiming a terabyte", layers: func(*sandbox) [][]byte {
@@ -250,3 +253,5 @@ func paxRecord(k, v string) string {
 		n = len(s)
 	}
 }
+
+func digestOf(s string) digest.Digest { return digest.Digest(s) }

@@ -22,10 +22,10 @@ import (
 // fifos, devices (as root), special mode bits, user xattrs, owners (as
 // root) and nanosecond mtimes. Directory mtimes are set last.
 type randTree struct {
-	r     *rand.Rand
-	root  string
-	files []string // regular files, for hard links
-	dirs  []string // relative dirs, "" is the root
+	r      *rand.Rand
+	root   string
+	files  []string // regular files, for hard links
+	dirs   []string // relative dirs, "" is the root
 	isRoot bool
 }
 
