@@ -33,6 +33,8 @@ func scanTree(t testing.TB, root string) map[string]treeEntry {
 	t.Helper()
 	out := map[string]treeEntry{}
 	firstOf := map[uint64]string{}
+	groupSize := map[uint64]int{}
+	inoOf := map[string]uint64{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -50,12 +52,15 @@ func scanTree(t testing.TB, root string) map[string]treeEntry {
 			e.Sum = fileSum(t, p)
 			e.Mtime = st.Mtim.Sec
 			if st.Nlink > 1 {
-				if f, ok := firstOf[st.Ino]; ok {
-					e.Group = f
-				} else {
+				// Grouped below, only with names of this tree: overlayfs
+				// reports the lower inode's link count, names whited out
+				// in higher layers included.
+				if _, ok := firstOf[st.Ino]; !ok {
 					firstOf[st.Ino] = rel
-					e.Group = rel
 				}
+				e.Group = firstOf[st.Ino]
+				groupSize[st.Ino]++
+				inoOf[rel] = st.Ino
 			}
 		case fi.IsDir():
 			e.Type = "dir"
@@ -95,6 +100,13 @@ func scanTree(t testing.TB, root string) map[string]treeEntry {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for rel, ino := range inoOf {
+		if groupSize[ino] == 1 {
+			e := out[rel]
+			e.Group = ""
+			out[rel] = e
+		}
 	}
 	return out
 }

@@ -34,6 +34,8 @@ func commands() []command {
 		{"map", "show how each guest range of an image chain is stored", runMap},
 		{"convert", "copy the content of an image chain into a new image (raw, sparse)", runConvert},
 		{"image", "build, unpack and list images of an OCI image layout", runImage},
+		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
+		{"store", "list and garbage-collect the layer store used by rootfs", runStore},
 	}
 }
 

@@ -1,0 +1,231 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/imgtool/imgtool/layers"
+	"github.com/imgtool/imgtool/overlay"
+	"github.com/spf13/pflag"
+)
+
+const rootfsUsage = `Usage: imgtool rootfs SUBCOMMAND [OPTIONS] ARGS...
+
+Subcommands:
+  mount   [--name NAME] [--readonly] [--copy] DIR:TAG TARGET
+          unpack the image's missing layers into the store and mount an
+          overlayfs container of them on TARGET
+  umount  [--rm] TARGET
+          unmount the container on TARGET; its upper dir is kept unless --rm
+  commit  TARGET DIR:TAG
+          turn the changes made in the container on TARGET into a new layer
+          on top of its image, written to the layout DIR as TAG
+
+Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
+else ~/.local/share/imgtool/store).
+Run 'imgtool rootfs SUBCOMMAND --help' for the options of one.
+`
+
+// runRootfs dispatches imgtool rootfs mount|umount|commit.
+func runRootfs(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, rootfsUsage)
+		return usagef("missing subcommand (mount, umount or commit)")
+	}
+	switch args[0] {
+	case "mount":
+		return runRootfsMount(args[1:], stdout, stderr)
+	case "umount", "unmount":
+		return runRootfsUmount(args[1:], stdout, stderr)
+	case "commit":
+		return runRootfsCommit(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, rootfsUsage)
+		return pflag.ErrHelp
+	}
+	return usagef("unknown subcommand %q (want mount, umount or commit)", args[0])
+}
+
+// rootfsStoreFlag adds --store to fs.
+func rootfsStoreFlag(fs *pflag.FlagSet) *string {
+	return fs.String("store", "", "layer store `DIR` (default: $XDG_DATA_HOME/imgtool/store or ~/.local/share/imgtool/store)")
+}
+
+// rootfsOpenStore opens the --store directory, or the default one.
+func rootfsOpenStore(dir string) (*overlay.Store, error) {
+	if dir == "" {
+		d, err := overlay.DefaultStoreDir()
+		if err != nil {
+			return nil, err
+		}
+		dir = d
+	}
+	return overlay.OpenStore(dir, overlay.StoreOptions{})
+}
+
+// rootfsProgress returns a Progress callback printing one line per layer
+// to w, or nil when off.
+func rootfsProgress(on bool, w io.Writer) func(overlay.Progress) {
+	if !on {
+		return nil
+	}
+	var mu sync.Mutex
+	done := 0
+	return func(p overlay.Progress) {
+		mu.Lock()
+		defer mu.Unlock()
+		done++
+		what := "unpacked"
+		if p.Present {
+			what = "in store"
+		}
+		fmt.Fprintf(w, "[%d/%d] layer %d %s %s\n", done, p.Total, p.Index, p.ChainID.Encoded()[:12], what)
+	}
+}
+
+func runRootfsMount(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG TARGET", stderr)
+	store := rootfsStoreFlag(fs)
+	name := fs.String("name", "", "container `NAME`; an existing unmounted container of that name is mounted again with its changes (default: generated)")
+	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir")
+	copyMode := fs.Bool("copy", false, "make a flattened copy in TARGET instead of an overlay mount (for hosts that cannot mount overlayfs)")
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want DIR:TAG and TARGET, got %d arguments", fs.NArg())
+	}
+	ref, err := layers.ParseImageRef(fs.Arg(0))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	plat, err := parsePlatform(*platform)
+	if err != nil {
+		return err
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	c, st, err := s.Mount(context.Background(), ref, fs.Arg(1),
+		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode, Progress: rootfsProgress(*progress, stderr)},
+		overlay.ImageOptions{Platform: plat})
+	if errors.Is(err, overlay.ErrMountUnsupported) {
+		return fmt.Errorf("%w\nhint: where overlayfs cannot be mounted, 'imgtool rootfs mount --copy' makes a flattened copy instead", err)
+	}
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, struct {
+			Container *overlay.Container  `json:"container"`
+			Unpack    overlay.UnpackStats `json:"unpack"`
+		}{c, st})
+	}
+	fmt.Fprintf(stdout, "mounted %s on %s: container %s (%s%s), %d layers: %d unpacked, %d already in the store\n",
+		ref, c.Target, c.Name, c.Mode, map[bool]string{true: ", read-only"}[c.ReadOnly], st.Layers, st.Unpacked, st.Present)
+	return nil
+}
+
+func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("rootfs umount", "[--store DIR] [--rm] TARGET", stderr)
+	store := rootfsStoreFlag(fs)
+	rm := fs.Bool("rm", false, "remove the container: its upper dir (or, in copy mode, the copied tree) and its record")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one TARGET argument, got %d", fs.NArg())
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	c, err := s.Unmount(context.Background(), fs.Arg(0), overlay.UnmountOptions{Remove: *rm})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, struct {
+			Container *overlay.Container `json:"container"`
+			Removed   bool               `json:"removed"`
+		}{c, *rm})
+	}
+	if *rm {
+		fmt.Fprintf(stdout, "unmounted %s and removed container %s\n", c.Target, c.Name)
+	} else {
+		fmt.Fprintf(stdout, "unmounted %s; container %s kept (mount it again with --name %s, or umount --rm)\n", c.Target, c.Name, c.Name)
+	}
+	return nil
+}
+
+func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG", stderr)
+	store := rootfsStoreFlag(fs)
+	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
+	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want TARGET and DIR:TAG, got %d arguments", fs.NArg())
+	}
+	ref, err := layers.ParseImageRef(fs.Arg(1))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	c, err := layers.ParseCompression(*comp)
+	if err != nil {
+		return usagef("--compression: %v", err)
+	}
+	epoch, err := sourceDateEpoch(*sde)
+	if err != nil {
+		return err
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, struct {
+			Container string              `json:"container"`
+			Layer     layers.Descriptor   `json:"layer"`
+			Image     *layers.BuildResult `json:"image"`
+		}{res.Container.Name, res.Layer, res.Image})
+	}
+	fmt.Fprintf(stdout, "committed container %s as %s: manifest %s, new layer %s (%d bytes)\n",
+		res.Container.Name, ref, res.Image.Manifest.Digest, res.Layer.Digest, res.Layer.Size)
+	return nil
+}
+
+// rootfsJSON writes v as indented JSON.
+func rootfsJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

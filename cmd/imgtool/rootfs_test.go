@@ -1,0 +1,118 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/layers"
+	"golang.org/x/sys/unix"
+)
+
+func runCLI(t *testing.T, want int, args ...string) string {
+	t.Helper()
+	var out, errb bytes.Buffer
+	if code := run(args, &out, &errb); code != want {
+		t.Fatalf("imgtool %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, want, out.String(), errb.String())
+	}
+	return out.String() + errb.String()
+}
+
+func TestRootfsStoreCLI(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	work := t.TempDir()
+	src := filepath.Join(work, "src")
+	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
+	layout := filepath.Join(work, "layout")
+	if _, err := layers.Build(ctx, layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(work, "store")
+	target := filepath.Join(work, "mnt")
+	os.Mkdir(target, 0o755)
+
+	out := runCLI(t, 0, "rootfs", "mount", "--store", store, "--name", "cli", "-p", layout+":base", target)
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	if !strings.Contains(out, "1 unpacked") || !strings.Contains(out, "container cli") {
+		t.Errorf("mount output: %q", out)
+	}
+	if b, err := os.ReadFile(filepath.Join(target, "etc/hostname")); err != nil || string(b) != "base\n" {
+		t.Fatalf("mounted file: %q %v", b, err)
+	}
+	os.WriteFile(filepath.Join(target, "etc/hostname"), []byte("changed\n"), 0o644)
+
+	out = runCLI(t, 0, "rootfs", "commit", "--store", store, "--output", "json", target, layout+":changed")
+	var cr struct {
+		Container string `json:"container"`
+	}
+	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Container != "cli" {
+		t.Errorf("commit json: %q %v", out, err)
+	}
+
+	out = runCLI(t, 0, "store", "ls", "--store", store, "--output", "json")
+	var u struct {
+		Layers     []struct{ Containers []string }
+		Containers []struct {
+			Name    string
+			Mounted bool
+			Size    int64
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &u); err != nil {
+		t.Fatal(err)
+	}
+	if len(u.Layers) != 1 || len(u.Containers) != 1 || !u.Containers[0].Mounted || u.Containers[0].Size <= 0 {
+		t.Errorf("store ls: %s", out)
+	}
+	if out = runCLI(t, 0, "store", "ls", "--store", store); !strings.Contains(out, "cli") || !strings.Contains(out, "mounted") {
+		t.Errorf("store ls human: %q", out)
+	}
+
+	runCLI(t, 0, "rootfs", "umount", "--store", store, target)
+	// Mount the committed image read-only: it shows the change.
+	out = runCLI(t, 0, "rootfs", "mount", "--store", store, "--readonly", layout+":changed", target)
+	if !strings.Contains(out, "1 unpacked, 1 already") {
+		t.Errorf("second mount: %q", out)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, "etc/hostname")); string(b) != "changed\n" {
+		t.Errorf("committed image shows %q", b)
+	}
+	runCLI(t, 0, "rootfs", "umount", "--store", store, "--rm", target)
+	runCLI(t, 0, "rootfs", "umount", "--store", store, "--rm", target) // the older container "cli"
+	out = runCLI(t, 0, "store", "gc", "--store", store, "--all")
+	if !strings.Contains(out, "removed 2 layers") {
+		t.Errorf("gc: %q", out)
+	}
+	out = runCLI(t, 1, "rootfs", "umount", "--store", store, target)
+	if !strings.Contains(out, "no such container") {
+		t.Errorf("umount of nothing: %q", out)
+	}
+}
+
+func TestRootfsCLIUsage(t *testing.T) {
+	store := t.TempDir()
+	for _, args := range [][]string{
+		{"rootfs"},
+		{"rootfs", "frob"},
+		{"rootfs", "mount", "--store", store, "only-one-arg"},
+		{"rootfs", "umount", "--store", store},
+		{"rootfs", "commit", "--store", store, "x"},
+		{"store", "ls", "--store", store, "extra"},
+		{"store", "ls", "--store", store, "--output", "yaml"},
+		{"store", "gc", "--store", store, "extra"},
+	} {
+		runCLI(t, 1, args...)
+	}
+	runCLI(t, 0, "rootfs", "--help")
+	runCLI(t, 0, "store", "--help")
+	runCLI(t, 0, "store", "ls", "--help")
+}

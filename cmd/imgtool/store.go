@@ -1,0 +1,201 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/imgtool/imgtool/layers"
+	"github.com/imgtool/imgtool/overlay"
+	"github.com/spf13/pflag"
+)
+
+const storeUsage = `Usage: imgtool store SUBCOMMAND [OPTIONS] ARGS...
+
+Subcommands:
+  ls      list the store's layers and containers with their sizes
+  gc      remove the layers that no container and no image pin needs
+  unpack  DIR:TAG
+          unpack an image's missing layers into the store (and pin it)
+
+Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
+else ~/.local/share/imgtool/store).
+
+Roots of gc: every container (mounted or not; 'rootfs umount --rm' drops
+one) and every image pin. Mounting or unpacking an image pins it; a pin
+keeps its layers while its DIR:TAG still names the same manifest, and is
+dropped once the layout or tag is gone or the tag moved. 'gc --all'
+ignores the pins.
+`
+
+// runStore dispatches imgtool store ls|gc|unpack.
+func runStore(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, storeUsage)
+		return usagef("missing subcommand (ls, gc or unpack)")
+	}
+	switch args[0] {
+	case "ls", "list":
+		return runStoreLs(args[1:], stdout, stderr)
+	case "gc":
+		return runStoreGC(args[1:], stdout, stderr)
+	case "unpack":
+		return runStoreUnpack(args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, storeUsage)
+		return pflag.ErrHelp
+	}
+	return usagef("unknown subcommand %q (want ls, gc or unpack)", args[0])
+}
+
+func runStoreLs(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stderr)
+	store := rootfsStoreFlag(fs)
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("store ls takes no arguments")
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	u, err := s.Usage(context.Background())
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, u)
+	}
+	fmt.Fprintf(stdout, "store %s: %d layers (%s), %d containers\n\n", u.Dir, len(u.Layers), storeBytes(u.LayerBytes), len(u.Containers))
+	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "LAYER (CHAIN ID)\tSIZE\tCONTAINERS\tIMAGES")
+	for _, l := range u.Layers {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", l.ChainID.Encoded()[:12], storeBytes(l.Size), storeDash(strings.Join(l.Containers, ",")), len(l.Images))
+	}
+	tw.Flush()
+	fmt.Fprintln(stdout)
+	tw = tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "CONTAINER\tSTATE\tMODE\tLAYERS\tSIZE\tIMAGE\tTARGET")
+	for _, c := range u.Containers {
+		state := "unmounted"
+		if c.Mounted {
+			state = "mounted"
+		}
+		mode := c.Mode
+		if c.ReadOnly {
+			mode += ",ro"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, state, mode, c.Layers, storeBytes(c.Size), c.Image, c.Target)
+	}
+	return tw.Flush()
+}
+
+func storeDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// storeBytes formats n with a binary unit.
+func storeBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func runStoreGC(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("store gc", "[--store DIR] [--all] [--dry-run]", stderr)
+	store := rootfsStoreFlag(fs)
+	all := fs.Bool("all", false, "ignore image pins: keep only the layers of containers")
+	dry := fs.BoolP("dry-run", "n", false, "report what would be removed, remove nothing")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("store gc takes no arguments")
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	res, err := s.GC(context.Background(), overlay.GCOptions{IgnorePins: *all, DryRun: *dry})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, res)
+	}
+	verb := "removed"
+	if *dry {
+		verb = "would remove"
+	}
+	for _, id := range res.RemovedLayers {
+		fmt.Fprintf(stdout, "%s layer %s\n", verb, id.Encoded()[:12])
+	}
+	for _, p := range res.DroppedPins {
+		fmt.Fprintf(stdout, "%s pin of %s\n", verb, p)
+	}
+	fmt.Fprintf(stdout, "%s %d layers (%s), kept %d\n", verb, len(res.RemovedLayers), storeBytes(res.FreedBytes), res.KeptLayers)
+	return nil
+}
+
+func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG", stderr)
+	store := rootfsStoreFlag(fs)
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one DIR:TAG argument, got %d", fs.NArg())
+	}
+	ref, err := layers.ParseImageRef(fs.Arg(0))
+	if err != nil {
+		return usagef("%v", err)
+	}
+	plat, err := parsePlatform(*platform)
+	if err != nil {
+		return err
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	st, err := s.Unpack(context.Background(), ref, overlay.ImageOptions{Platform: plat, Progress: rootfsProgress(*progress, stderr)})
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return rootfsJSON(stdout, st)
+	}
+	fmt.Fprintf(stdout, "%s: %d layers: %d unpacked (%s), %d already in the store\n", ref, st.Layers, st.Unpacked, storeBytes(st.Bytes), st.Present)
+	return nil
+}

@@ -1,0 +1,151 @@
+package overlay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/imgtool/imgtool/layers"
+)
+
+// ErrBaseMoved: the tag a container was mounted from no longer names the
+// same image, so Commit cannot find the base it should build on.
+var ErrBaseMoved = errors.New("overlay: the container's image tag now names another image")
+
+// CommitOptions configure Commit. The zero value writes a gzip layer with
+// the files' own mtimes.
+type CommitOptions struct {
+	// Compression of the new layer (default layers.Gzip).
+	Compression layers.Compression
+	// SourceDateEpoch, when set, is the new config's created time and
+	// clamps the new layer's mtimes (reproducible output).
+	SourceDateEpoch *time.Time
+	// CreatedBy is the history entry's created_by (default
+	// "imgtool rootfs commit").
+	CreatedBy string
+}
+
+// CommitResult describes the image Commit wrote.
+type CommitResult struct {
+	Container *Container
+	Layer     layers.Descriptor // the new layer
+	Image     *layers.BuildResult
+}
+
+// Commit turns the upper dir of the container mounted (or last mounted)
+// on target into a new layer on top of the container's image and writes
+// the result into the layout dst.Dir under dst.Tag (the layout is created
+// if missing; the base image's blobs are copied when it is another
+// layout).
+//
+// The layer is the upper dir read as an overlayfs upperdir (0/0 char
+// devices become whiteouts, the opaque xattr an opaque marker), with the
+// merged view of the image's layers as the lower tree, mounted read-only
+// for the time of the commit, so that whiteouts of names no lower layer has
+// and the opaque marks the kernel puts on new directories are left out.
+//
+// The container may stay mounted, but nothing may write to it while
+// Commit reads the upper dir.
+func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, opts CommitOptions) (*CommitResult, error) {
+	slk, err := acquireLock(ctx, s.path("store.lock"), false)
+	if err != nil {
+		return nil, err
+	}
+	defer slk.Unlock()
+	c, err := s.ContainerByTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	clk, err := acquireLock(ctx, filepath.Join(c.Dir, "lock"), true)
+	if err != nil {
+		return nil, err
+	}
+	defer clk.Unlock()
+	if c, err = s.readContainer(c.Name); err != nil {
+		return nil, err
+	}
+	if c.Mode != ModeOverlay {
+		return nil, fmt.Errorf("overlay: commit %s: container %q is a %s container; only overlay containers have an upper dir to commit", target, c.Name, c.Mode)
+	}
+	if _, err := os.Stat(c.UpperDir()); err != nil {
+		return nil, fmt.Errorf("overlay: commit %s: container %q has no upper dir (mounted read-only?): %w", target, c.Name, err)
+	}
+	base, err := layers.OpenLayout(c.ImageDir)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
+	}
+	img, err := base.Resolve(ctx, c.Tag, layers.ResolveOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
+	}
+	if img.Descriptor.Digest != c.Manifest.Digest {
+		return nil, fmt.Errorf("%w: %s:%s is %s, the container was made from %s", ErrBaseMoved, c.ImageDir, c.Tag, img.Descriptor.Digest, c.Manifest.Digest)
+	}
+
+	work, err := os.MkdirTemp(s.path("tmp"), "commit-")
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	defer removeTree(work)
+	lower := filepath.Join(work, "lower")
+	if err := os.Mkdir(lower, 0o700); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	if err := s.mountLowerView(c, lower); err != nil {
+		return nil, err
+	}
+	defer unmount(lower)
+
+	// The blob goes to a file first: Build stores a layer file as is.
+	blob := filepath.Join(work, "container-"+c.Name+".tar")
+	f, err := os.OpenFile(blob, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	d, err := layers.Create(ctx, f, c.UpperDir(), layers.CreateOptions{
+		Compression:     opts.Compression,
+		Lower:           lower,
+		OverlayUpper:    true,
+		SourceDateEpoch: opts.SourceDateEpoch,
+	})
+	if cerr := f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, fmt.Errorf("overlay: commit %s: %w", target, err)
+	}
+	by := opts.CreatedBy
+	if by == "" {
+		by = "imgtool rootfs commit"
+	}
+	res, err := layers.Build(ctx, dst.Dir, layers.BuildOptions{
+		BaseLayout:      c.ImageDir,
+		Base:            c.Tag,
+		Layers:          []string{blob},
+		Tag:             dst.Tag,
+		SourceDateEpoch: opts.SourceDateEpoch,
+		CreatedBy:       by,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: commit %s to %s: %w", target, dst, err)
+	}
+	return &CommitResult{Container: c, Layer: d, Image: res}, nil
+}
+
+// mountLowerView mounts the merged, read-only view of c's image layers on
+// dir.
+func (s *Store) mountLowerView(c *Container, dir string) error {
+	lower, lowerRel, err := s.lowerDirs(c.Layers)
+	if err != nil {
+		return err
+	}
+	if len(lower) == 1 {
+		lower = append(lower, s.path("empty"))
+		lowerRel = append(lowerRel, "empty")
+	}
+	sp := &mountSpec{Target: dir, Lower: lower, LowerRel: lowerRel, Dir: s.dir, ReadOnly: true, UserXattr: s.userXattr}
+	return mountOverlay(sp, MountAuto)
+}
