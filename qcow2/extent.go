@@ -191,7 +191,7 @@ func (img *Image) layerStatus(off, n int64, wantZero bool) (subType, int64, int6
 	for pos < end {
 		vc := pos >> cb
 		l1i := vc >> img.l2Bits
-		if int(l1i) >= len(img.l1) || img.l1[l1i]&hostOffsetMask == 0 {
+		if l1i >= img.l1Len() || img.l1Get(l1i)&hostOffsetMask == 0 {
 			if !same(subUnallocated, -1) {
 				break
 			}

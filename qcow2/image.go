@@ -50,6 +50,15 @@ type Options struct {
 	// and may refuse it by returning an error. json: and protocol names
 	// (nbd:, http://, ...) are refused before it is asked.
 	CheckReference func(Reference) error
+	// Writable opens the top image for writing (WriteAt, Flush,
+	// WriteZeroes, Discard, snapshots, resize), taking QEMU's writer lock
+	// on it. Default false: read-only.
+	Writable bool
+	// ForceShare skips image locking (qemu-img -U): reads proceed even
+	// while another process writes the image. Default false: take
+	// QEMU-compatible locks (reader on every image of the chain, writer
+	// on a writable top image).
+	ForceShare bool
 }
 
 // Reference is an external file an image points at.
@@ -105,6 +114,7 @@ type Image struct {
 	backingFmt   Format
 	depth        int // 0 for the top image
 	decompressor *decompressor
+	w            *writer // write state (write.go); nil unless Options.Writable
 
 	refOnce   sync.Once
 	refErr    error
@@ -129,7 +139,15 @@ func Open(path string, opts Options) (*Image, error) {
 	if st.maxDepth == 0 {
 		st.maxDepth = DefaultMaxChainDepth
 	}
-	return st.open(path, opts.Format, 0)
+	img, err := st.open(path, opts.Format, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := img.afterOpen(&opts); err != nil {
+		img.Close()
+		return nil, err
+	}
+	return img, nil
 }
 
 // openFile opens one image file without its backing file.
@@ -283,6 +301,7 @@ func (img *Image) Readable() error {
 func (img *Image) Close() error {
 	var err error
 	img.closeOnce.Do(func() {
+		err = img.closeWriter()
 		for l := img; l != nil; l = l.backing {
 			if e := l.f.Close(); e != nil && err == nil {
 				err = e

@@ -17,6 +17,7 @@ const DefaultL2CacheSize = 32 << 20
 type l2Table struct {
 	entries []uint64
 	ref     atomic.Bool // CLOCK reference bit
+	dirty   atomic.Bool // modified by the writer, not yet on disk: never evicted
 }
 
 // l2Cache maps L1 indices to decoded L2 tables. Lookups are lock-free (one
@@ -29,6 +30,7 @@ type l2Cache struct {
 	resident  []uint32 // L1 indices of cached tables (CLOCK ring)
 	hand      int
 	maxTables int
+	gen       atomic.Uint64 // bumped by the writer after rewriting tables on disk
 }
 
 func newL2Cache(l1Size int, tableBytes, budget int64) *l2Cache {
@@ -64,13 +66,17 @@ func (c *l2Cache) put(i int, t *l2Table) *l2Table {
 		return old
 	}
 	if len(c.resident) >= c.maxTables {
-		for {
+		for tries := 0; ; tries++ {
+			if tries > 2*len(c.resident) {
+				c.resident = append(c.resident, uint32(i)) // all dirty: grow until the writer flushes
+				break
+			}
 			if c.hand >= len(c.resident) {
 				c.hand = 0
 			}
 			victim := c.resident[c.hand]
 			vt := c.slots[victim].Load()
-			if vt != nil && vt.ref.Load() {
+			if vt != nil && (vt.ref.Load() || vt.dirty.Load()) {
 				vt.ref.Store(false)
 				c.hand++
 				continue

@@ -47,10 +47,10 @@ func (img *Image) l2Entry(vc int64) (entry, bitmap uint64, err error) {
 // loadL2 reads, decodes and caches the L2 table of L1 index l1i. It
 // returns nil for an unallocated table.
 func (img *Image) loadL2(l1i int) (*l2Table, error) {
-	if l1i >= len(img.l1) {
+	if int64(l1i) >= img.l1Len() {
 		return nil, nil
 	}
-	e := img.l1[l1i]
+	e := img.l1Get(int64(l1i))
 	off := int64(e & hostOffsetMask)
 	if off == 0 {
 		return nil, nil
@@ -59,12 +59,16 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 	if off&(img.clusterSize-1) != 0 {
 		return nil, img.corrupt("L1 entry", fieldOff, "L2 table offset %#x is not cluster aligned", off)
 	}
-	if off+img.clusterSize > img.fileSize {
-		return nil, img.corrupt("L1 entry", fieldOff, "L2 table at %#x lies past the end of the file (%d bytes)", off, img.fileSize)
+	if off+img.clusterSize > img.fileSizeNow() {
+		return nil, img.corrupt("L1 entry", fieldOff, "L2 table at %#x lies past the end of the file (%d bytes)", off, img.fileSizeNow())
 	}
+	gen := img.l2.gen.Load() // a writer's flush in between makes this read stale
 	raw := make([]byte, img.clusterSize)
 	if _, err := img.f.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("qcow2: reading L2 table of %s at %#x: %w", img.path, off, err)
+	}
+	if img.l2.gen.Load() != gen {
+		return img.loadL2(l1i)
 	}
 	return img.l2.put(l1i, &l2Table{entries: decodeTable(raw)}), nil
 }
@@ -73,7 +77,7 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 // vc, for error messages.
 func (img *Image) l2EntryOffset(vc int64) int64 {
 	l1i := int(vc >> img.l2Bits)
-	base := int64(img.l1[l1i] & hostOffsetMask)
+	base := int64(img.l1Get(int64(l1i)) & hostOffsetMask)
 	size := int64(8)
 	if img.extL2 {
 		size = 16

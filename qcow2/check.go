@@ -1,0 +1,469 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+// RepairMode says what Check may fix, as qemu-img check -r.
+type RepairMode int
+
+const (
+	// RepairNone only reports.
+	RepairNone RepairMode = iota
+	// RepairLeaks lowers refcounts that are higher than the references.
+	RepairLeaks
+	// RepairAll also fixes corruptions: refcounts lower than the
+	// references (by rebuilding all refcounts), wrong COPIED flags and
+	// misaligned L2 entries (they become zero clusters, as in QEMU).
+	RepairAll
+)
+
+// CheckResult is what Check found, with qemu-img check's fields.
+type CheckResult struct {
+	Filename            string `json:"filename"`
+	Format              string `json:"format"`
+	CheckErrors         int64  `json:"check-errors"`
+	ImageEndOffset      int64  `json:"image-end-offset"`
+	Corruptions         int64  `json:"corruptions,omitempty"`
+	Leaks               int64  `json:"leaks,omitempty"`
+	CorruptionsFixed    int64  `json:"corruptions-fixed,omitempty"`
+	LeaksFixed          int64  `json:"leaks-fixed,omitempty"`
+	TotalClusters       int64  `json:"total-clusters"`
+	AllocatedClusters   int64  `json:"allocated-clusters,omitempty"`
+	FragmentedClusters  int64  `json:"fragmented-clusters,omitempty"`
+	CompressedClusters  int64  `json:"compressed-clusters,omitempty"`
+	// Messages describe each problem found (one line each, like
+	// qemu-img's stderr output).
+	Messages []string `json:"-"`
+}
+
+// ExitCode returns qemu-img check's exit status for the result: 0 clean,
+// 2 corruptions, 3 leaks only (1 is for checks that could not complete).
+func (r *CheckResult) ExitCode() int {
+	switch {
+	case r.CheckErrors > 0:
+		return 1
+	case r.Corruptions > 0:
+		return 2
+	case r.Leaks > 0:
+		return 3
+	}
+	return 0
+}
+
+// checker computes the reference counts an image's metadata implies and
+// compares them with the stored ones.
+type checker struct {
+	img  *Image
+	rd   io.ReaderAt
+	cb   uint32
+	cs   int64
+	size int64 // file size
+	ref  []uint64
+	res  *CheckResult
+	// rebuild: the refcount structures themselves are damaged.
+	rebuild bool
+	// misaligned L2 entries (file offset of the entry) for repair.
+	badL2 []int64
+	// stored returns the stored refcount of a cluster.
+	stored func(c int64) (uint64, error)
+}
+
+func (ck *checker) msg(format string, args ...any) {
+	if len(ck.res.Messages) < 10000 {
+		ck.res.Messages = append(ck.res.Messages, fmt.Sprintf(format, args...))
+	}
+}
+
+// inc counts one reference to every cluster of [off, off+n).
+func (ck *checker) inc(off, n int64) {
+	if n <= 0 {
+		return
+	}
+	first := off >> ck.cb
+	last := (off + n - 1) >> ck.cb
+	fileClusters := (ck.size + ck.cs - 1) >> ck.cb
+	for c := first; c <= last; c++ {
+		if c >= fileClusters {
+			ck.msg("ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset %#x size %#x", off, n)
+			ck.res.Corruptions++
+			return
+		}
+		ck.ref[c]++
+	}
+}
+
+func (ck *checker) readTable(off, n int64) ([]uint64, error) {
+	raw := make([]byte, n)
+	if err := readFull(ck.rd.(storage), raw, off); err != nil {
+		return nil, err
+	}
+	return decodeTable(raw), nil
+}
+
+// walkL1 counts an L1 table, its L2 tables and their clusters. active
+// gathers the statistics qemu-img reports.
+func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
+	img := ck.img
+	ck.inc(l1Off, l1Size*8)
+	l1, err := ck.readTable(l1Off, l1Size*8)
+	if err != nil {
+		return err
+	}
+	extL2 := img.extL2
+	words := int64(1)
+	if extL2 {
+		words = 2
+	}
+	compShift := 62 - (ck.cb - 8)
+	for i, e := range l1 {
+		l2Off := int64(e & hostOffsetMask)
+		if l2Off == 0 {
+			continue
+		}
+		if l2Off&(ck.cs-1) != 0 {
+			ck.msg("ERROR l2_offset=%x: Table is not cluster aligned; L1 entry corrupted", l2Off)
+			ck.res.Corruptions++
+			continue
+		}
+		if l2Off+ck.cs > ck.size {
+			ck.msg("ERROR l2_offset=%x: L2 table lies past the end of the file", l2Off)
+			ck.res.Corruptions++
+			continue
+		}
+		ck.inc(l2Off, ck.cs)
+		l2, err := ck.readTable(l2Off, ck.cs)
+		if err != nil {
+			return err
+		}
+		next := int64(0)
+		for j := int64(0); j < int64(len(l2))/words; j++ {
+			entry := l2[j*words]
+			var bitmap uint64
+			if extL2 {
+				bitmap = l2[j*words+1]
+			}
+			entryOff := l2Off + j*8*words
+			guestCluster := int64(i)*(int64(len(l2))/words) + j
+			_ = guestCluster
+			if entry&entryCompressed != 0 {
+				if entry&entryCopied != 0 {
+					ck.msg("ERROR: cluster %d: copied flag must never be set for compressed clusters", entry>>ck.cb)
+					ck.res.Corruptions++
+				}
+				if extL2 && bitmap != 0 {
+					ck.msg("ERROR compressed cluster %d with a non-zero subcluster bitmap %#x", j, bitmap)
+					ck.res.Corruptions++
+				}
+				desc := entry &^ (entryCopied | entryCompressed)
+				off := int64(desc & (1<<compShift - 1))
+				sectors := int64(desc>>compShift) + 1
+				ck.inc(off&^511, sectors*512)
+				if active {
+					ck.res.AllocatedClusters++
+					ck.res.CompressedClusters++
+					ck.res.FragmentedClusters++
+				}
+				continue
+			}
+			host := int64(entry & hostOffsetMask)
+			if extL2 {
+				if bitmap&(bitmap>>32)&bitmapAllocMask != 0 || (host == 0 && bitmap&bitmapAllocMask != 0) {
+					ck.msg("ERROR invalid subcluster bitmap %#x in L2 entry at %#x", bitmap, entryOff)
+					ck.res.Corruptions++
+				}
+			}
+			if host == 0 {
+				continue
+			}
+			if active {
+				ck.res.AllocatedClusters++
+				if next != 0 && host != next {
+					ck.res.FragmentedClusters++
+				}
+				next = host + ck.cs
+			}
+			if host&(ck.cs-1) != 0 {
+				ck.msg("ERROR offset=%x: Cluster is not properly aligned; L2 entry corrupted.", host)
+				ck.res.Corruptions++
+				if active {
+					ck.badL2 = append(ck.badL2, entryOff)
+				}
+				continue
+			}
+			ck.inc(host, ck.cs)
+		}
+	}
+	return nil
+}
+
+// Check checks the image's metadata like qemu-img check and, if mode
+// says so, repairs it. The image must be the only user of the file
+// (Open takes the locks). Repairs need an image opened writable.
+func (img *Image) Check(mode RepairMode) (*CheckResult, error) {
+	if img.format != FormatQcow2 {
+		return nil, fmt.Errorf("%w: checking %s images", ErrUnsupportedFeature, img.format)
+	}
+	if mode != RepairNone && img.w == nil {
+		return nil, fmt.Errorf("%w: %s: repairing needs a writable image", ErrReadOnly, img.path)
+	}
+	if img.w != nil {
+		img.w.ops.Lock()
+		defer img.w.ops.Unlock()
+		img.w.mu.Lock()
+		defer img.w.mu.Unlock()
+		if err := img.w.flushLocked(); err != nil {
+			return nil, err
+		}
+	}
+	res, ck, err := img.check(true)
+	if err != nil || mode == RepairNone || (res.Corruptions == 0 && res.Leaks == 0) {
+		return res, err
+	}
+	leaks, corruptions := res.Leaks, res.Corruptions
+	if err := img.w.repairLocked(ck, mode); err != nil {
+		return res, err
+	}
+	after, _, err := img.check(true)
+	if err != nil {
+		return res, err
+	}
+	after.LeaksFixed = leaks - after.Leaks
+	if mode == RepairAll {
+		after.CorruptionsFixed = max(corruptions-after.Corruptions, 0)
+	}
+	after.Messages = append(res.Messages, after.Messages...)
+	return after, nil
+}
+
+// check runs the checks without repairing. A writer's mu is held (or
+// there is no writer). Without refStructs the refcount table and blocks
+// are left out of the computed counts (for a rebuild).
+func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
+	h := img.hdr
+	var rd storage
+	var size int64
+	if img.w != nil {
+		rd = img.w.st
+		s, err := rd.Size()
+		if err != nil {
+			return nil, nil, err
+		}
+		size = s
+	} else {
+		rd = readOnlyStorage{img.f}
+		size = img.fileSize
+	}
+	res := &CheckResult{Filename: img.path, Format: "qcow2"}
+	res.TotalClusters = (img.size + img.clusterSize - 1) >> img.clusterBits
+	ck := &checker{img: img, rd: rd, cb: img.clusterBits, cs: img.clusterSize, size: size, res: res}
+	fileClusters := (size + ck.cs - 1) >> ck.cb
+	ck.ref = make([]uint64, fileClusters)
+
+	ck.inc(0, ck.cs) // header
+	if err := ck.walkL1(int64(h.L1TableOffset), int64(h.L1Size), true); err != nil {
+		res.CheckErrors++
+		return res, ck, nil
+	}
+	for _, s := range img.snapshotsNow() {
+		if err := ck.walkL1(int64(s.L1TableOffset), int64(s.L1Size), false); err != nil {
+			res.CheckErrors++
+			return res, ck, nil
+		}
+	}
+	if h.NbSnapshots > 0 {
+		ck.inc(int64(h.SnapshotsOffset), snapshotTableSize(img.snapshotsNow()))
+	}
+	if h.Encryption != nil {
+		ck.inc(int64(h.Encryption.Offset), int64(h.Encryption.Length))
+	}
+	if h.Bitmaps != nil && h.Bitmaps.NbBitmaps > 0 {
+		ck.countBitmaps(h.Bitmaps)
+	}
+	if !refStructs {
+		return res, ck, nil
+	}
+	ck.inc(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)<<ck.cb)
+
+	// Refcount blocks.
+	reftable, err := ck.readTable(int64(h.RefcountTableOffset), int64(h.RefcountTableClusters)<<ck.cb)
+	if err != nil {
+		res.CheckErrors++
+		return res, ck, nil
+	}
+	order := h.RefcountOrder
+	perBlock := ck.cs * 8 >> order
+	blockOK := make([]bool, len(reftable))
+	for i, e := range reftable {
+		off := int64(e & refTableOffsetMask)
+		if off == 0 {
+			continue
+		}
+		if off&(ck.cs-1) != 0 {
+			ck.msg("ERROR refcount block %d is not cluster aligned; refcount table entry corrupted", i)
+			res.Corruptions++
+			ck.rebuild = true
+			continue
+		}
+		if off>>ck.cb >= fileClusters {
+			ck.msg("ERROR refcount block %d is outside image", i)
+			res.Corruptions++
+			ck.rebuild = true
+			continue
+		}
+		ck.inc(off, ck.cs)
+		blockOK[i] = true
+	}
+	for i, e := range reftable {
+		if blockOK[i] {
+			c := int64(e&refTableOffsetMask) >> ck.cb
+			if ck.ref[c] != 1 {
+				ck.msg("ERROR refcount block %d refcount=%d", i, ck.ref[c])
+				res.Corruptions++
+				ck.rebuild = true
+			}
+		}
+	}
+	var cached []byte
+	cachedIdx := int64(-1)
+	ck.stored = func(c int64) (uint64, error) {
+		idx := c / perBlock
+		if idx >= int64(len(reftable)) || !blockOK[idx] {
+			return 0, nil
+		}
+		if idx != cachedIdx {
+			if cached == nil {
+				cached = make([]byte, ck.cs)
+			}
+			if err := readFull(rd, cached, int64(reftable[idx]&refTableOffsetMask)); err != nil {
+				return 0, err
+			}
+			cachedIdx = idx
+		}
+		return refcountEntry(cached, order, c%perBlock), nil
+	}
+
+	// Compare.
+	highest := int64(-1)
+	limit := max(int64(len(ck.ref)), int64(len(reftable))*perBlock)
+	for c := int64(0); c < limit; c++ {
+		var computed uint64
+		if c < int64(len(ck.ref)) {
+			computed = ck.ref[c]
+		} else if c >= fileClusters && c >= int64(len(ck.ref)) {
+			// Past the file: only stored refcounts matter; skip
+			// whole empty blocks quickly.
+			if idx := c / perBlock; idx < int64(len(reftable)) && !blockOK[idx] {
+				c = (idx+1)*perBlock - 1
+				continue
+			}
+		}
+		stored, err := ck.stored(c)
+		if err != nil {
+			res.CheckErrors++
+			continue
+		}
+		if stored > 0 || computed > 0 {
+			highest = c
+		}
+		if stored == computed {
+			continue
+		}
+		if stored < computed {
+			ck.msg("ERROR cluster %d refcount=%d reference=%d", c, stored, computed)
+			res.Corruptions++
+		} else {
+			ck.msg("Leaked cluster %d refcount=%d reference=%d", c, stored, computed)
+			res.Leaks++
+		}
+	}
+	res.ImageEndOffset = (highest + 1) << ck.cb
+
+	// COPIED flags of the active tables.
+	l1, err := ck.readTable(int64(h.L1TableOffset), int64(h.L1Size)*8)
+	if err != nil {
+		res.CheckErrors++
+		return res, ck, nil
+	}
+	words := int64(1)
+	if img.extL2 {
+		words = 2
+	}
+	for i, e := range l1 {
+		l2Off := int64(e & hostOffsetMask)
+		if l2Off == 0 || l2Off&(ck.cs-1) != 0 || l2Off+ck.cs > size {
+			continue
+		}
+		rcnt, err := ck.stored(l2Off >> ck.cb)
+		if err != nil {
+			continue
+		}
+		if (rcnt == 1) != (e&entryCopied != 0) {
+			ck.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, e, rcnt)
+			res.Corruptions++
+		}
+		l2, err := ck.readTable(l2Off, ck.cs)
+		if err != nil {
+			res.CheckErrors++
+			continue
+		}
+		for j := int64(0); j < int64(len(l2))/words; j++ {
+			entry := l2[j*words]
+			host := int64(entry & hostOffsetMask)
+			if entry&entryCompressed != 0 || host == 0 || host&(ck.cs-1) != 0 {
+				continue
+			}
+			rcnt, err := ck.stored(host >> ck.cb)
+			if err != nil {
+				continue
+			}
+			if (rcnt == 1) != (entry&entryCopied != 0) {
+				ck.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", entry, rcnt)
+				res.Corruptions++
+			}
+		}
+	}
+	return res, ck, nil
+}
+
+// countBitmaps counts the bitmap directory and the bitmap tables and
+// their data clusters, as QEMU's check does.
+func (ck *checker) countBitmaps(b *BitmapsExt) {
+	if b.DirectorySize == 0 || b.DirectorySize > maxBitmapDirectorySize {
+		return
+	}
+	ck.inc(int64(b.DirectoryOffset), int64(b.DirectorySize))
+	dir := make([]byte, b.DirectorySize)
+	if readFull(ck.rd.(storage), dir, int64(b.DirectoryOffset)) != nil {
+		return
+	}
+	be := binary.BigEndian
+	for p := 0; p+24 <= len(dir); {
+		tableOff := int64(be.Uint64(dir[p:]))
+		tableSize := int64(be.Uint32(dir[p+8:]))
+		nameSize := int(be.Uint16(dir[p+18:]))
+		extra := int(be.Uint32(dir[p+20:]))
+		if tableSize > 0 && tableSize*8 <= maxL1Size {
+			ck.inc(tableOff, tableSize*8)
+			if tab, err := ck.readTable(tableOff, tableSize*8); err == nil {
+				for _, e := range tab {
+					if off := int64(e & hostOffsetMask); off != 0 {
+						ck.inc(off, ck.cs)
+					}
+				}
+			}
+		}
+		p += (24 + extra + nameSize + 7) &^ 7
+	}
+}
+
+// readOnlyStorage lets the checker read a file opened read-only.
+type readOnlyStorage struct{ io.ReaderAt }
+
+func (readOnlyStorage) WriteAt([]byte, int64) (int, error) { return 0, ErrReadOnly }
+func (readOnlyStorage) Sync() error                         { return nil }
+func (readOnlyStorage) Truncate(int64) error                { return ErrReadOnly }
+func (readOnlyStorage) Size() (int64, error)                { return 0, ErrReadOnly }
+func (readOnlyStorage) Close() error                        { return nil }

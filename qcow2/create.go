@@ -1,0 +1,382 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrExists is returned by Create when the target exists and
+// CreateOptions.Overwrite is not set.
+var ErrExists = errors.New("qcow2: file exists")
+
+// Preallocation modes (qemu-img's preallocation option).
+const (
+	PreallocOff      = "off"
+	PreallocMetadata = "metadata"
+	PreallocFull     = "full"
+)
+
+// CreateOptions describes a new image. The zero value (plus Size) makes
+// what `qemu-img create -f qcow2 FILE SIZE` makes: version 3, 64 KiB
+// clusters, 16-bit refcounts, deflate compression, no preallocation.
+type CreateOptions struct {
+	// Format is FormatQcow2 (default) or FormatRaw.
+	Format Format
+	// Size is the guest size in bytes. 0 with a BackingFile means the
+	// backing file's size.
+	Size int64
+	// ClusterSize is a power of two from 512 B to 2 MiB; 0 means 64 KiB.
+	ClusterSize int64
+	// Compat is "1.1" or "v3" (default) for version 3, "0.10" or "v2"
+	// for version 2.
+	Compat string
+	// ExtendedL2 uses 32 subclusters per cluster (version 3, clusters of
+	// at least 16 KiB).
+	ExtendedL2 bool
+	// CompressionType is "zlib"/"deflate" (default) or "zstd" (version 3).
+	CompressionType string
+	// LazyRefcounts sets the lazy refcounts compatible feature (version 3).
+	LazyRefcounts bool
+	// RefcountBits is 1, 2, 4, 8, 16, 32 or 64; 0 means 16. Version 2 only
+	// has 16.
+	RefcountBits int
+	// Preallocation is "off" (default, also ""), "metadata" or "full".
+	// With a backing file only extended L2 images can be preallocated,
+	// as in QEMU.
+	Preallocation string
+	// BackingFile is the backing file name stored in the image; a
+	// relative name is relative to the new image's directory.
+	BackingFile string
+	// BackingFormat is "qcow2" or "raw"; "" probes the backing file and
+	// records what it found.
+	BackingFormat Format
+	// Overwrite replaces an existing file; by default Create refuses.
+	Overwrite bool
+}
+
+// defaultClusterSize is qemu-img's default cluster size.
+const defaultClusterSize = 64 << 10
+
+// Create writes a new, empty image at path. The file is built under a
+// temporary name in the same directory and renamed into place.
+func Create(path string, opts CreateOptions) error {
+	if opts.Format == "" {
+		opts.Format = FormatQcow2
+	}
+	if !opts.Overwrite {
+		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("%w: %s (refusing to overwrite)", ErrExists, path)
+		}
+	}
+	if opts.Size < 0 {
+		return fmt.Errorf("qcow2: creating %s: negative size %d", path, opts.Size)
+	}
+	switch opts.Preallocation {
+	case "", PreallocOff, PreallocMetadata, PreallocFull:
+	default:
+		return fmt.Errorf("qcow2: creating %s: preallocation %q (want off, metadata or full)", path, opts.Preallocation)
+	}
+	if opts.BackingFile != "" {
+		if opts.Format != FormatQcow2 {
+			return fmt.Errorf("qcow2: creating %s: a %s image cannot have a backing file", path, opts.Format)
+		}
+		bpath := combinePath(path, opts.BackingFile)
+		b, err := Open(bpath, Options{Format: opts.BackingFormat, NoBacking: true, ForceShare: true})
+		if err != nil {
+			return fmt.Errorf("qcow2: creating %s: opening backing file: %w", path, err)
+		}
+		if opts.BackingFormat == "" {
+			opts.BackingFormat = b.Format()
+		}
+		if opts.Size == 0 {
+			opts.Size = b.Size()
+		}
+		b.Close()
+	}
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	tmpName := tmp.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmpName)
+		}
+	}()
+	switch opts.Format {
+	case FormatRaw:
+		if err := createRaw(tmp, &opts); err != nil {
+			return fmt.Errorf("qcow2: creating %s: %w", path, err)
+		}
+	case FormatQcow2:
+		h, err := createHeader(&opts)
+		if err != nil {
+			return fmt.Errorf("qcow2: creating %s: %w", path, err)
+		}
+		if err := writeEmptyQcow2(tmp, h); err != nil {
+			return fmt.Errorf("qcow2: creating %s: %w", path, err)
+		}
+	default:
+		return fmt.Errorf("%w: creating %s images", ErrUnsupportedFeature, opts.Format)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	if err := os.Chmod(tmpName, 0o644); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	if opts.Format == FormatQcow2 && opts.Preallocation != "" && opts.Preallocation != PreallocOff {
+		if err := preallocate(tmpName, opts.Preallocation == PreallocFull); err != nil {
+			return fmt.Errorf("qcow2: creating %s: preallocating: %w", path, err)
+		}
+	}
+	if err := os.Rename(tmpName, path); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	ok = true
+	return nil
+}
+
+func createRaw(f *os.File, opts *CreateOptions) error {
+	if opts.Preallocation == PreallocFull {
+		buf := make([]byte, 1<<20)
+		for off := int64(0); off < opts.Size; off += int64(len(buf)) {
+			n := min(int64(len(buf)), opts.Size-off)
+			if _, err := f.WriteAt(buf[:n], off); err != nil {
+				return err
+			}
+		}
+	}
+	return f.Truncate(opts.Size)
+}
+
+// createHeader validates the options and builds the header of the new
+// image (tables not placed yet).
+func createHeader(opts *CreateOptions) (*Header, error) {
+	cs := opts.ClusterSize
+	if cs == 0 {
+		cs = defaultClusterSize
+	}
+	if cs < 1<<minClusterBits || cs > 1<<maxClusterBits || cs&(cs-1) != 0 {
+		return nil, fmt.Errorf("cluster size %d must be a power of two between 512 and 2 MiB", cs)
+	}
+	h := &Header{ClusterBits: uint32(bits.TrailingZeros64(uint64(cs))), Size: uint64(opts.Size)}
+	switch strings.ToLower(opts.Compat) {
+	case "", "1.1", "v3", "3":
+		h.Version = 3
+		h.HeaderLength = 112
+	case "0.10", "v2", "2":
+		h.Version = 2
+		h.HeaderLength = v2HeaderLength
+	default:
+		return nil, fmt.Errorf("compat %q (want 0.10 or 1.1)", opts.Compat)
+	}
+	v3only := func(what string) error {
+		return fmt.Errorf("%s needs compat=1.1 (qcow2 version 3)", what)
+	}
+	rb := opts.RefcountBits
+	if rb == 0 {
+		rb = 16
+	}
+	if rb < 1 || rb > 64 || rb&(rb-1) != 0 {
+		return nil, fmt.Errorf("refcount bits %d must be a power of two from 1 to 64", rb)
+	}
+	h.RefcountOrder = uint32(bits.TrailingZeros(uint(rb)))
+	if h.Version == 2 && rb != 16 {
+		return nil, v3only("refcount bits other than 16")
+	}
+	if opts.ExtendedL2 {
+		if h.Version == 2 {
+			return nil, v3only("extended L2")
+		}
+		if cs < 16<<10 {
+			return nil, fmt.Errorf("extended L2 needs a cluster size of at least 16 KiB, not %d", cs)
+		}
+		h.IncompatibleFeatures |= IncompatExtendedL2
+	}
+	switch strings.ToLower(opts.CompressionType) {
+	case "", "zlib", "deflate":
+	case "zstd":
+		if h.Version == 2 {
+			return nil, v3only("zstd compression")
+		}
+		h.CompressionType = CompressionZstd
+		h.IncompatibleFeatures |= IncompatCompressionType
+	default:
+		return nil, fmt.Errorf("compression type %q (want zlib or zstd)", opts.CompressionType)
+	}
+	if opts.LazyRefcounts {
+		if h.Version == 2 {
+			return nil, v3only("lazy refcounts")
+		}
+		h.CompatibleFeatures |= CompatLazyRefcounts
+	}
+	if opts.BackingFile != "" {
+		if len(opts.BackingFile) > maxBackingNameSize {
+			return nil, fmt.Errorf("backing file name longer than %d bytes", maxBackingNameSize)
+		}
+		if err := checkRefName(opts.BackingFile); err != nil {
+			return nil, fmt.Errorf("backing file %q: %v", opts.BackingFile, err)
+		}
+		h.BackingFile = opts.BackingFile
+		if opts.BackingFormat != "" {
+			h.BackingFormat = string(opts.BackingFormat)
+			h.Extensions = append(h.Extensions, Extension{Type: ExtBackingFormat, Data: []byte(opts.BackingFormat)})
+		}
+		if opts.Preallocation != "" && opts.Preallocation != PreallocOff && !opts.ExtendedL2 {
+			return nil, fmt.Errorf("backing file and preallocation can only be used together with extended L2")
+		}
+	}
+	l2Entries := h.L2Entries()
+	clusters := (opts.Size + cs - 1) / cs
+	l1Size := (clusters + l2Entries - 1) / l2Entries
+	if l1Size*8 > maxL1Size {
+		return nil, fmt.Errorf("image size %d needs an L1 table over %d MiB; use a larger cluster size", opts.Size, maxL1Size>>20)
+	}
+	h.L1Size = uint32(l1Size)
+	return h, nil
+}
+
+// writeEmptyQcow2 lays out header, refcount table, refcount block and L1
+// table, as qemu-img does, and writes them.
+func writeEmptyQcow2(f *os.File, h *Header) error {
+	st := osStorage{f}
+	cs := h.ClusterSize()
+	rc := &refcounts{
+		st:       st,
+		path:     f.Name(),
+		cb:       h.ClusterBits,
+		cs:       cs,
+		order:    h.RefcountOrder,
+		width:    1 << h.RefcountOrder,
+		perBlock: cs * 8 >> h.RefcountOrder,
+		blocks:   map[int64]*refBlock{},
+		tableOff: cs,
+		table:    make([]uint64, cs/8),
+	}
+	if rc.width == 64 {
+		rc.maxVal = ^uint64(0)
+	} else {
+		rc.maxVal = 1<<rc.width - 1
+	}
+	// Cluster 0: header; 1: refcount table; 2: first refcount block.
+	rc.blocks[0] = &refBlock{data: make([]byte, cs), dirty: true}
+	rc.table[0] = uint64(2 * cs)
+	rc.tableDirty = true
+	for c := range int64(3) {
+		b, err := rc.ensureBlock(c / rc.perBlock)
+		if err != nil {
+			return err
+		}
+		rc.setIn(b, c%rc.perBlock, 1)
+		rc.end = c + 1
+	}
+	l1Bytes := int64(h.L1Size) * 8
+	if l1Bytes > 0 {
+		off, err := rc.alloc((l1Bytes + cs - 1) / cs)
+		if err != nil {
+			return err
+		}
+		h.L1TableOffset = uint64(off)
+		if err := writeFull(st, make([]byte, (l1Bytes+cs-1)/cs*cs), off); err != nil {
+			return err
+		}
+	}
+	if _, err := rc.writeBlocks(); err != nil {
+		return err
+	}
+	if _, err := rc.writeTable(); err != nil {
+		return err
+	}
+	h.RefcountTableOffset = uint64(rc.tableOff)
+	h.RefcountTableClusters = uint32(rc.tableClusters())
+	buf, err := h.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if err := writeFull(st, buf, 0); err != nil {
+		return err
+	}
+	// Like qemu-img, the file ends right after the last table.
+	return nil
+}
+
+// preallocate opens the new image and allocates every L2 table and data
+// cluster (full: data clusters are written with zeros).
+func preallocate(path string, full bool) error {
+	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: true})
+	if err != nil {
+		return err
+	}
+	perr := img.w.preallocate(full)
+	if err := img.Close(); perr == nil {
+		perr = err
+	}
+	return perr
+}
+
+func (w *writer) preallocate(full bool) error {
+	img := w.img
+	w.ops.Lock()
+	defer w.ops.Unlock()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	clusters := (img.size + w.cs() - 1) >> w.cb()
+	perTable := int64(1) << img.l2Bits
+	backing := img.hdr.BackingFile != ""
+	var end int64
+	for first := int64(0); first < clusters; first += perTable {
+		n := min(perTable, clusters-first)
+		l1i := first >> img.l2Bits
+		t, err := w.writableL2(l1i)
+		if err != nil {
+			return err
+		}
+		host, err := w.rc.alloc(n)
+		if err != nil {
+			return err
+		}
+		for i := range n {
+			k := i * w.entryWords()
+			t.entries[k] = uint64(host+i*w.cs()) | entryCopied
+			if img.extL2 {
+				if backing {
+					t.entries[k+1] = 0
+				} else {
+					t.entries[k+1] = bitmapAllocMask
+				}
+			}
+		}
+		w.publishL2(l1i, t)
+		end = max(end, host+n*w.cs())
+		if full {
+			zero := make([]byte, min(n*w.cs(), 4<<20))
+			for off := host; off < host+n*w.cs(); off += int64(len(zero)) {
+				k := min(int64(len(zero)), host+n*w.cs()-off)
+				if err := writeFull(w.st, zero[:k], off); err != nil {
+					return err
+				}
+			}
+		}
+		w.dataWritten = true
+		if err := w.maybeFlush(); err != nil {
+			return err
+		}
+	}
+	if sz, err := w.st.Size(); err == nil && sz < end {
+		if err := w.st.Truncate(end); err != nil {
+			return err
+		}
+	}
+	return w.flushLocked()
+}

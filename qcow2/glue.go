@@ -1,0 +1,71 @@
+package qcow2
+
+// Accessors through which the read path sees state that the write path
+// changes while reads run. A read-only image uses the plain fields; a
+// writable one the writer's atomic copies.
+
+// l1Len returns the number of active L1 entries.
+func (img *Image) l1Len() int64 {
+	if w := img.w; w != nil {
+		return int64(len(*w.l1.Load()))
+	}
+	return int64(len(img.l1))
+}
+
+// l1Get returns active L1 entry i (i < l1Len()).
+func (img *Image) l1Get(i int64) uint64 {
+	if w := img.w; w != nil {
+		return (*w.l1.Load())[i].Load()
+	}
+	return img.l1[i]
+}
+
+// l1Set stores active L1 entry i; only the writer calls it, with its
+// metadata mutex held.
+func (img *Image) l1Set(i int64, v uint64) {
+	(*img.w.l1.Load())[i].Store(v)
+}
+
+// fileSizeNow returns the size of the image file, which grows while the
+// image is written.
+func (img *Image) fileSizeNow() int64 {
+	if w := img.w; w != nil {
+		return w.fileSize.Load()
+	}
+	return img.fileSize
+}
+
+func (img *Image) setFileSize(n int64) {
+	if w := img.w; w != nil {
+		for {
+			cur := w.fileSize.Load()
+			if n <= cur || w.fileSize.CompareAndSwap(cur, n) {
+				return
+			}
+		}
+	}
+}
+
+// replace publishes t as the table of L1 index i even if one is cached,
+// making it resident. Dirty tables are never evicted (put skips them),
+// so the cache may exceed its budget until the next flush.
+func (c *l2Cache) replace(i int, t *l2Table) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t.ref.Store(true)
+	if c.slots[i].Load() == nil {
+		c.resident = append(c.resident, uint32(i))
+	}
+	c.slots[i].Store(t)
+}
+
+// bump tells in-flight loads from disk that tables were rewritten: a
+// load that started before must not publish what it read.
+func (c *l2Cache) bump() { c.gen.Add(1) }
+
+// snapshotsNow returns the current snapshot list (the writer replaces
+// img.snapshots with no I/O in flight).
+func (img *Image) snapshotsNow() []Snapshot { return img.snapshots }
+
+// budget returns the memory budget the cache was made with.
+func (c *l2Cache) budget(tableBytes int64) int64 { return int64(c.maxTables) * tableBytes }

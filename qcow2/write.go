@@ -1,0 +1,416 @@
+package qcow2
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sync"
+	"sync/atomic"
+)
+
+// ErrReadOnly is returned by write operations on an image opened without
+// Options.Writable, or one that is marked corrupt.
+var ErrReadOnly = errors.New("qcow2: image is read-only")
+
+// writer is the write half of an Image opened with Options.Writable.
+//
+// Locking: mu guards the metadata (refcounts, the L1 table, dirty L2
+// tables, the header, the pending frees and the in-flight set). Data I/O
+// runs outside mu: a write reserves its guest cluster in inflight, drops
+// mu, writes the data (with its copy-on-write head and tail), and takes
+// mu again only to link the new cluster into its L2 table. Writes to
+// different clusters therefore overlap their data I/O; writes to the
+// same cluster wait for each other. ops is held shared by reads and
+// writes and exclusively by operations that rewrite whole tables
+// (snapshots, resize, repair, close).
+type writer struct {
+	img  *Image
+	st   storage
+	path string
+
+	ops sync.RWMutex
+
+	// l1 is the active L1 table; readers load entries atomically.
+	l1 atomic.Pointer[[]atomic.Uint64]
+	// fileSize is the size of the file as the read path may rely on.
+	fileSize atomic.Int64
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	inflight map[int64]struct{}
+	rc       *refcounts
+	meta     *metaMap
+	dirtyL2  map[int64]*l2Table // by L1 index: tables to write on flush
+	l1Dirty  bool
+	// frees are clusters whose refcount drops once the L2 and L1 tables
+	// that stopped using them are on disk.
+	frees []int64
+	// dataWritten: data went to the file since the last flush.
+	dataWritten bool
+	lazy        bool // lazy refcounts: refcounts are written at close
+	dirtyBit    bool // the dirty bit is set on disk
+	err         error
+	closed      bool
+
+	zeroBuf []byte
+	// maxDirtyL2 bounds the dirty L2 tables kept in memory; more trigger
+	// a flush.
+	maxDirtyL2 int
+}
+
+// geometry helpers
+
+func (w *writer) cs() int64        { return w.img.clusterSize }
+func (w *writer) cb() uint32       { return w.img.clusterBits }
+func (w *writer) l2Words() int64   { return w.cs() / 8 }
+func (w *writer) scSize() int64    { return 1 << w.img.scBits }
+func (w *writer) entryWords() int64 {
+	if w.img.extL2 {
+		return 2
+	}
+	return 1
+}
+
+// stickyErr records the first metadata write failure; after it the image
+// refuses writes (its on-disk state is still consistent, possibly with
+// leaks).
+func (w *writer) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	if w.err == nil {
+		w.err = err
+	}
+	var oe *OverlapError
+	if errors.As(err, &oe) {
+		w.markCorrupt()
+	}
+	return err
+}
+
+// WriteAt writes p at guest offset off. Writes may have any offset and
+// length inside the guest size; they allocate clusters and copy the rest
+// of a cluster from the backing chain as needed. Data reaches the disk
+// on Flush or Close. Safe for concurrent use with other reads and writes.
+func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	w := img.w
+	if w == nil {
+		return 0, fmt.Errorf("%w: %s", ErrReadOnly, img.path)
+	}
+	if off < 0 || off > img.size || int64(len(p)) > img.size-off {
+		return 0, fmt.Errorf("qcow2: %s: write of %d bytes at %d is outside the image (%d bytes)", img.path, len(p), off, img.size)
+	}
+	w.ops.RLock()
+	defer w.ops.RUnlock()
+	if err := w.usable(); err != nil {
+		return 0, err
+	}
+	return w.writeRange(p, off)
+}
+
+// writeRange writes p at off cluster by cluster; ops is held.
+func (w *writer) writeRange(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		pos := off + int64(done)
+		vc := pos >> w.cb()
+		in := pos - vc<<w.cb()
+		n := int(min(int64(len(p)-done), w.cs()-in))
+		if err := w.writeCluster(vc, in, p[done:done+n]); err != nil {
+			return done, err
+		}
+		done += n
+	}
+	return done, nil
+}
+
+func (w *writer) usable() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.closed {
+		return ErrClosed
+	}
+	if w.err != nil {
+		return fmt.Errorf("qcow2: %s: an earlier metadata write failed: %w", w.path, w.err)
+	}
+	return nil
+}
+
+// reserve waits until no other write works on guest cluster vc and
+// claims it. Called with mu held.
+func (w *writer) reserve(vc int64) {
+	for {
+		if _, busy := w.inflight[vc]; !busy {
+			w.inflight[vc] = struct{}{}
+			return
+		}
+		w.cond.Wait()
+	}
+}
+
+func (w *writer) release(vc int64) {
+	delete(w.inflight, vc)
+	w.cond.Broadcast()
+}
+
+// writeCluster writes data at byte in of guest cluster vc.
+func (w *writer) writeCluster(vc, in int64, data []byte) error {
+	img := w.img
+	w.mu.Lock()
+	w.reserve(vc)
+	entry, bitmap, err := w.entry(vc)
+	if err != nil {
+		w.release(vc)
+		w.mu.Unlock()
+		return err
+	}
+	host := int64(entry & hostOffsetMask)
+	compressed := entry&entryCompressed != 0
+	owned := !compressed && host != 0 && entry&entryCopied != 0
+	var s0, s1 uint // touched subclusters (extended L2)
+	if img.extL2 {
+		s0 = uint(in >> img.scBits)
+		s1 = uint((in + int64(len(data)) - 1) >> img.scBits)
+	}
+	touched := uint64(0)
+	if img.extL2 {
+		touched = (uint64(1)<<(s1+1) - 1) &^ (uint64(1)<<s0 - 1)
+	}
+	// Fast path: the cluster is ours and every touched byte is already
+	// allocated data: write in place.
+	if owned && ((!img.extL2 && entry&entryZero == 0) || (img.extL2 && bitmap&touched == touched)) {
+		w.release(vc)
+		w.dataWritten = true
+		w.mu.Unlock()
+		if err := w.meta.check(host+in, int64(len(data)), metaNone); err != nil {
+			return w.lockedFail(err)
+		}
+		if err := writeFull(w.st, data, host+in); err != nil {
+			return fmt.Errorf("qcow2: writing %s at %#x: %w", w.path, host+in, err)
+		}
+		return nil
+	}
+	if err := w.beforeAlloc(); err != nil {
+		w.release(vc)
+		w.mu.Unlock()
+		return err
+	}
+	target := host
+	if !owned {
+		if target, err = w.rc.alloc(1); err != nil {
+			w.release(vc)
+			w.mu.Unlock()
+			return w.fail(err)
+		}
+	}
+	w.dataWritten = true
+	w.mu.Unlock()
+
+	// Build what goes to the host cluster: the data plus the bytes of
+	// the cluster (or of the touched subclusters) it does not cover,
+	// read from the current guest state.
+	cstart := vc << w.cb()
+	var wStart, wEnd int64 // byte range of the cluster written
+	var newEntry, newBitmap uint64
+	switch {
+	case !img.extL2:
+		wStart, wEnd = 0, w.cs()
+		newEntry = uint64(target) | entryCopied
+	case compressed:
+		wStart, wEnd = 0, w.cs()
+		newEntry = uint64(target) | entryCopied
+		newBitmap = bitmapAllocMask
+	case host != 0 && !owned:
+		// Shared cluster: copy all of it.
+		wStart, wEnd = 0, w.cs()
+		newEntry = uint64(target) | entryCopied
+		newBitmap = (bitmap | touched) &^ (touched << 32)
+	default:
+		wStart, wEnd = int64(s0)<<img.scBits, int64(s1+1)<<img.scBits
+		newEntry = uint64(target) | entryCopied
+		newBitmap = (bitmap | touched) &^ (touched << 32)
+	}
+	buf := make([]byte, wEnd-wStart)
+	end := in + int64(len(data))
+	var cerr error
+	if in > wStart {
+		cerr = w.readGuest(buf[:in-wStart], cstart+wStart)
+	}
+	if cerr == nil && end < wEnd {
+		cerr = w.readGuest(buf[end-wStart:], cstart+end)
+	}
+	copy(buf[in-wStart:], data)
+	if cerr == nil {
+		cerr = w.meta.check(target+wStart, wEnd-wStart, metaNone)
+		if cerr == nil {
+			cerr = writeFull(w.st, buf, target+wStart)
+		}
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	defer w.release(vc)
+	if cerr != nil {
+		if target != host {
+			// The cluster was never linked: give it back.
+			w.rc.add(target>>w.cb(), -1) //nolint:errcheck // it was just allocated
+		}
+		return w.fail(fmt.Errorf("qcow2: writing %s: %w", w.path, cerr))
+	}
+	if err := w.setEntry(vc, newEntry, newBitmap); err != nil {
+		return w.fail(err)
+	}
+	if target != host {
+		w.freeEntry(entry)
+	}
+	return w.maybeFlush()
+}
+
+func (w *writer) lockedFail(err error) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.fail(err)
+}
+
+// readGuest reads the current guest content at off into p; bytes past
+// the guest size read as zeros.
+func (w *writer) readGuest(p []byte, off int64) error {
+	n, err := w.img.ReadAt(p, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	clear(p[n:])
+	return nil
+}
+
+// entry returns the L2 entry and bitmap of guest cluster vc. mu held.
+func (w *writer) entry(vc int64) (uint64, uint64, error) {
+	l1i := vc >> w.img.l2Bits
+	if l1i >= w.img.l1Len() || w.img.l1Get(l1i)&hostOffsetMask == 0 {
+		return 0, 0, nil
+	}
+	return w.img.l2Entry(vc)
+}
+
+// freeEntry schedules the release of the host clusters an L2 entry no
+// longer in use pointed at: a normal or preallocated cluster, or the
+// host clusters a compressed one spans.
+func (w *writer) freeEntry(entry uint64) {
+	if entry&entryCompressed != 0 {
+		off, size := w.img.compressedLocation(entry)
+		off &^= 511
+		for c := off >> w.cb(); c <= (off+size-1)>>w.cb(); c++ {
+			w.frees = append(w.frees, c)
+		}
+		return
+	}
+	if host := int64(entry & hostOffsetMask); host != 0 {
+		w.frees = append(w.frees, host>>w.cb())
+	}
+}
+
+// beforeAlloc sets the dirty bit before the first allocation of a lazy
+// refcounts image. mu held.
+func (w *writer) beforeAlloc() error {
+	if !w.lazy || w.dirtyBit {
+		return nil
+	}
+	w.img.hdr.IncompatibleFeatures |= IncompatDirty
+	if err := w.writeHeader(); err != nil {
+		return w.fail(err)
+	}
+	if err := w.st.Sync(); err != nil {
+		return w.fail(err)
+	}
+	w.dirtyBit = true
+	return nil
+}
+
+// setEntry stores the L2 entry of guest cluster vc, allocating or
+// copying the L2 table as needed. mu held.
+func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
+	l1i := vc >> w.img.l2Bits
+	t, err := w.writableL2(l1i)
+	if err != nil {
+		return err
+	}
+	i := (vc & w.img.l2Mask) * w.entryWords()
+	t.entries[i] = entry
+	if w.img.extL2 {
+		t.entries[i+1] = bitmap
+	}
+	w.publishL2(l1i, t)
+	return nil
+}
+
+// writableL2 returns a private copy of the L2 table of l1i that the
+// caller modifies and then publishes. A missing table is allocated; a
+// shared one (no COPIED flag in L1) is copied to a new cluster. mu held.
+func (w *writer) writableL2(l1i int64) (*l2Table, error) {
+	img := w.img
+	if l1i >= img.l1Len() {
+		return nil, img.corrupt("L1 table", int64(img.hdr.L1TableOffset), "L1 index %d beyond the table (%d entries)", l1i, img.l1Len())
+	}
+	if err := w.beforeAlloc(); err != nil {
+		return nil, err
+	}
+	l1e := img.l1Get(l1i)
+	off := int64(l1e & hostOffsetMask)
+	if off != 0 && l1e&entryCopied != 0 {
+		if t := w.dirtyL2[l1i]; t != nil {
+			return &l2Table{entries: slices.Clone(t.entries)}, nil
+		}
+		t := img.l2.get(int(l1i))
+		if t == nil {
+			if t, err := img.loadL2(int(l1i)); err != nil {
+				return nil, err
+			} else {
+				return &l2Table{entries: slices.Clone(t.entries)}, nil
+			}
+		}
+		return &l2Table{entries: slices.Clone(t.entries)}, nil
+	}
+	var entries []uint64
+	if off != 0 {
+		// Shared with a snapshot: copy the table.
+		t := img.l2.get(int(l1i))
+		if t == nil {
+			var err error
+			if t, err = img.loadL2(int(l1i)); err != nil {
+				return nil, err
+			}
+		}
+		entries = slices.Clone(t.entries)
+	} else {
+		entries = make([]uint64, w.l2Words())
+	}
+	newOff, err := w.rc.alloc(1)
+	if err != nil {
+		return nil, err
+	}
+	w.meta.add(newOff>>w.cb(), 1, metaL2)
+	if off != 0 {
+		w.meta.remove(off>>w.cb(), 1)
+		w.frees = append(w.frees, off>>w.cb())
+	}
+	img.l1Set(l1i, uint64(newOff)|entryCopied)
+	w.l1Dirty = true
+	return &l2Table{entries: entries}, nil
+}
+
+// publishL2 makes t the table of l1i for readers and marks it dirty.
+func (w *writer) publishL2(l1i int64, t *l2Table) {
+	t.dirty.Store(true)
+	w.dirtyL2[l1i] = t
+	w.img.l2.replace(int(l1i), t)
+}
+
+// maybeFlush writes metadata back when too many L2 tables are dirty. mu
+// held.
+func (w *writer) maybeFlush() error {
+	if len(w.dirtyL2) <= w.maxDirtyL2 {
+		return nil
+	}
+	return w.flushLocked()
+}
