@@ -22,18 +22,18 @@ const (
 
 // CheckResult is what Check found, with qemu-img check's fields.
 type CheckResult struct {
-	Filename            string `json:"filename"`
-	Format              string `json:"format"`
-	CheckErrors         int64  `json:"check-errors"`
-	ImageEndOffset      int64  `json:"image-end-offset"`
-	Corruptions         int64  `json:"corruptions,omitempty"`
-	Leaks               int64  `json:"leaks,omitempty"`
-	CorruptionsFixed    int64  `json:"corruptions-fixed,omitempty"`
-	LeaksFixed          int64  `json:"leaks-fixed,omitempty"`
-	TotalClusters       int64  `json:"total-clusters"`
-	AllocatedClusters   int64  `json:"allocated-clusters,omitempty"`
-	FragmentedClusters  int64  `json:"fragmented-clusters,omitempty"`
-	CompressedClusters  int64  `json:"compressed-clusters,omitempty"`
+	Filename           string `json:"filename"`
+	Format             string `json:"format"`
+	CheckErrors        int64  `json:"check-errors"`
+	ImageEndOffset     int64  `json:"image-end-offset"`
+	Corruptions        int64  `json:"corruptions,omitempty"`
+	Leaks              int64  `json:"leaks,omitempty"`
+	CorruptionsFixed   int64  `json:"corruptions-fixed,omitempty"`
+	LeaksFixed         int64  `json:"leaks-fixed,omitempty"`
+	TotalClusters      int64  `json:"total-clusters"`
+	AllocatedClusters  int64  `json:"allocated-clusters,omitempty"`
+	FragmentedClusters int64  `json:"fragmented-clusters,omitempty"`
+	CompressedClusters int64  `json:"compressed-clusters,omitempty"`
 	// Messages describe each problem found (one line each, like
 	// qemu-img's stderr output).
 	Messages []string `json:"-"`
@@ -463,7 +463,7 @@ func (ck *checker) countBitmaps(b *BitmapsExt) {
 type readOnlyStorage struct{ io.ReaderAt }
 
 func (readOnlyStorage) WriteAt([]byte, int64) (int, error) { return 0, ErrReadOnly }
-func (readOnlyStorage) Sync() error                         { return nil }
-func (readOnlyStorage) Truncate(int64) error                { return ErrReadOnly }
-func (readOnlyStorage) Size() (int64, error)                { return 0, ErrReadOnly }
-func (readOnlyStorage) Close() error                        { return nil }
+func (readOnlyStorage) Sync() error                        { return nil }
+func (readOnlyStorage) Truncate(int64) error               { return ErrReadOnly }
+func (readOnlyStorage) Size() (int64, error)               { return 0, ErrReadOnly }
+func (readOnlyStorage) Close() error                       { return nil }

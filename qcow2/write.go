@@ -61,10 +61,10 @@ type writer struct {
 
 // geometry helpers
 
-func (w *writer) cs() int64        { return w.img.clusterSize }
-func (w *writer) cb() uint32       { return w.img.clusterBits }
-func (w *writer) l2Words() int64   { return w.cs() / 8 }
-func (w *writer) scSize() int64    { return 1 << w.img.scBits }
+func (w *writer) cs() int64      { return w.img.clusterSize }
+func (w *writer) cb() uint32     { return w.img.clusterBits }
+func (w *writer) l2Words() int64 { return w.cs() / 8 }
+func (w *writer) scSize() int64  { return 1 << w.img.scBits }
 func (w *writer) entryWords() int64 {
 	if w.img.extL2 {
 		return 2
