@@ -1,0 +1,184 @@
+package overlay
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/layers"
+	"golang.org/x/sys/unix"
+)
+
+// layerTar returns an uncompressed layer: layerNNN/fileK (files of size
+// bytes each, content unique to the layer) and a "top" file every layer
+// overwrites.
+func layerTar(t testing.TB, i, files, size int) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	mt := time.Unix(1700000000, 0)
+	add := func(h *tar.Header, body []byte) {
+		h.ModTime, h.Format = mt, tar.FormatPAX
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write(body)
+	}
+	dir := fmt.Sprintf("layer%03d", i)
+	add(&tar.Header{Name: dir + "/", Typeflag: tar.TypeDir, Mode: 0o755}, nil)
+	for k := range files {
+		unit := []byte(fmt.Sprintf("layer %d file %d\n", i, k))
+		body := bytes.Repeat(unit, size/len(unit)+1)[:size]
+		add(&tar.Header{Name: fmt.Sprintf("%s/file%d", dir, k), Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body))}, body)
+	}
+	top := []byte(fmt.Sprint(i))
+	add(&tar.Header{Name: "top", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(top))}, top)
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// buildImage writes an image of n layers (see layerTar) into the layout
+// dir under tag, with layers.Build storing each tar as it is. The layers
+// of images built with the same prefix n are shared.
+func buildImage(t testing.TB, dir, tag string, n, files, size int) layers.ImageRef {
+	return buildImageGz(t, dir, tag, n, files, size, false)
+}
+
+// buildImageGz is buildImage with gzip-compressed layers when gz is set.
+func buildImageGz(t testing.TB, dir, tag string, n, files, size int, gz bool) layers.ImageRef {
+	t.Helper()
+	tmp := t.TempDir()
+	var paths []string
+	for i := range n {
+		p := filepath.Join(tmp, fmt.Sprintf("%03d.tar", i))
+		b := layerTar(t, i, files, size)
+		if gz {
+			var z bytes.Buffer
+			zw := gzip.NewWriter(&z)
+			zw.Write(b)
+			zw.Close()
+			b = z.Bytes()
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	epoch := time.Unix(1700000000, 0)
+	if _, err := layers.Build(context.Background(), dir, layers.BuildOptions{Layers: paths, Tag: tag, SourceDateEpoch: &epoch}); err != nil {
+		t.Fatal(err)
+	}
+	return layers.ImageRef{Dir: dir, Tag: tag}
+}
+
+// Test150LayerImage mounts an image of 150 layers (deeper than one page of
+// mount(2) options holds with the store's absolute paths) and checks that
+// every layer is visible.
+func Test150LayerImage(t *testing.T) {
+	testutil.NeedRoot(t)
+	const n = 150
+	ref := buildImage(t, filepath.Join(t.TempDir(), "layout"), "deep", n, 1, 10)
+	s := testStore(t)
+	target := t.TempDir()
+	c, st, err := s.Mount(context.Background(), ref, target, MountOptions{}, ImageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	if st.Unpacked != n || len(c.Layers) != n {
+		t.Fatalf("%+v, %d layers", st, len(c.Layers))
+	}
+	lower, _, _ := s.lowerDirs(c.Layers)
+	if opts := legacyOptions(lower, c.UpperDir(), c.WorkDir(), &mountSpec{}); len(opts) < os.Getpagesize() {
+		t.Fatalf("the options of this stack fit in a page (%d bytes): the test proves nothing", len(opts))
+	}
+	for i := range n {
+		p := fmt.Sprintf("%s/layer%03d/file0", target, i)
+		if b, err := os.ReadFile(p); err != nil || len(b) != 10 || !strings.HasPrefix(fmt.Sprintf("layer %d file 0\n", i), string(b)) {
+			t.Fatalf("layer %d: %q %v", i, b, err)
+		}
+	}
+	if b, _ := os.ReadFile(target + "/top"); string(b) != fmt.Sprint(n-1) {
+		t.Errorf("top = %q, want %d", b, n-1)
+	}
+}
+
+// TestHelperProcessUnpack is not a test: TestConcurrentProcesses runs the
+// test binary as several processes that enter here.
+func TestHelperProcessUnpack(t *testing.T) {
+	arg := os.Getenv("IMGTOOL_OVERLAY_HELPER")
+	if arg == "" {
+		t.Skip("helper process for TestConcurrentProcesses")
+	}
+	storeDir, refDir, _ := strings.Cut(arg, "|")
+	no := false
+	s, err := OpenStore(storeDir, StoreOptions{UserXattr: &no, Concurrency: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Unpack(context.Background(), layers.ImageRef{Dir: refDir, Tag: "t"}, ImageOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(st)
+	fmt.Printf("STATS %s\n", b)
+}
+
+// TestConcurrentProcesses unpacks one image into one store from four
+// processes at once: every layer is unpacked exactly once in total.
+func TestConcurrentProcesses(t *testing.T) {
+	testutil.NeedRoot(t) // the store keeps layer owners
+	const n = 12
+	layout := filepath.Join(t.TempDir(), "layout")
+	buildImage(t, layout, "t", n, 20, 4096)
+	storeDir := filepath.Join(t.TempDir(), "store")
+	t.Setenv("IMGTOOL_OVERLAY_HELPER", storeDir+"|"+layout)
+	type result struct {
+		out []byte
+		err error
+	}
+	res := make(chan result, 4)
+	for range 4 {
+		go func() {
+			out, err := testutil.Exec(os.Args[0], "-test.run=^TestHelperProcessUnpack$", "-test.v")
+			res <- result{out, err}
+		}()
+	}
+	unpacked, present := 0, 0
+	for range 4 {
+		r := <-res
+		if r.err != nil {
+			t.Fatalf("helper: %v\n%s", r.err, r.out)
+		}
+		_, js, ok := strings.Cut(string(r.out), "STATS ")
+		if !ok {
+			t.Fatalf("helper printed no stats:\n%s", r.out)
+		}
+		js, _, _ = strings.Cut(js, "\n")
+		var st UnpackStats
+		if err := json.Unmarshal([]byte(js), &st); err != nil {
+			t.Fatal(err)
+		}
+		unpacked += st.Unpacked
+		present += st.Present
+	}
+	if unpacked != n || present != 3*n {
+		t.Errorf("4 processes unpacked %d layers and found %d present, want %d and %d", unpacked, present, n, 3*n)
+	}
+	no := false
+	s, _ := OpenStore(storeDir, StoreOptions{UserXattr: &no})
+	if ls, _ := s.Layers(); len(ls) != n {
+		t.Errorf("store holds %d layers, want %d", len(ls), n)
+	}
+}
