@@ -43,6 +43,15 @@ func (s *Store) copyRootfs(ctx context.Context, c *Container) error {
 	if len(ents) > 0 {
 		return fmt.Errorf("overlay: copy target %s is not empty", c.Target)
 	}
+	ok := false
+	defer func() {
+		if !ok { // leave the target empty, as it was
+			ents, _ := os.ReadDir(c.Target)
+			for _, e := range ents {
+				removeTree(filepath.Join(c.Target, e.Name()))
+			}
+		}
+	}()
 	cp := &flattener{
 		dst:      c.Target,
 		link:     c.ReadOnly,
@@ -58,7 +67,11 @@ func (s *Store) copyRootfs(ctx context.Context, c *Container) error {
 			return fmt.Errorf("overlay: copy layer %d (%s): %w", i, id, err)
 		}
 	}
-	return cp.finish()
+	if err := cp.finish(); err != nil {
+		return err
+	}
+	ok = true
+	return nil
 }
 
 // opaqueXattr is the xattr marking an opaque directory in this store.

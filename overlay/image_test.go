@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -180,5 +181,43 @@ func TestConcurrentProcesses(t *testing.T) {
 	s, _ := OpenStore(storeDir, StoreOptions{UserXattr: &no})
 	if ls, _ := s.Layers(); len(ls) != n {
 		t.Errorf("store holds %d layers, want %d", len(ls), n)
+	}
+}
+
+// TestMountCorruptLayer: a layer blob whose bytes no longer match its
+// digest fails the mount, leaving no container, no half layer and nothing
+// in tmp/.
+func TestMountCorruptLayer(t *testing.T) {
+	layout := filepath.Join(t.TempDir(), "layout")
+	ref := buildImage(t, layout, "t", 2, 1, 100)
+	l, err := layers.OpenLayout(layout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := l.Resolve(context.Background(), "t", layers.ResolveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := l.BlobPath(img.Manifest.Layers[1].Digest)
+	b, _ := os.ReadFile(p)
+	b[600] ^= 1 // inside the first file's content
+	os.Chmod(p, 0o644)
+	must(t, os.WriteFile(p, b, 0o644))
+	s := testStore(t)
+	_, _, err = s.Mount(context.Background(), ref, t.TempDir(), MountOptions{Name: "bad"}, ImageOptions{})
+	if !errors.Is(err, layers.ErrBlobCorrupt) && !errors.Is(err, layers.ErrDigestMismatch) && !errors.Is(err, layers.ErrCorrupt) {
+		t.Fatalf("mount of a corrupt image: %v", err)
+	}
+	if cs, _ := s.Containers(); len(cs) != 0 {
+		t.Errorf("failed mount left container %+v", cs[0])
+	}
+	if _, err := os.Stat(s.path("containers", "bad")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed mount left its container dir: %v", err)
+	}
+	if _, err := s.Layer(img.Manifest.Layers[1].Digest); err == nil {
+		t.Errorf("corrupt layer is in the store")
+	}
+	if ents, _ := os.ReadDir(s.path("tmp")); len(ents) != 0 {
+		t.Errorf("tmp/ holds %d entries", len(ents))
 	}
 }

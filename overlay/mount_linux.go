@@ -119,7 +119,7 @@ func mountNewAPI(sp *mountSpec) (err error, fallback bool) {
 			return fail("fsconfig workdir "+sp.Work, err), false
 		}
 	}
-	for _, kv := range [][2]string{{"index", "off"}, {"redirect_dir", "off"}, {"metacopy", "off"}} {
+	for _, kv := range mountOptions(sp) {
 		if err := unix.FsconfigSetString(fsfd, kv[0], kv[1]); err != nil {
 			return fail("fsconfig "+kv[0]+"="+kv[1], err), false
 		}
@@ -145,6 +145,21 @@ func mountNewAPI(sp *mountSpec) (err error, fallback bool) {
 		return fail("move_mount", err), false
 	}
 	return nil, false
+}
+
+// mountOptions are the options every mount sets. index=off as Docker and
+// containerd do (no inode index; the upper dir may be mounted on other
+// lower dirs); redirect_dir=off and metacopy=off so that the upper dir
+// never holds redirects or metadata-only copies, which a layer cannot
+// express (Create rejects them). With userxattr the kernel forces
+// redirect_dir=nofollow (no redirects created) and refuses any other
+// value, so the option is left out there.
+func mountOptions(sp *mountSpec) [][2]string {
+	o := [][2]string{{"index", "off"}, {"metacopy", "off"}}
+	if !sp.UserXattr {
+		o = append(o, [2]string{"redirect_dir", "off"})
+	}
+	return o
 }
 
 // fsconfigPathMax: fsconfig copies string values with strndup_user(v, 256).
@@ -197,7 +212,9 @@ func legacyOptions(lower []string, upper, work string, sp *mountSpec) string {
 	if upper != "" {
 		b.WriteString(",upperdir=" + legacyEscape(upper) + ",workdir=" + legacyEscape(work))
 	}
-	b.WriteString(",index=off,redirect_dir=off,metacopy=off")
+	for _, kv := range mountOptions(sp) {
+		b.WriteString("," + kv[0] + "=" + kv[1])
+	}
 	if sp.UserXattr {
 		b.WriteString(",userxattr")
 	}

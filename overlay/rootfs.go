@@ -405,6 +405,13 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 	if len(im.Jobs) == 0 {
 		return nil, st, fmt.Errorf("overlay: image %s:%s has no layers", im.Dir, im.Tag)
 	}
+	if opts.Copy {
+		// Created now, so that the recorded path is the one a later
+		// lookup resolves (symlinks in its parents included).
+		if err := os.Mkdir(target, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return nil, st, fmt.Errorf("overlay: copy target: %w", err)
+		}
+	}
 	abs, err := cleanTarget(target)
 	if err != nil {
 		return nil, st, err
@@ -448,6 +455,12 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 	switch {
 	case errors.Is(err, ErrContainerNotFound):
 		c = &Container{Name: name, Dir: cdir, Created: time.Now().UTC()}
+		// A container that never got mounted leaves nothing behind.
+		defer func() {
+			if !c.Mounted {
+				removeTree(cdir)
+			}
+		}()
 	case err != nil:
 		return nil, st, err
 	default:

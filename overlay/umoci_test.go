@@ -143,6 +143,20 @@ func TestMountUmociImage(t *testing.T) {
 	if ls, _ := s.Layers(); len(ls) != 4 {
 		t.Errorf("store holds %d layers, want 4", len(ls))
 	}
+	// Copy mode (both the writable copy and the read-only hardlinked one)
+	// gives the same tree as umoci.
+	want := filepath.Join(t.TempDir(), "umoci")
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":v4", want)
+	for _, ro := range []bool{false, true} {
+		cp := filepath.Join(t.TempDir(), "copy")
+		if _, _, err := s.Mount(ctx, layers.ImageRef{Dir: dir, Tag: "v4"}, cp, MountOptions{Copy: true, ReadOnly: ro}, ImageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		compareTrees(t, want, cp)
+		if _, err := s.Unmount(ctx, cp, UnmountOptions{Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// Write in v4's mount: new, changed, deleted, a replaced directory
 	// (the kernel marks it opaque in the upper dir), a new directory (also
