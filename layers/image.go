@@ -137,7 +137,7 @@ func (l *Layout) Resolve(ctx context.Context, tag string, opts ResolveOptions) (
 	if len(tagged) == 0 {
 		return nil, &LayoutError{Path: l.indexPath(), Err: fmt.Errorf("%w: %q (tags: %s)", ErrTagNotFound, tag, strings.Join(all, ", "))}
 	}
-	manifests, err := l.expandIndex(ctx, tagged, 0)
+	manifests, err := l.expandIndex(ctx, tagged, 0, new(int))
 	if err != nil {
 		return nil, err
 	}
@@ -161,10 +161,18 @@ func (l *Layout) Resolve(ctx context.Context, tag string, opts ResolveOptions) (
 
 // expandIndex replaces index descriptors by the manifests they hold,
 // recursively; manifest descriptors are kept; other media types (artifacts)
-// are skipped.
-func (l *Layout) expandIndex(ctx context.Context, descs []ocispec.Descriptor, depth int) ([]ocispec.Descriptor, error) {
+// are skipped. seen counts the descriptors visited, which are capped (an
+// index listing the same child index n times, 8 deep, would otherwise make
+// n^8 reads).
+func (l *Layout) expandIndex(ctx context.Context, descs []ocispec.Descriptor, depth int, seen *int) ([]ocispec.Descriptor, error) {
 	var out []ocispec.Descriptor
 	for _, d := range descs {
+		if *seen++; *seen > layoutMaxDescriptors {
+			return nil, &LayoutError{Path: l.blobPath(d.Digest), Err: fmt.Errorf("%w: more than %d descriptors below one tag", ErrBlobCorrupt, layoutMaxDescriptors)}
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		switch {
 		case imageIsManifest(d.MediaType):
 			out = append(out, d)
@@ -180,7 +188,7 @@ func (l *Layout) expandIndex(ctx context.Context, descs []ocispec.Descriptor, de
 			if err != nil {
 				return nil, &LayoutError{Path: l.blobPath(d.Digest), Err: err}
 			}
-			sub, err := l.expandIndex(ctx, child.Manifests, depth+1)
+			sub, err := l.expandIndex(ctx, child.Manifests, depth+1, seen)
 			if err != nil {
 				return nil, err
 			}
@@ -317,7 +325,7 @@ func (l *Layout) List(ctx context.Context) ([]ImageSummary, error) {
 	}
 	out := make([]ImageSummary, 0, len(tags))
 	for i, tag := range tags {
-		ms, err := l.expandIndex(ctx, []ocispec.Descriptor{descs[i]}, 0)
+		ms, err := l.expandIndex(ctx, []ocispec.Descriptor{descs[i]}, 0, new(int))
 		if err != nil {
 			return nil, fmt.Errorf("tag %q: %w", tag, err)
 		}

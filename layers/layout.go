@@ -59,6 +59,8 @@ const (
 	layoutMaxJSON = 8 << 20
 	// layoutMaxIndexDepth caps how deep nested indexes may go.
 	layoutMaxIndexDepth = 8
+	// layoutMaxDescriptors caps the descriptors visited below one tag.
+	layoutMaxDescriptors = 4096
 )
 
 // Layout is an OCI image layout directory (image-spec image-layout.md):
@@ -73,6 +75,8 @@ const (
 // another process: the last writer wins and may drop the other's tag.
 type Layout struct {
 	dir string
+	// noSync skips fsync (tests and fuzzing only; the default is durable).
+	noSync bool
 }
 
 // OpenLayout opens an existing image layout. It checks the oci-layout file
@@ -91,8 +95,10 @@ func OpenLayout(dir string) (*Layout, error) {
 // InitLayout opens the image layout at dir, creating it (like umoci init)
 // when dir does not exist or is an empty directory. A non-empty directory
 // that is not a layout is left untouched and fails with ErrNotLayout.
-func InitLayout(dir string) (*Layout, error) {
-	l := &Layout{dir: dir}
+func InitLayout(dir string) (*Layout, error) { return layoutInit(dir, false) }
+
+func layoutInit(dir string, noSync bool) (*Layout, error) {
+	l := &Layout{dir: dir, noSync: noSync}
 	entries, err := os.ReadDir(dir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -102,13 +108,16 @@ func InitLayout(dir string) (*Layout, error) {
 	case err != nil:
 		return nil, err
 	case len(entries) > 0:
-		return OpenLayout(dir)
+		if _, err := OpenLayout(dir); err != nil {
+			return nil, err
+		}
+		return l, nil
 	}
 	if err := os.MkdirAll(filepath.Join(dir, blobsDirName, "sha256"), 0o755); err != nil {
 		return nil, err
 	}
 	lay, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
-	if err := layoutWriteFileAtomic(filepath.Join(dir, layoutFileName), lay); err != nil {
+	if err := layoutWriteFileAtomic(filepath.Join(dir, layoutFileName), lay, l.noSync); err != nil {
 		return nil, err
 	}
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{}}
@@ -167,7 +176,7 @@ func (l *Layout) writeIndex(idx *ocispec.Index) error {
 	if err != nil {
 		return err
 	}
-	return layoutWriteFileAtomic(l.indexPath(), b)
+	return layoutWriteFileAtomic(l.indexPath(), b, l.noSync)
 }
 
 // Tags returns the tags of index.json in index order, each with its
@@ -355,7 +364,7 @@ func layoutReadFileCapped(path string, max int64) ([]byte, error) {
 
 // layoutWriteFileAtomic writes b to path through a temp file in the same
 // directory, synced and renamed into place.
-func layoutWriteFileAtomic(path string, b []byte) error {
+func layoutWriteFileAtomic(path string, b []byte, noSync bool) error {
 	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
 		return err
@@ -374,8 +383,10 @@ func layoutWriteFileAtomic(path string, b []byte) error {
 	if err := f.Chmod(0o644); err != nil {
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		return err
+	if !noSync {
+		if err := f.Sync(); err != nil {
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
@@ -384,6 +395,9 @@ func layoutWriteFileAtomic(path string, b []byte) error {
 		return err
 	}
 	ok = true
+	if noSync {
+		return nil
+	}
 	return layoutSyncDir(filepath.Dir(path))
 }
 

@@ -240,8 +240,10 @@ func (w *layoutBlobWriter) Commit(want ocispec.Descriptor) (ocispec.Descriptor, 
 	if err := w.f.Chmod(0o644); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if err := w.f.Sync(); err != nil {
-		return ocispec.Descriptor{}, err
+	if !w.l.noSync {
+		if err := w.f.Sync(); err != nil {
+			return ocispec.Descriptor{}, err
+		}
 	}
 	if err := w.f.Close(); err != nil {
 		return ocispec.Descriptor{}, err
@@ -255,6 +257,9 @@ func (w *layoutBlobWriter) Commit(want ocispec.Descriptor) (ocispec.Descriptor, 
 		return ocispec.Descriptor{}, err
 	}
 	w.done = true
+	if w.l.noSync {
+		return desc, nil
+	}
 	return desc, layoutSyncDir(filepath.Dir(final))
 }
 

@@ -540,3 +540,21 @@ func TestParseImageRef(t *testing.T) {
 		}
 	}
 }
+
+func TestImageResolveIndexBomb(t *testing.T) {
+	ctx := context.Background()
+	l, _ := InitLayout(t.TempDir())
+	d := layoutTestWriteImage(t, l, layoutTestImageSpec{platform: ocispec.Platform{OS: "linux", Architecture: "s390x"}, layers: []map[string]string{{"a": "1"}}})
+	// Each level lists the level below 20 times: 20^8 paths without a cap.
+	for i := 0; i < layoutMaxIndexDepth; i++ {
+		descs := make([]ocispec.Descriptor, 20)
+		for j := range descs {
+			descs[j] = d
+		}
+		d = layoutTestIndex(t, l, ocispec.MediaTypeImageIndex, descs...)
+	}
+	l.SetTag(ctx, "bomb", d)
+	if _, err := l.Resolve(ctx, "bomb", ResolveOptions{}); !errors.Is(err, ErrBlobCorrupt) {
+		t.Fatalf("Resolve(index bomb) = %v, want ErrBlobCorrupt", err)
+	}
+}
