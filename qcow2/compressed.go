@@ -35,6 +35,14 @@ func newDecompressor(kind uint8, clusterSize int64) *decompressor {
 	return &decompressor{kind: kind, clusterSize: clusterSize}
 }
 
+// close releases the zstd decoder's goroutines, if one was started.
+func (d *decompressor) close() {
+	d.zstdOnce.Do(func() { d.zerr = ErrClosed })
+	if d.zdec != nil {
+		d.zdec.Close()
+	}
+}
+
 func (d *decompressor) getCluster() *[]byte {
 	if b, ok := d.clusters.Get().(*[]byte); ok {
 		return b

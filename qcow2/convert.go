@@ -215,4 +215,3 @@ func writeSparse(w interface {
 	}
 	return flush(len(b))
 }
-

@@ -306,6 +306,9 @@ func (img *Image) Close() error {
 			if e := l.f.Close(); e != nil && err == nil {
 				err = e
 			}
+			if l.decompressor != nil {
+				l.decompressor.close()
+			}
 		}
 	})
 	return err

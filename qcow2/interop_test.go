@@ -2,11 +2,14 @@ package qcow2
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/imgtool/imgtool/internal/testutil"
@@ -241,6 +244,19 @@ func checkAgainstQemu(t *testing.T, path string) {
 		t.Fatalf("content differs from qemu-img convert at byte %#x: got %#x want %#x", i, got[i], wantData[i])
 	}
 
+	// ConvertRaw gives the same bytes.
+	conv := filepath.Join(t.TempDir(), "conv.raw")
+	if err := ConvertRaw(context.Background(), img, conv, ConvertOptions{Workers: 3, ChunkSize: 192 << 10}); err != nil {
+		t.Fatalf("ConvertRaw: %v", err)
+	}
+	convData, err := os.ReadFile(conv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := firstDiff(convData, wantData); i >= 0 {
+		t.Fatalf("ConvertRaw output differs from qemu-img convert at byte %#x", i)
+	}
+
 	// Map.
 	var wantMap []MapEntry
 	if err := json.Unmarshal(qimg(t, "map", "-U", "--output=json", path), &wantMap); err != nil {
@@ -314,5 +330,59 @@ func dropBackingFormat(t *testing.T, path string) {
 	copy(padded, out)
 	if _, err := f.WriteAt(padded, 0); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestInteropUnreadable(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+
+	// External data file: info matches qemu-img, reads are refused.
+	df := filepath.Join(dir, "df.qcow2")
+	qimg(t, "create", "-q", "-f", "qcow2", "-o", "data_file="+filepath.Join(dir, "df.data"), df, "1M")
+	qio(t, df, "qcow2", "write -P 1 0 64k")
+	img, err := Open(df, Options{})
+	if err != nil {
+		t.Fatalf("Open data-file image: %v", err)
+	}
+	buf := make([]byte, 512)
+	if _, err := img.ReadAt(buf, 0); !errors.Is(err, ErrCannotRead) || !strings.HasPrefix(err.Error(), "cannot read content: ") {
+		t.Errorf("ReadAt of data-file image: %v", err)
+	}
+	if err := ConvertRaw(context.Background(), img, filepath.Join(dir, "out.raw"), ConvertOptions{}); !errors.Is(err, ErrCannotRead) {
+		t.Errorf("ConvertRaw of data-file image: %v", err)
+	}
+	img.Close()
+	var want map[string]any
+	json.Unmarshal(qimg(t, "info", "-U", "--output=json", df), &want)
+	infos, err := ChainInfo(df, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got map[string]any
+	b, _ := json.Marshal(infos[0])
+	json.Unmarshal(b, &got)
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("data-file info:\n got %v\nwant %v", got, want)
+	}
+
+	// LUKS encryption: opens for info, reads are refused.
+	enc := filepath.Join(dir, "enc.qcow2")
+	qimg(t, "create", "-q", "--object", "secret,id=sec0,data=123456", "-f", "qcow2",
+		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", enc, "1M")
+	img, err = Open(enc, Options{})
+	if err != nil {
+		t.Fatalf("Open LUKS image: %v", err)
+	}
+	defer img.Close()
+	if err := img.Readable(); !errors.Is(err, ErrCannotRead) || !strings.Contains(err.Error(), "LUKS") {
+		t.Errorf("Readable of LUKS image: %v", err)
+	}
+	info, err := img.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Encrypted || info.FormatSpecific.Data.Encrypt == nil || info.FormatSpecific.Data.Encrypt.Format != "luks" {
+		t.Errorf("LUKS info = %+v", info)
 	}
 }
