@@ -35,8 +35,8 @@ type CommitResult struct {
 	Image     *layers.BuildResult
 }
 
-// Commit turns the upper dir of the container mounted (or last mounted)
-// on target into a new layer on top of the container's image and writes
+// Commit turns the changes of the container mounted (or last mounted) on
+// target into a new layer on top of the container's image and writes
 // the result into the layout dst.Dir under dst.Tag (the layout is created
 // if missing; the base image's blobs are copied when it is another
 // layout).
@@ -46,6 +46,10 @@ type CommitResult struct {
 // merged view of the image's layers as the lower tree, mounted read-only
 // for the time of the commit, so that whiteouts of names no lower layer has
 // and the opaque marks the kernel puts on new directories are left out.
+//
+// A copy-mode container is diffed against a flattened tree of its layers,
+// made of hardlinks into the store in the store's tmp/ (read only, and
+// removed after).
 //
 // The container may stay mounted, but nothing may write to it while
 // Commit reads the upper dir.
@@ -67,11 +71,19 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	if c, err = s.readContainer(c.Name); err != nil {
 		return nil, err
 	}
-	if c.Mode != ModeOverlay {
-		return nil, fmt.Errorf("overlay: commit %s: container %q is a %s container; only overlay containers have an upper dir to commit", target, c.Name, c.Mode)
-	}
-	if _, err := os.Stat(c.UpperDir()); err != nil {
-		return nil, fmt.Errorf("overlay: commit %s: container %q has no upper dir (mounted read-only?): %w", target, c.Name, err)
+	src, overlayUpper := c.UpperDir(), true
+	switch c.Mode {
+	case ModeOverlay:
+		if _, err := os.Stat(src); err != nil {
+			return nil, fmt.Errorf("overlay: commit %s: container %q has no upper dir (mounted read-only?): %w", target, c.Name, err)
+		}
+	case ModeCopy:
+		if c.ReadOnly {
+			return nil, fmt.Errorf("overlay: commit %s: container %q is a read-only copy (its files are the store's)", target, c.Name)
+		}
+		src, overlayUpper = c.Target, false
+	default:
+		return nil, fmt.Errorf("overlay: commit %s: container %q has unknown mode %q", target, c.Name, c.Mode)
 	}
 	base, err := layers.OpenLayout(c.ImageDir)
 	if err != nil {
@@ -94,10 +106,14 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	if err := os.Mkdir(lower, 0o700); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
-	if err := s.mountLowerView(c, lower); err != nil {
+	if c.Mode == ModeOverlay {
+		if err := s.mountLowerView(c, lower); err != nil {
+			return nil, err
+		}
+		defer unmount(lower)
+	} else if err := s.flatten(ctx, c.Layers, lower, true); err != nil {
 		return nil, err
 	}
-	defer unmount(lower)
 
 	// The blob goes to a file first: Build stores a layer file as is.
 	blob := filepath.Join(work, "container-"+c.Name+".tar")
@@ -105,10 +121,10 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	if err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
-	d, err := layers.Create(ctx, f, c.UpperDir(), layers.CreateOptions{
+	d, err := layers.Create(ctx, f, src, layers.CreateOptions{
 		Compression:     opts.Compression,
 		Lower:           lower,
-		OverlayUpper:    true,
+		OverlayUpper:    overlayUpper,
 		SourceDateEpoch: opts.SourceDateEpoch,
 	})
 	if cerr := f.Close(); err == nil && cerr != nil {

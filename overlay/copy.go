@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 
+	digest "github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -52,26 +53,27 @@ func (s *Store) copyRootfs(ctx context.Context, c *Container) error {
 			}
 		}
 	}()
-	cp := &flattener{
-		dst:      c.Target,
-		link:     c.ReadOnly,
-		opaque:   s.opaqueXattr(),
-		dirTimes: map[string][2]unix.Timespec{},
+	if err := s.flatten(ctx, c.Layers, c.Target, c.ReadOnly); err != nil {
+		return err
 	}
-	for i, id := range c.Layers {
+	ok = true
+	return nil
+}
+
+// flatten merges the layers (ChainIDs, bottom first) into dst, an empty
+// directory, hardlinking regular files from the store when link is set.
+func (s *Store) flatten(ctx context.Context, chain []digest.Digest, dst string, link bool) error {
+	cp := &flattener{dst: dst, link: link, opaque: s.opaqueXattr(), dirTimes: map[string][2]unix.Timespec{}}
+	for i, id := range chain {
 		l, err := s.Layer(id)
 		if err != nil {
 			return err
 		}
 		if err := cp.layer(ctx, l.Dir); err != nil {
-			return fmt.Errorf("overlay: copy layer %d (%s): %w", i, id, err)
+			return fmt.Errorf("overlay: flatten layer %d (%s): %w", i, id, err)
 		}
 	}
-	if err := cp.finish(); err != nil {
-		return err
-	}
-	ok = true
-	return nil
+	return cp.finish()
 }
 
 // opaqueXattr is the xattr marking an opaque directory in this store.

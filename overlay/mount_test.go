@@ -86,7 +86,7 @@ func testStore(t testing.TB) *Store {
 // mountForTest mounts and registers the unmount (and removal) in Cleanup.
 func mountForTest(t testing.TB, s *Store, im *imageSpec, target string, opts MountOptions) (*Container, UnpackStats) {
 	t.Helper()
-	c, st, err := s.mountImage(context.Background(), im, target, opts)
+	c, st, err := s.mountImage(context.Background(), im, target, opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestMountUmountRemount(t *testing.T) {
 		t.Fatalf("ContainerByTarget: %+v %v", got, err)
 	}
 	// A second mount of the same name is refused while mounted.
-	if _, _, err := s.mountImage(ctx, im, t.TempDir(), MountOptions{Name: "web"}); !errors.Is(err, ErrContainerExists) {
+	if _, _, err := s.mountImage(ctx, im, t.TempDir(), MountOptions{Name: "web"}, nil); !errors.Is(err, ErrContainerExists) {
 		t.Errorf("mounting a mounted name again: %v, want ErrContainerExists", err)
 	}
 	if _, err := s.Unmount(ctx, target, UnmountOptions{}); err != nil {
@@ -344,7 +344,7 @@ func TestCopyModeMatchesMount(t *testing.T) {
 	for _, ro := range []bool{false, true} {
 		t.Run(fmt.Sprint("readonly=", ro), func(t *testing.T) {
 			target := filepath.Join(t.TempDir(), "rootfs")
-			c, _, err := s.mountImage(context.Background(), im, target, MountOptions{Copy: true, ReadOnly: ro})
+			c, _, err := s.mountImage(context.Background(), im, target, MountOptions{Copy: true, ReadOnly: ro}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

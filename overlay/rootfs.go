@@ -84,9 +84,6 @@ type MountOptions struct {
 	Copy bool
 	// Method picks the mount system call interface (default MountAuto).
 	Method MountMethod
-	// Progress, when set, is called once per layer as it becomes
-	// available, from the unpacking goroutines (so concurrently).
-	Progress func(Progress)
 }
 
 // UnpackStats counts what making an image's layers available did.
@@ -400,7 +397,7 @@ func (im *imageSpec) chainOf() (chain, diffIDs []digest.Digest) {
 }
 
 // mountImage is Mount for an image described by im.
-func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, opts MountOptions) (*Container, UnpackStats, error) {
+func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, opts MountOptions, progress func(Progress)) (*Container, UnpackStats, error) {
 	var st UnpackStats
 	if len(im.Jobs) == 0 {
 		return nil, st, fmt.Errorf("overlay: image %s:%s has no layers", im.Dir, im.Tag)
@@ -489,7 +486,7 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 	if err := s.writeContainer(c); err != nil {
 		return nil, st, err
 	}
-	st, err = s.ensureLayers(ctx, im.Jobs, opts.Progress)
+	st, err = s.ensureLayers(ctx, im.Jobs, progress)
 	if err != nil {
 		return nil, st, err
 	}

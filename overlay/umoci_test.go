@@ -180,6 +180,27 @@ func TestMountUmociImage(t *testing.T) {
 	testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":committed", got)
 	compareTrees(t, m, got)
 
+	// A writable copy-mode container commits too: the same changes made
+	// in a copy of v4 give the same tree.
+	cp := filepath.Join(t.TempDir(), "copy")
+	if _, _, err := s.Mount(ctx, layers.ImageRef{Dir: dir, Tag: "v4"}, cp, MountOptions{Copy: true}, ImageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	writeMode(t, cp, "new/dir/file", "new\n", 0o644, 7, 8)
+	writeMode(t, cp, "etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644, 0, 0)
+	must(t, os.Remove(filepath.Join(cp, "abs-link")))
+	must(t, os.RemoveAll(filepath.Join(cp, "srv/data")))
+	writeMode(t, cp, "srv/data/fresh", "fresh\n", 0o600, 0, 0)
+	must(t, os.Chmod(filepath.Join(cp, "usr/bin/tool"), 0o700))
+	must(t, os.Remove(filepath.Join(cp, "srv/l2")))
+	if _, err := s.Commit(ctx, cp, layers.ImageRef{Dir: dir, Tag: "committed-copy"}, CommitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	gotCopy := filepath.Join(t.TempDir(), "umoci")
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":committed-copy", gotCopy)
+	compareTrees(t, cp, gotCopy)
+	compareTrees(t, got, gotCopy)
+
 	// The committed image mounts too, sharing the four layers below.
 	target := t.TempDir()
 	_, st, err := s.Mount(ctx, layers.ImageRef{Dir: dir, Tag: "committed"}, target, MountOptions{ReadOnly: true}, ImageOptions{})

@@ -22,7 +22,8 @@ type ImageOptions struct {
 	// Limits bound each layer's unpacking (zero: layers' defaults).
 	Limits layers.Limits
 	// Progress, when set, is called once per layer as it becomes
-	// available, from the unpacking goroutines (so concurrently).
+	// available (unpacked or found in the store), from the unpacking
+	// goroutines, one call at a time.
 	Progress func(Progress)
 }
 
@@ -115,10 +116,7 @@ func (s *Store) Mount(ctx context.Context, ref layers.ImageRef, target string, o
 	if err != nil {
 		return nil, UnpackStats{}, err
 	}
-	if opts.Progress == nil {
-		opts.Progress = iopts.Progress
-	}
-	c, st, err := s.mountImage(ctx, im, target, opts)
+	c, st, err := s.mountImage(ctx, im, target, opts, iopts.Progress)
 	if err != nil {
 		return nil, st, fmt.Errorf("mount %s on %s: %w", ref, target, err)
 	}

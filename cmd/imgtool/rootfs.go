@@ -119,8 +119,8 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	c, st, err := s.Mount(context.Background(), ref, fs.Arg(1),
-		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode, Progress: rootfsProgress(*progress, stderr)},
-		overlay.ImageOptions{Platform: plat})
+		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode},
+		overlay.ImageOptions{Platform: plat, Progress: rootfsProgress(*progress, stderr)})
 	if errors.Is(err, overlay.ErrMountUnsupported) {
 		return fmt.Errorf("%w\nhint: where overlayfs cannot be mounted, 'imgtool rootfs mount --copy' makes a flattened copy instead", err)
 	}
