@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,24 @@ func TestHelperProcessUserns(t *testing.T) {
 	}
 	target := t.TempDir()
 	ctx := context.Background()
-	c, _, err := s.Mount(ctx, layers.ImageRef{Dir: layout, Tag: "t"}, target, MountOptions{}, ImageOptions{})
+	ref := layers.ImageRef{Dir: layout, Tag: "t"}
+	if os.Getenv("IMGTOOL_OVERLAY_USERNS_NOMOUNT") != "" {
+		// No mount namespace of our own: overlay cannot be mounted, the
+		// error says so, and copy mode works instead.
+		_, _, err := s.Mount(ctx, ref, target, MountOptions{}, ImageOptions{})
+		if !errors.Is(err, ErrMountUnsupported) {
+			t.Fatalf("mount without privilege: %v, want ErrMountUnsupported", err)
+		}
+		cp := filepath.Join(t.TempDir(), "copy")
+		if _, _, err := s.Mount(ctx, ref, cp, MountOptions{Copy: true}, ImageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := readNames(t, cp) + "|" + readNames(t, cp+"/d"); got != "d|c" {
+			t.Errorf("copy holds %q, want d|c", got)
+		}
+		return
+	}
+	c, _, err := s.Mount(ctx, ref, target, MountOptions{}, ImageOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,4 +123,12 @@ func TestUserNamespace(t *testing.T) {
 	if !strings.Contains(string(out), "--- PASS: TestHelperProcessUserns") {
 		t.Fatalf("helper did not pass:\n%s", out)
 	}
+	t.Run("no-mount-namespace", func(t *testing.T) {
+		t.Setenv("IMGTOOL_OVERLAY_USERNS", layout+"|"+filepath.Join(t.TempDir(), "store"))
+		t.Setenv("IMGTOOL_OVERLAY_USERNS_NOMOUNT", "1")
+		out, err := testutil.Exec("unshare", "--user", "--map-root-user", os.Args[0], "-test.run=^TestHelperProcessUserns$", "-test.v")
+		if err != nil || !strings.Contains(string(out), "--- PASS: TestHelperProcessUserns") {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	})
 }
