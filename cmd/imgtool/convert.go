@@ -17,7 +17,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format (raw)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	fs.BoolP("force-share", "U", false, "open the source without taking locks (reads never lock)")
+	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -31,7 +31,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usagef("unknown output format %q (raw is supported)", *outFormat)
 	}
-	src, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format)})
+	src, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	if err != nil {
 		return err
 	}

@@ -14,7 +14,7 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	chain := fs.Bool("backing-chain", false, "show every image of the backing chain, top first")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
-	fs.BoolP("force-share", "U", false, "open without taking locks (reads never lock; accepted for qemu-img compatibility)")
+	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -25,7 +25,7 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
-	opts := qcow2.Options{Format: qcow2.Format(*format)}
+	opts := qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}
 	var infos []*qcow2.ImageInfo
 	if *chain {
 		infos, err = qcow2.ChainInfo(fs.Arg(0), opts)

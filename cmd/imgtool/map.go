@@ -12,7 +12,7 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("map", "[--output human|json] [-f FMT] [-U] FILE", stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
-	fs.BoolP("force-share", "U", false, "open without taking locks (reads never lock; accepted for qemu-img compatibility)")
+	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -23,7 +23,7 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
-	img, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format)})
+	img, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	if err != nil {
 		return err
 	}
