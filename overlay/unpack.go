@@ -60,6 +60,13 @@ func (s *Store) resolveImage(ctx context.Context, ref layers.ImageRef, opts Imag
 			ExpectDigest: desc.Digest,
 			ExpectDiffID: diffIDs[i],
 		}
+		if s.userXattr {
+			// A user namespace cannot create device nodes (other than
+			// the 0/0 whiteouts): leave them out, as rootless Docker and
+			// umoci --rootless do.
+			no := false
+			ao.AllowDevices, ao.SkipDevices = &no, true
+		}
 		im.Jobs = append(im.Jobs, layerJob{rec: rec, fill: func(ctx context.Context, dir string) (int64, error) {
 			rc, err := l.OpenBlob(desc)
 			if err != nil {

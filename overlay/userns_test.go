@@ -15,8 +15,8 @@ import (
 	"github.com/imgtool/imgtool/layers"
 )
 
-// whiteoutImage builds a two-layer image: d/{a,b} and f, then an opaque d
-// holding c and a whiteout of f.
+// whiteoutImage builds a two-layer image: d/{a,b}, f and a device null,
+// then an opaque d holding c and a whiteout of f.
 func whiteoutImage(t testing.TB, dir string) layers.ImageRef {
 	t.Helper()
 	mk := func(entries ...tar.Header) string {
@@ -38,7 +38,8 @@ func whiteoutImage(t testing.TB, dir string) layers.ImageRef {
 		return p
 	}
 	reg := byte(tar.TypeReg)
-	l0 := mk(tar.Header{Name: "d/", Typeflag: tar.TypeDir}, tar.Header{Name: "d/a", Typeflag: reg}, tar.Header{Name: "d/b", Typeflag: reg}, tar.Header{Name: "f", Typeflag: reg})
+	l0 := mk(tar.Header{Name: "d/", Typeflag: tar.TypeDir}, tar.Header{Name: "d/a", Typeflag: reg}, tar.Header{Name: "d/b", Typeflag: reg}, tar.Header{Name: "f", Typeflag: reg},
+		tar.Header{Name: "null", Typeflag: tar.TypeChar, Devmajor: 1, Devminor: 3})
 	l1 := mk(tar.Header{Name: "d/", Typeflag: tar.TypeDir}, tar.Header{Name: "d/.wh..wh..opq", Typeflag: reg}, tar.Header{Name: "d/c", Typeflag: reg}, tar.Header{Name: ".wh.f", Typeflag: reg})
 	if _, err := layers.Build(context.Background(), dir, layers.BuildOptions{Layers: []string{l0, l1}, Tag: "t"}); err != nil {
 		t.Fatal(err)
@@ -89,7 +90,7 @@ func TestHelperProcessUserns(t *testing.T) {
 	}
 	defer s.Unmount(ctx, target, UnmountOptions{Remove: true})
 	if got := readNames(t, target); got != "d" {
-		t.Errorf("root holds %q, want d (f whited out)", got)
+		t.Errorf("root holds %q, want d (f whited out, the device null skipped)", got)
 	}
 	if got := readNames(t, target+"/d"); got != "c" {
 		t.Errorf("opaque d holds %q, want c", got)
