@@ -116,3 +116,42 @@ func TestRootfsCLIUsage(t *testing.T) {
 	runCLI(t, 0, "store", "--help")
 	runCLI(t, 0, "store", "ls", "--help")
 }
+
+// TestHelperRootfsHint is not a test: TestRootfsMountHintsCopy runs the
+// test binary in a user namespace without a mount namespace, entering here.
+func TestHelperRootfsHint(t *testing.T) {
+	arg := os.Getenv("IMGTOOL_ROOTFS_HINT")
+	if arg == "" {
+		t.Skip("helper process for TestRootfsMountHintsCopy")
+	}
+	layout, store, _ := strings.Cut(arg, "|")
+	out := runCLI(t, 1, "rootfs", "mount", "--store", store, layout+":t", t.TempDir())
+	if !strings.Contains(out, "cannot mount overlayfs") || !strings.Contains(out, "rootfs mount --copy") {
+		t.Errorf("mount error does not suggest --copy: %q", out)
+	}
+	target := filepath.Join(t.TempDir(), "copy")
+	runCLI(t, 0, "rootfs", "mount", "--store", store, "--copy", layout+":t", target)
+	if b, err := os.ReadFile(filepath.Join(target, "etc/hostname")); err != nil || string(b) != "base\n" {
+		t.Errorf("copy: %q %v", b, err)
+	}
+}
+
+// TestRootfsMountHintsCopy: where overlayfs cannot be mounted (here a user
+// namespace that does not own its mount namespace) the error suggests
+// --copy, and --copy works.
+func TestRootfsMountHintsCopy(t *testing.T) {
+	testutil.NeedTool(t, "unshare")
+	work := t.TempDir()
+	src := filepath.Join(work, "src")
+	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
+	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
+	layout := filepath.Join(work, "layout")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("IMGTOOL_ROOTFS_HINT", layout+"|"+filepath.Join(work, "store"))
+	out, err := testutil.Exec("unshare", "--user", "--map-root-user", os.Args[0], "-test.run=^TestHelperRootfsHint$", "-test.v")
+	if err != nil || !strings.Contains(string(out), "--- PASS: TestHelperRootfsHint") {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
