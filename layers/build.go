@@ -184,7 +184,11 @@ func Build(ctx context.Context, layoutDir string, opts BuildOptions) (*BuildResu
 	for i, p := range opts.Layers {
 		var d Descriptor
 		if kinds[i] {
-			d, err = buildDirLayer(ctx, l, p, flat, opts, report)
+			lower := flat
+			if base == nil && i == 0 {
+				lower = "" // nothing below: a plain layer of the tree
+			}
+			d, err = buildDirLayer(ctx, l, p, lower, opts, report)
 		} else {
 			d, err = buildFileLayer(ctx, l, p, ao.Limits, report)
 		}
@@ -223,7 +227,9 @@ func Build(ctx context.Context, layoutDir string, opts BuildOptions) (*BuildResu
 	if err != nil {
 		return nil, err
 	}
-	mdesc.Platform = &plat
+	if plat.OS != "" && plat.Architecture != "" {
+		mdesc.Platform = &plat
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
