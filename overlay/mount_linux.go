@@ -288,11 +288,24 @@ func unmount(target string) error {
 // mountFSType returns the filesystem type mounted at target (the topmost
 // mount there), or "" when nothing is mounted on target itself.
 func mountFSType(target string) (string, error) {
+	m, err := mountAt(target)
+	return m.fstype, err
+}
+
+// mountEntry is what mountAt reports of a mount.
+type mountEntry struct {
+	fstype    string
+	superOpts string // the filesystem's options (overlay: lowerdir=..., upperdir=...)
+}
+
+// mountAt returns the topmost mount on target from /proc/self/mountinfo;
+// a zero entry when nothing is mounted on target itself.
+func mountAt(target string) (mountEntry, error) {
+	var m mountEntry
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
-		return "", fmt.Errorf("overlay: %w", err)
+		return m, fmt.Errorf("overlay: %w", err)
 	}
-	fstype := ""
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
@@ -301,14 +314,29 @@ func mountFSType(target string) (string, error) {
 		if len(f) < 10 || unescapeMountinfo(f[4]) != target {
 			continue
 		}
-		for i := 6; i < len(f)-1; i++ {
+		for i := 6; i+3 < len(f); i++ {
 			if f[i] == "-" {
-				fstype = f[i+1]
+				m = mountEntry{fstype: f[i+1], superOpts: unescapeMountinfo(f[i+3])}
 				break
 			}
 		}
 	}
-	return fstype, sc.Err()
+	return m, sc.Err()
+}
+
+// mountedUpper reports whether the overlay options opts name upper as
+// upper dir. ok is false when that cannot be told (the kernel escapes
+// some characters in options).
+func mountedUpper(opts, upper string) (match, ok bool) {
+	if strings.ContainsAny(upper, ",:\\") {
+		return false, false
+	}
+	for _, o := range strings.Split(opts, ",") {
+		if v, found := strings.CutPrefix(o, "upperdir="); found {
+			return v == upper, true
+		}
+	}
+	return false, true
 }
 
 // unescapeMountinfo undoes the octal escapes (\040 and so on) of mountinfo.

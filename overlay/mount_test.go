@@ -411,3 +411,31 @@ func TestGC(t *testing.T) {
 		t.Fatalf("usage: %+v %v", u, err)
 	}
 }
+
+// TestUmountLeavesForeignOverlay: when the target of a container's record
+// holds an overlay that is not the container's, Unmount refuses.
+func TestUmountLeavesForeignOverlay(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	s := testStore(t)
+	im := handImage(t, "foreign", threeLayers(), nil)
+	target := t.TempDir()
+	mountForTest(t, s, im, target, MountOptions{Name: "mine"})
+	if _, err := s.Unmount(ctx, target, UnmountOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Someone else mounts an overlay there.
+	d := t.TempDir()
+	for _, sub := range []string{"l1", "l2", "u", "w"} {
+		must(t, os.Mkdir(filepath.Join(d, sub), 0o755))
+	}
+	sp := &mountSpec{Target: target, Lower: []string{d + "/l2", d + "/l1"}, Upper: d + "/u", Work: d + "/w"}
+	must(t, mountOverlay(sp, MountAuto))
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	if _, err := s.Unmount(ctx, target, UnmountOptions{}); !errors.Is(err, ErrContainerNotFound) {
+		t.Errorf("umount of a foreign overlay: %v", err)
+	}
+	if tp, _ := mountFSType(target); tp != "overlay" {
+		t.Errorf("the foreign overlay was unmounted")
+	}
+}

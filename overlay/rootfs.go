@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 
@@ -630,11 +631,17 @@ func (s *Store) Unmount(ctx context.Context, target string, opts UnmountOptions)
 		return nil, err
 	}
 	if c.Mode == ModeOverlay {
-		t, err := mountFSType(c.Target)
+		m, err := mountAt(c.Target)
 		if err != nil {
 			return nil, err
 		}
-		if t == "overlay" {
+		if m.fstype == "overlay" {
+			// Do not unmount an overlay that is not this container's.
+			match, ok := mountedUpper(m.superOpts, c.UpperDir())
+			hasUpper := strings.Contains(m.superOpts, "upperdir=")
+			if ok && (c.ReadOnly && hasUpper || !c.ReadOnly && !match) {
+				return nil, fmt.Errorf("%w: the overlay mounted on %s is not container %q's", ErrContainerNotFound, c.Target, c.Name)
+			}
 			if err := unmount(c.Target); err != nil {
 				return nil, err
 			}
