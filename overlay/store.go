@@ -85,8 +85,9 @@ type StoreOptions struct {
 	// runtime.GOMAXPROCS(0)).
 	Concurrency int
 	// UserXattr forces (true) or forbids (false) the user.overlay.*
-	// xattrs and the userxattr mount option. Default: on inside a user
-	// namespace (kernel >= 5.11 is then needed), off otherwise.
+	// xattrs and the userxattr mount option (kernel >= 5.11), and with
+	// them skipping device nodes when unpacking. Default: on inside a
+	// user namespace or when not running as root, off otherwise.
 	UserXattr *bool
 }
 
@@ -122,7 +123,8 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	user := inUserNamespace()
+	// trusted.* xattrs need CAP_SYS_ADMIN in the initial namespace.
+	user := inUserNamespace() || os.Geteuid() != 0
 	if opts.UserXattr != nil {
 		user = *opts.UserXattr
 	}
