@@ -314,10 +314,16 @@ type ImageInfo struct {
 	// Size is the bytes of the manifest, config and layer blobs.
 	Size    int64  `json:"size"`
 	Created string `json:"created,omitempty"`
+	// Error says why the image could not be read (a missing or corrupt
+	// blob, an artifact that is not an image); the other fields are then
+	// what the index entry told.
+	Error string `json:"error,omitempty"`
 }
 
 // List summarises every tag of the layout, in index order, reading and
-// verifying each manifest and config.
+// verifying each manifest and config. A tag whose images cannot be read is
+// listed with the reason in ImageInfo.Error; List itself fails only when
+// index.json cannot be read.
 func (l *Layout) List(ctx context.Context) ([]ImageSummary, error) {
 	tags, descs, err := l.Tags(ctx)
 	if err != nil {
@@ -325,15 +331,28 @@ func (l *Layout) List(ctx context.Context) ([]ImageSummary, error) {
 	}
 	out := make([]ImageSummary, 0, len(tags))
 	for i, tag := range tags {
+		s := ImageSummary{Tag: tag, Descriptor: descs[i], Images: []ImageInfo{}}
 		ms, err := l.expandIndex(ctx, []ocispec.Descriptor{descs[i]}, 0, new(int))
 		if err != nil {
-			return nil, fmt.Errorf("tag %q: %w", tag, err)
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			s.Images = append(s.Images, ImageInfo{Digest: descs[i].Digest.String(), Error: err.Error()})
+			out = append(out, s)
+			continue
 		}
-		s := ImageSummary{Tag: tag, Descriptor: descs[i], Images: []ImageInfo{}}
 		for _, md := range ms {
 			img, err := l.readImage(ctx, md)
 			if err != nil {
-				return nil, fmt.Errorf("tag %q: %w", tag, err)
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				info := ImageInfo{Digest: md.Digest.String(), Size: md.Size, Error: err.Error()}
+				if md.Platform != nil {
+					info.Platform = *md.Platform
+				}
+				s.Images = append(s.Images, info)
+				continue
 			}
 			info := ImageInfo{Digest: md.Digest.String(), Platform: img.Config.Platform, Layers: len(img.Manifest.Layers)}
 			info.Size = md.Size + img.Manifest.Config.Size

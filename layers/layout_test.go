@@ -508,8 +508,14 @@ func TestLayoutList(t *testing.T) {
 	var want int64 = a.Size
 	r, _ := l.Resolve(ctx, "a", ResolveOptions{})
 	want += r.Manifest.Config.Size + r.Manifest.Layers[0].Size
-	if img.Size != want || img.Layers != 1 || img.Platform.Architecture != host.Architecture {
+	if img.Size != want || img.Layers != 1 || img.Platform.Architecture != host.Architecture || img.Error != "" {
 		t.Errorf("image info %+v, want size %d", img, want)
+	}
+	// A broken tag is listed with its error; the others still are.
+	l.SetTag(ctx, "artifact", layoutTestWriteImage(t, l, layoutTestImageSpec{platform: host, configMT: "application/vnd.example+json"}))
+	got, err = l.List(ctx)
+	if err != nil || len(got) != 3 || got[2].Images[0].Error == "" || got[0].Images[0].Error != "" {
+		t.Fatalf("List with an artifact = %+v, %v", got, err)
 	}
 }
 

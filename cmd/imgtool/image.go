@@ -229,9 +229,16 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintln(tw, "TAG\tDIGEST\tPLATFORM\tLAYERS\tSIZE\tCREATED")
 	for _, s := range list {
 		for _, im := range s.Images {
-			p := im.Platform.OS + "/" + im.Platform.Architecture
+			p := "-"
+			if im.Platform.OS != "" || im.Platform.Architecture != "" {
+				p = im.Platform.OS + "/" + im.Platform.Architecture
+			}
 			if im.Platform.Variant != "" {
 				p += "/" + im.Platform.Variant
+			}
+			if im.Error != "" {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t-\t%d\terror: %s\n", s.Tag, im.Digest, p, im.Size, im.Error)
+				continue
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\n", s.Tag, im.Digest, p, im.Layers, im.Size, im.Created)
 		}
