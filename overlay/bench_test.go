@@ -22,6 +22,27 @@ func BenchmarkMountPresent(b *testing.B) {
 	if _, err := s.Unpack(ctx, ref, ImageOptions{}); err != nil {
 		b.Fatal(err)
 	}
+	b.Run("mount(8)", func(b *testing.B) {
+		// The peer: util-linux mount and umount of the same stack (read
+		// only, as no container dir is set up), process start included.
+		testutil.NeedTool(b, "mount", "umount")
+		c, _, err := s.Mount(ctx, ref, target, MountOptions{Name: "peer", ReadOnly: true}, ImageOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		lower, _, err := s.lowerDirs(c.Layers)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Unmount(ctx, target, UnmountOptions{Remove: true}); err != nil {
+			b.Fatal(err)
+		}
+		opts := legacyOptions(lower, "", "", &mountSpec{})
+		for b.Loop() {
+			testutil.Run(b, "mount", "-t", "overlay", "overlay", "-o", opts, target)
+			testutil.Run(b, "umount", target)
+		}
+	})
 	for _, m := range []struct {
 		name   string
 		method MountMethod

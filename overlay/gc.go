@@ -54,8 +54,13 @@ func (s *Store) pinImage(im *imageSpec, chain []digest.Digest) error {
 	if im.Dir == "" {
 		return nil // not from a layout (tests)
 	}
+	file := s.path("images", pinKey(im.Dir, im.Tag)+".json")
+	var old imagePin
+	if readJSON(file, &old) == nil && old.Manifest == im.Manifest.Digest {
+		return nil // pinned already (the layers follow from the manifest)
+	}
 	p := imagePin{ImageDir: im.Dir, Tag: im.Tag, Manifest: im.Manifest.Digest, Layers: chain, Pinned: time.Now().UTC()}
-	return writeJSON(s.path("images", pinKey(im.Dir, im.Tag)+".json"), &p)
+	return writeJSON(file, &p)
 }
 
 // pins reads the image pins with their file paths.
