@@ -70,9 +70,11 @@ const (
 // afresh, so it is cheap and needs no Close. Reading methods are safe for
 // concurrent use, also with writers: blobs appear by rename and index.json
 // is replaced by rename, so a reader sees the old or the new index, never a
-// torn one. Methods that change index.json (SetTag, RemoveTag, Build) must
-// not run concurrently with each other on the same directory, in this or
-// another process: the last writer wins and may drop the other's tag.
+// torn one. Methods that change index.json (SetTag, RemoveTag, Build) hold
+// an flock on the directory for their read-modify-write, so concurrent
+// imgtool writers (goroutines or processes) do not lose each other's tags;
+// other tools that rewrite index.json (umoci, skopeo) do not take that
+// lock, so do not run them on the same layout at the same time.
 type Layout struct {
 	dir string
 	// noSync skips fsync (tests and fuzzing only; the default is durable).
@@ -213,6 +215,11 @@ func (l *Layout) SetTag(ctx context.Context, tag string, desc ocispec.Descriptor
 	} else if !ok {
 		return &LayoutError{Path: l.blobPath(desc.Digest), Err: fmt.Errorf("%w: tag %q would point at a missing blob", ErrBlobNotFound, tag)}
 	}
+	unlock, err := l.lockIndex()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	idx, err := l.Index(ctx)
 	if err != nil {
 		return err
@@ -246,6 +253,11 @@ func (l *Layout) SetTag(ctx context.Context, tag string, desc ocispec.Descriptor
 // (as with umoci, a garbage collection removes unreferenced blobs). It
 // fails with ErrTagNotFound when no entry carries the tag.
 func (l *Layout) RemoveTag(ctx context.Context, tag string) error {
+	unlock, err := l.lockIndex()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	idx, err := l.Index(ctx)
 	if err != nil {
 		return err

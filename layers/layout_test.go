@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -562,5 +563,32 @@ func TestImageResolveIndexBomb(t *testing.T) {
 	l.SetTag(ctx, "bomb", d)
 	if _, err := l.Resolve(ctx, "bomb", ResolveOptions{}); !errors.Is(err, ErrBlobCorrupt) {
 		t.Fatalf("Resolve(index bomb) = %v, want ErrBlobCorrupt", err)
+	}
+}
+
+func TestLayoutSetTagConcurrent(t *testing.T) {
+	ctx := context.Background()
+	l, _ := InitLayout(t.TempDir())
+	d := layoutTestWriteImage(t, l, layoutTestImageSpec{platform: HostPlatform(), layers: []map[string]string{{"a": "1"}}})
+	const n = 16
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func(i int) {
+			// Each goroutine opens the layout itself, as a process would.
+			l2, err := OpenLayout(l.Dir())
+			if err == nil {
+				err = l2.SetTag(ctx, "t"+strconv.Itoa(i), d)
+			}
+			errs <- err
+		}(i)
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tags, _, _ := l.Tags(ctx)
+	if len(tags) != n {
+		t.Fatalf("%d tags after %d concurrent SetTag calls: %v", len(tags), n, tags)
 	}
 }
