@@ -63,7 +63,6 @@ func newApplier(dir string, opts ApplyOptions) (*applier, error) {
 		ancestors: make(map[string]struct{}),
 		whiteouts: make(map[string]struct{}),
 		parents:   make(map[string]int),
-		buf:       make([]byte, 1<<20),
 	}
 	if opts.AllowDevices != nil {
 		a.devices = *opts.AllowDevices
@@ -393,6 +392,9 @@ func (a *applier) regular(pfd int, base, name string, hdr *tar.Header, r entryRe
 const holeBlock = 4096
 
 func (a *applier) writeContent(fd int, size int64, r entryReader) error {
+	if len(a.buf) < int(min(size, 1<<20)) {
+		a.buf = make([]byte, min(size, 1<<20))
+	}
 	var off int64
 	for off < size {
 		want := int(min(int64(len(a.buf)), size-off))

@@ -179,7 +179,7 @@ func TestCreateOverlayUpper(t *testing.T) {
 					unix.Unmount(merged, 0)
 				}
 			}()
-			mutate(t, seed, merged)
+			mutateTree(t, seed, merged)
 			// A dir deleted and recreated gets the kernel's opaque xattr.
 			must(t, os.MkdirAll(filepath.Join(merged, "brandnew/sub"), 0o755))
 			want, err := treecmp.Snapshot(merged, treecmp.Options{})

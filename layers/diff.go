@@ -81,10 +81,10 @@ func (p *planner) entry(rel, name string, n *node, lower string, all bool) error
 	case n.isDir():
 		// Unchanged directories are listed but skipped unless something
 		// below them changes (see includeParents).
-		p.items = append(p.items, item{name: childRel, n: n, skip: sameMeta(n, ln)})
+		p.items = append(p.items, item{name: childRel, n: n, skip: p.sameMeta(n, ln)})
 		return p.dir(childRel, n.path, ln.path, false)
 	}
-	same := sameMeta(n, ln)
+	same := p.sameMeta(n, ln)
 	if same && n.kind() == unix.S_IFREG && (n.st.Dev != ln.st.Dev || n.st.Ino != ln.st.Ino) {
 		if same, err = sameContent(n.path, ln.path); err != nil {
 			return err
@@ -94,10 +94,12 @@ func (p *planner) entry(rel, name string, n *node, lower string, all bool) error
 	return nil
 }
 
-// sameMeta compares what a layer entry records of two nodes of one kind.
-func sameMeta(a, b *node) bool {
+// sameMeta compares what a layer entry records of two nodes of one kind,
+// mtimes as clamped to SourceDateEpoch (a tree unpacked from clamped
+// layers is unchanged where the clamped times agree).
+func (p *planner) sameMeta(a, b *node) bool {
 	return a.st.Mode == b.st.Mode && a.st.Uid == b.st.Uid && a.st.Gid == b.st.Gid &&
-		a.st.Mtim == b.st.Mtim && a.link == b.link && a.st.Rdev == b.st.Rdev &&
+		p.mtime(a).Equal(p.mtime(b)) && a.link == b.link && a.st.Rdev == b.st.Rdev &&
 		(a.isDir() || a.st.Size == b.st.Size) && maps.Equal(a.xattrs, b.xattrs)
 }
 
@@ -238,12 +240,18 @@ func copyFile(w io.Writer, path string, size int64, buf []byte) error {
 	return nil
 }
 
-func (p *planner) header(it item) *tar.Header {
-	st := &it.n.st
-	mtime := time.Unix(st.Mtim.Sec, st.Mtim.Nsec)
+// mtime is n's mtime clamped to SourceDateEpoch.
+func (p *planner) mtime(n *node) time.Time {
+	mtime := time.Unix(n.st.Mtim.Sec, n.st.Mtim.Nsec)
 	if e := p.opts.SourceDateEpoch; e != nil && mtime.After(*e) {
 		mtime = *e
 	}
+	return mtime
+}
+
+func (p *planner) header(it item) *tar.Header {
+	st := &it.n.st
+	mtime := p.mtime(it.n)
 	hdr := &tar.Header{
 		Name:    it.name,
 		Mode:    int64(st.Mode & 0o7777),

@@ -21,8 +21,9 @@ const (
 // zero value of each field means the documented Default* constant; a
 // negative value (or for the unsigned fields, none) is invalid.
 type Limits struct {
-	// MaxBytes caps the uncompressed size of the tar stream
-	// (default DefaultMaxBytes).
+	// MaxBytes caps the uncompressed size of the tar stream, and
+	// separately the sum of the entries' sizes, which for sparse files
+	// exceeds what the stream holds (default DefaultMaxBytes).
 	MaxBytes int64
 	// MaxEntries caps the number of tar entries (default DefaultMaxEntries).
 	MaxEntries int

@@ -72,6 +72,7 @@ type blobReader struct {
 	tarSrc     io.Reader
 	ahead      *readAhead
 	entries    int
+	logical    int64 // sum of entry sizes
 	expectDig  digest.Digest
 	expectDiff digest.Digest
 	finished   bool
@@ -91,7 +92,7 @@ func openBlob(ctx context.Context, blob io.Reader, lim Limits, expectDigest, exp
 	}
 	b := &blobReader{lim: lim, expectDig: expectDigest, expectDiff: expectDiffID}
 	b.compressed = &hashCounter{r: blob, h: newHash(expectDigest), src: true}
-	br := bufio.NewReaderSize(b.compressed, 1<<20)
+	br := bufio.NewReaderSize(b.compressed, 256<<10)
 	b.comp = detectCompression(br)
 	dec, err := newDecompressor(b.comp, br, &b.compressed.n, lim)
 	if err != nil {
@@ -148,6 +149,12 @@ func (b *blobReader) next() (*tar.Header, error) {
 	b.entries++
 	if b.entries > b.lim.MaxEntries {
 		return nil, fmt.Errorf("%w: more than %d entries", ErrLimitExceeded, b.lim.MaxEntries)
+	}
+	// Sparse entries expand to their logical size without consuming the
+	// stream; their sizes count against MaxBytes too.
+	b.logical += max(hdr.Size, 0)
+	if b.logical > b.lim.MaxBytes {
+		return nil, &EntryError{Name: hdr.Name, Offset: b.offset(), Err: fmt.Errorf("%w: entries larger than %d bytes in total", ErrLimitExceeded, b.lim.MaxBytes)}
 	}
 	pax := 0
 	for k, v := range hdr.PAXRecords {
@@ -282,21 +289,31 @@ func newReadAhead(ctx context.Context, r io.Reader) *readAhead {
 		errc: make(chan error, 1),
 		stop: make(chan struct{}),
 	}
-	for range readAheadDepth + 2 {
-		a.free <- make([]byte, readAheadChunk)
-	}
 	go a.loop(ctx, r)
 	return a
 }
 
 func (a *readAhead) loop(ctx context.Context, r io.Reader) {
 	defer close(a.ch)
+	allocated := 0
 	for {
 		var buf []byte
 		select {
 		case buf = <-a.free:
 		case <-a.stop:
 			return
+		default:
+			if allocated < readAheadDepth+2 {
+				// Buffers are made on demand: small layers need one.
+				allocated++
+				buf = make([]byte, readAheadChunk)
+			} else {
+				select {
+				case buf = <-a.free:
+				case <-a.stop:
+					return
+				}
+			}
 		}
 		n, err := io.ReadFull(r, buf)
 		if n > 0 {

@@ -191,11 +191,11 @@ func cpTree(t testing.TB, src, dst string) {
 	}
 }
 
-// mutate changes tree b (a copy of a): deletes files and dirs, replaces
+// mutateTree changes tree b (a copy of a): deletes files and dirs, replaces
 // dirs by files and files by dirs, rewrites content in place with the same
 // size and mtime, changes modes, owners and xattrs, adds hard links and
 // new subtrees.
-func mutate(t testing.TB, seed uint64, b string) {
+func mutateTree(t testing.TB, seed uint64, b string) {
 	r := rand.New(rand.NewPCG(seed, 7))
 	var paths []string
 	must(t, filepath.Walk(b, func(p string, info os.FileInfo, err error) error {
@@ -265,7 +265,7 @@ func TestDiffRoundTrip(t *testing.T) {
 			a, b, target := t.TempDir(), t.TempDir(), t.TempDir()
 			newRandTree(t, seed, a, 100)
 			cpTree(t, a, b)
-			mutate(t, seed, b)
+			mutateTree(t, seed, b)
 			cpTree(t, a, target)
 			blob, _ := createBytes(t, b, CreateOptions{Lower: a})
 			if err := applyBytes(target, blob, ApplyOptions{}); err != nil {
