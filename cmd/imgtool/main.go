@@ -33,6 +33,7 @@ func commands() []command {
 		{"info", "show what an image (and its backing chain) is: format, sizes, backing file, snapshots", runInfo},
 		{"map", "show how each guest range of an image chain is stored", runMap},
 		{"convert", "copy the content of an image chain into a new image (raw, sparse)", runConvert},
+		{"layer", "create, apply and list OCI layer tarballs (tar, tar+gzip, tar+zstd)", runLayer},
 		{"image", "build, unpack and list images of an OCI image layout", runImage},
 		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
 		{"store", "list and garbage-collect the layer store used by rootfs", runStore},
