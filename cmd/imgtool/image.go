@@ -160,6 +160,10 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image unpack", "DIR[:TAG] TARGET", stderr)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
+	var ao layers.ApplyOptions
+	fs.Var(idMapFlag{&ao.UIDMap}, "uid-map", "map layer uids to host uids (repeatable, for rootless use)")
+	fs.Var(idMapFlag{&ao.GIDMap}, "gid-map", "map layer gids to host gids (repeatable)")
+	fs.BoolVar(&ao.SkipDevices, "skip-devices", false, "skip device nodes when they may not be created (not root) instead of failing")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	if err := parseFlags(fs, args); err != nil {
@@ -181,7 +185,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress, stderr, "unpacking")
-	img, err := layers.Unpack(context.Background(), ref.Dir, ref.Tag, fs.Arg(1), layers.UnpackOptions{Platform: plat, Progress: update})
+	img, err := layers.Unpack(context.Background(), ref.Dir, ref.Tag, fs.Arg(1), layers.UnpackOptions{Platform: plat, Apply: ao, Progress: update})
 	finish()
 	if err != nil {
 		return err

@@ -70,6 +70,10 @@ func TestImageCLI(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(target, "etc/hello")); string(b) != "hello again\n" {
 		t.Errorf("unpacked etc/hello = %q", b)
 	}
+	code, out, errs = imageTestRun(t, "image", "unpack", "--uid-map", "0:0:4294967295", "--gid-map", "0:0:4294967295", layout+":v1", filepath.Join(tmp, "rootfs-mapped"))
+	if code != 0 {
+		t.Errorf("unpack with identity id maps: exit %d: %s", code, errs)
+	}
 	code, out, _ = imageTestRun(t, "image", "unpack", "--output", "json", layout+":v1", filepath.Join(tmp, "rootfs1"))
 	if code != 0 || !strings.Contains(out, `"layers":1`) {
 		t.Errorf("unpack json: %d %q", code, out)
@@ -89,6 +93,7 @@ func TestImageCLI(t *testing.T) {
 		{[]string{"image", "unpack", layout + ":v1", target}, "not empty"},
 		{[]string{"image", "unpack", "--platform", "linux", layout + ":v1", filepath.Join(tmp, "y")}, "OS/ARCH"},
 		{[]string{"image", "ls", tmp}, "not an OCI image layout"},
+		{[]string{"image", "unpack", "--uid-map", "0:1", layout + ":v1", filepath.Join(tmp, "z")}, "CONTAINER:HOST:SIZE"},
 		{[]string{"image", "ls", "--output", "yaml", layout}, "--output"},
 	} {
 		code, _, errs := imageTestRun(t, c.args...)
