@@ -79,7 +79,8 @@ type MountOptions struct {
 	// container again, with its upper dir, if it belongs to the same image.
 	Name string
 	// ReadOnly mounts without an upper dir (an existing container's upper
-	// dir becomes the top lower layer, read-only).
+	// dir becomes the top lower layer, read-only). In copy mode it makes
+	// the copy of hardlinks into the store (see copy.go): never write it.
 	ReadOnly bool
 	// Copy makes a flattened copy instead of an overlay mount (see copy.go).
 	Copy bool
@@ -89,10 +90,10 @@ type MountOptions struct {
 
 // UnpackStats counts what making an image's layers available did.
 type UnpackStats struct {
-	Layers   int   // layers of the image
-	Unpacked int   // layers unpacked now
-	Present  int   // layers found in the store
-	Bytes    int64 // disk usage of the layers unpacked now
+	Layers   int   `json:"layers"`   // layers of the image
+	Unpacked int   `json:"unpacked"` // layers unpacked now
+	Present  int   `json:"present"`  // layers found in the store
+	Bytes    int64 `json:"bytes"`    // disk usage of the layers unpacked now
 }
 
 // layerFill fills dir (an empty directory) with one layer in overlay

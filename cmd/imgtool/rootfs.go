@@ -91,7 +91,7 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG TARGET", stderr)
 	store := rootfsStoreFlag(fs)
 	name := fs.String("name", "", "container `NAME`; an existing unmounted container of that name is mounted again with its changes (default: generated)")
-	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir")
+	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir; with --copy, hardlink the files from the store (never write such a copy: it would change the store)")
 	copyMode := fs.Bool("copy", false, "make a flattened copy in TARGET instead of an overlay mount (for hosts that cannot mount overlayfs)")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
