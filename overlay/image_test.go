@@ -221,3 +221,46 @@ func TestMountCorruptLayer(t *testing.T) {
 		t.Errorf("tmp/ holds %d entries", len(ents))
 	}
 }
+
+// TestGCImagePins: an image pin keeps its layers while its tag names the
+// pinned manifest; a moved tag or a deleted layout drops the pin; IgnorePins
+// keeps only what containers use.
+func TestGCImagePins(t *testing.T) {
+	ctx := context.Background()
+	work := t.TempDir()
+	a := buildImage(t, filepath.Join(work, "a"), "t", 3, 1, 10)
+	b := buildImage(t, filepath.Join(work, "b"), "t", 1, 1, 10) // shares layer 0 with a
+	s := testStore(t)
+	for _, ref := range []layers.ImageRef{a, b} {
+		if _, err := s.Unpack(ctx, ref, ImageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if res, err := s.GC(ctx, GCOptions{}); err != nil || len(res.RemovedLayers) != 0 || res.KeptLayers != 3 {
+		t.Fatalf("gc with valid pins: %+v %v", res, err)
+	}
+	// Move a's tag to another (two-layer) image: a's pin is stale, and
+	// its layers go except layer 0, which b's pin keeps.
+	buildImage(t, a.Dir, "t", 2, 1, 10)
+	res, err := s.GC(ctx, GCOptions{})
+	if err != nil || len(res.RemovedLayers) != 2 || len(res.DroppedPins) != 1 || res.KeptLayers != 1 {
+		t.Fatalf("gc after the tag moved: %+v %v", res, err)
+	}
+	// Delete b's layout: its pin goes, and with it layer 0.
+	must(t, os.RemoveAll(b.Dir))
+	res, err = s.GC(ctx, GCOptions{})
+	if err != nil || len(res.RemovedLayers) != 1 || len(res.DroppedPins) != 1 {
+		t.Fatalf("gc after deleting the layout: %+v %v", res, err)
+	}
+	if ls, _ := s.Layers(); len(ls) != 0 {
+		t.Errorf("store holds %d layers", len(ls))
+	}
+	// IgnorePins removes pinned layers.
+	if _, err := s.Unpack(ctx, a, ImageOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	res, err = s.GC(ctx, GCOptions{IgnorePins: true})
+	if err != nil || len(res.RemovedLayers) != 2 {
+		t.Fatalf("gc --all: %+v %v", res, err)
+	}
+}
