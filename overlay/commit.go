@@ -89,7 +89,7 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
 	}
-	img, err := base.Resolve(ctx, c.Tag, layers.ResolveOptions{})
+	img, err := base.Resolve(ctx, c.Tag, layers.ResolveOptions{Platform: c.Platform})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
 	}
@@ -140,6 +140,7 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	res, err := layers.Build(ctx, dst.Dir, layers.BuildOptions{
 		BaseLayout:      c.ImageDir,
 		Base:            c.Tag,
+		Platform:        c.Platform,
 		Layers:          []string{blob},
 		Tag:             dst.Tag,
 		SourceDateEpoch: opts.SourceDateEpoch,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
 // Garbage collection.
@@ -37,15 +38,22 @@ import (
 
 // imagePin is images/HEX.json.
 type imagePin struct {
-	ImageDir string          `json:"image_dir"`
-	Tag      string          `json:"tag"`
-	Manifest digest.Digest   `json:"manifest"`
-	Layers   []digest.Digest `json:"layers"`
-	Pinned   time.Time       `json:"pinned"`
+	ImageDir string            `json:"image_dir"`
+	Tag      string            `json:"tag"`
+	Manifest digest.Digest     `json:"manifest"`
+	Platform *ocispec.Platform `json:"platform,omitempty"`
+	Layers   []digest.Digest   `json:"layers"`
+	Pinned   time.Time         `json:"pinned"`
 }
 
-func pinKey(dir, tag string) string {
-	h := sha256.Sum256([]byte(dir + ":" + tag))
+// pinKey names the pin of an image: one per layout, tag and asked-for
+// platform.
+func pinKey(dir, tag string, p *ocispec.Platform) string {
+	k := dir + ":" + tag
+	if p != nil {
+		k += "@" + p.OS + "/" + p.Architecture + "/" + p.Variant
+	}
+	h := sha256.Sum256([]byte(k))
 	return hex.EncodeToString(h[:])
 }
 
@@ -54,12 +62,12 @@ func (s *Store) pinImage(im *imageSpec, chain []digest.Digest) error {
 	if im.Dir == "" {
 		return nil // not from a layout (tests)
 	}
-	file := s.path("images", pinKey(im.Dir, im.Tag)+".json")
+	file := s.path("images", pinKey(im.Dir, im.Tag, im.Platform)+".json")
 	var old imagePin
 	if readJSON(file, &old) == nil && old.Manifest == im.Manifest.Digest {
 		return nil // pinned already (the layers follow from the manifest)
 	}
-	p := imagePin{ImageDir: im.Dir, Tag: im.Tag, Manifest: im.Manifest.Digest, Layers: chain, Pinned: time.Now().UTC()}
+	p := imagePin{ImageDir: im.Dir, Tag: im.Tag, Manifest: im.Manifest.Digest, Platform: im.Platform, Layers: chain, Pinned: time.Now().UTC()}
 	return writeJSON(file, &p)
 }
 
@@ -92,7 +100,7 @@ func pinValid(ctx context.Context, p imagePin) bool {
 	if err != nil {
 		return false
 	}
-	img, err := l.Resolve(ctx, p.Tag, layers.ResolveOptions{})
+	img, err := l.Resolve(ctx, p.Tag, layers.ResolveOptions{Platform: p.Platform})
 	return err == nil && img.Descriptor.Digest == p.Manifest
 }
 

@@ -264,3 +264,36 @@ func TestGCImagePins(t *testing.T) {
 		t.Fatalf("gc --all: %+v %v", res, err)
 	}
 }
+
+// TestPlatformRecorded: a container mounted with an explicit platform
+// records it, and commit and gc resolve the tag with it.
+func TestPlatformRecorded(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	ref := buildImage(t, filepath.Join(t.TempDir(), "layout"), "t", 2, 1, 10)
+	s := testStore(t)
+	target := t.TempDir()
+	host := layers.HostPlatform()
+	c, _, err := s.Mount(ctx, ref, target, MountOptions{}, ImageOptions{Platform: &host})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	if c.Platform == nil || c.Platform.Architecture != host.Architecture {
+		t.Fatalf("platform not recorded: %+v", c.Platform)
+	}
+	write(t, target+"/added", "x")
+	res, err := s.Commit(ctx, target, layers.ImageRef{Dir: ref.Dir, Tag: "next"}, CommitOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Image.Manifest.Platform == nil || res.Image.Manifest.Platform.Architecture != host.Architecture {
+		t.Errorf("committed manifest platform: %+v", res.Image.Manifest.Platform)
+	}
+	if _, err := s.Unmount(ctx, target, UnmountOptions{Remove: true}); err != nil {
+		t.Fatal(err)
+	}
+	if gc, err := s.GC(ctx, GCOptions{}); err != nil || len(gc.RemovedLayers) != 0 || len(gc.DroppedPins) != 0 {
+		t.Errorf("the pin made with a platform did not keep its layers: %+v %v", gc, err)
+	}
+}

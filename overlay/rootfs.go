@@ -38,6 +38,9 @@ type Container struct {
 	Tag      string `json:"tag"`
 	// Manifest is the descriptor of the image's manifest.
 	Manifest ocispec.Descriptor `json:"manifest"`
+	// Platform is the platform asked for when the tag is an index (nil:
+	// the default choice), so that the tag resolves the same way again.
+	Platform *ocispec.Platform `json:"platform,omitempty"`
 	// Layers are the ChainIDs of the image's layers, bottom first;
 	// DiffIDs the matching diff IDs.
 	Layers  []digest.Digest `json:"layers"`
@@ -386,7 +389,8 @@ func (s *Store) ContainerByTarget(target string) (*Container, error) {
 type imageSpec struct {
 	Dir, Tag string
 	Manifest ocispec.Descriptor
-	Jobs     []layerJob // bottom first
+	Platform *ocispec.Platform // as asked for, nil for the default
+	Jobs     []layerJob        // bottom first
 }
 
 // chainOf returns the ChainIDs and DiffIDs of an image's jobs.
@@ -476,7 +480,7 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 			return nil, st, fmt.Errorf("%w: container %q is mounted on %s", ErrContainerExists, o.Name, abs)
 		}
 	}
-	c.ImageDir, c.Tag, c.Manifest = im.Dir, im.Tag, im.Manifest
+	c.ImageDir, c.Tag, c.Manifest, c.Platform = im.Dir, im.Tag, im.Manifest, im.Platform
 	c.Layers, c.DiffIDs = chain, diffIDs
 	c.Target, c.ReadOnly, c.Mounted = abs, opts.ReadOnly, false
 	c.Mode = ModeOverlay

@@ -46,7 +46,7 @@ func (s *Store) resolveImage(ctx context.Context, ref layers.ImageRef, opts Imag
 	}
 	diffIDs := append([]digest.Digest(nil), img.Config.RootFS.DiffIDs...)
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
-	im := &imageSpec{Dir: dir, Tag: ref.Tag, Manifest: img.Descriptor}
+	im := &imageSpec{Dir: dir, Tag: ref.Tag, Manifest: img.Descriptor, Platform: opts.Platform}
 	im.Manifest.Annotations = nil
 	for i, desc := range img.Manifest.Layers {
 		rec := Layer{ChainID: chain[i], DiffID: diffIDs[i], Blob: desc.Digest, MediaType: desc.MediaType}
