@@ -185,15 +185,16 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 				}
 				next = host + ck.cs
 			}
+			// Like QEMU, a misaligned entry counts the clusters its
+			// range touches.
+			ck.inc(host, ck.cs)
 			if host&(ck.cs-1) != 0 {
-				ck.msg("ERROR offset=%x: Cluster is not properly aligned; L2 entry corrupted.", host)
+				ck.msg("ERROR offset=%x: Data cluster is not properly aligned; L2 entry corrupted.", host)
 				ck.res.Corruptions++
 				if active {
 					ck.badL2 = append(ck.badL2, entryOff)
 				}
-				continue
 			}
-			ck.inc(host, ck.cs)
 		}
 	}
 	return nil
@@ -219,8 +220,11 @@ func (img *Image) Check(mode RepairMode) (*CheckResult, error) {
 		}
 	}
 	res, ck, err := img.check(true)
-	if err != nil || mode == RepairNone || (res.Corruptions == 0 && res.Leaks == 0) {
+	if err != nil || mode == RepairNone {
 		return res, err
+	}
+	if res.Corruptions == 0 && res.Leaks == 0 {
+		return res, img.w.markConsistent(res)
 	}
 	leaks, corruptions := res.Leaks, res.Corruptions
 	if err := img.w.repairLocked(ck, mode); err != nil {
@@ -235,7 +239,22 @@ func (img *Image) Check(mode RepairMode) (*CheckResult, error) {
 		after.CorruptionsFixed = max(corruptions-after.Corruptions, 0)
 	}
 	after.Messages = append(res.Messages, after.Messages...)
-	return after, nil
+	return after, img.w.markConsistent(after)
+}
+
+// markConsistent clears the dirty and corrupt bits once a repair left no
+// corruptions, as qemu-img check -r does.
+func (w *writer) markConsistent(res *CheckResult) error {
+	h := w.img.hdr
+	if res.CheckErrors > 0 || res.Corruptions > 0 || h.IncompatibleFeatures&(IncompatDirty|IncompatCorrupt) == 0 {
+		return nil
+	}
+	h.IncompatibleFeatures &^= IncompatDirty | IncompatCorrupt
+	if err := w.writeHeader(); err != nil {
+		return err
+	}
+	w.dirtyBit = false
+	return w.sync()
 }
 
 // check runs the checks without repairing. A writer's mu is held (or
@@ -347,19 +366,9 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 
 	// Compare.
 	highest := int64(-1)
-	limit := max(int64(len(ck.ref)), int64(len(reftable))*perBlock)
-	for c := int64(0); c < limit; c++ {
-		var computed uint64
-		if c < int64(len(ck.ref)) {
-			computed = ck.ref[c]
-		} else if c >= fileClusters && c >= int64(len(ck.ref)) {
-			// Past the file: only stored refcounts matter; skip
-			// whole empty blocks quickly.
-			if idx := c / perBlock; idx < int64(len(reftable)) && !blockOK[idx] {
-				c = (idx+1)*perBlock - 1
-				continue
-			}
-		}
+	// Like QEMU, only clusters inside the file are compared.
+	for c := int64(0); c < int64(len(ck.ref)); c++ {
+		computed := ck.ref[c]
 		stored, err := ck.stored(c)
 		if err != nil {
 			res.CheckErrors++
@@ -467,3 +476,29 @@ func (readOnlyStorage) Sync() error                        { return nil }
 func (readOnlyStorage) Truncate(int64) error               { return ErrReadOnly }
 func (readOnlyStorage) Size() (int64, error)               { return 0, ErrReadOnly }
 func (readOnlyStorage) Close() error                       { return nil }
+
+// CheckFile checks the qcow2 image at path (without opening its backing
+// file), like qemu-img check. With a repair mode it opens the image for
+// writing, even when it is marked corrupt, and repairs it. opts supplies
+// ForceShare and the cache size; Format, Writable and NoBacking are set
+// here.
+func CheckFile(path string, mode RepairMode, opts Options) (*CheckResult, error) {
+	opts.Format = FormatQcow2
+	opts.NoBacking = true
+	opts.Writable = false
+	ro := opts
+	if mode != RepairNone {
+		ro.ForceShare = true // the writer lock below is what counts
+	}
+	img, err := Open(path, ro)
+	if err != nil {
+		return nil, err
+	}
+	defer img.Close()
+	if mode != RepairNone {
+		if err := img.openWriterMode(&opts, true); err != nil {
+			return nil, err
+		}
+	}
+	return img.Check(mode)
+}

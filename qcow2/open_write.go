@@ -14,6 +14,12 @@ import (
 // refcounts of an image left dirty by lazy refcounts, and clears
 // autoclear features it does not maintain.
 func (img *Image) openWriter(opts *Options) error {
+	return img.openWriterMode(opts, false)
+}
+
+// openWriterMode is openWriter; forRepair allows an image marked corrupt
+// and leaves a dirty one alone (the caller is about to check it).
+func (img *Image) openWriterMode(opts *Options, forRepair bool) error {
 	if img.format != FormatQcow2 {
 		return fmt.Errorf("%w: writing %s images (only qcow2 is writable)", ErrUnsupportedFeature, img.format)
 	}
@@ -21,7 +27,7 @@ func (img *Image) openWriter(opts *Options) error {
 		return fmt.Errorf("%w: cannot write %s: %v", ErrUnsupportedFeature, img.path, img.unreadable)
 	}
 	h := img.hdr
-	if h.IncompatibleFeatures&IncompatCorrupt != 0 {
+	if h.IncompatibleFeatures&IncompatCorrupt != 0 && !forRepair {
 		return fmt.Errorf("%w: %s is marked corrupt; repair it first (imgtool check -r all)", ErrReadOnly, img.path)
 	}
 	f, err := os.OpenFile(img.path, os.O_RDWR, 0)
@@ -34,7 +40,7 @@ func (img *Image) openWriter(opts *Options) error {
 			return fmt.Errorf("qcow2: cannot write %s: %w", img.path, err)
 		}
 	}
-	if err := img.attachWriter(osStorage{f}); err != nil {
+	if err := img.attachWriter(osStorage{f}, forRepair); err != nil {
 		f.Close()
 		return err
 	}
@@ -43,7 +49,7 @@ func (img *Image) openWriter(opts *Options) error {
 
 // attachWriter sets up the writer on storage st, which holds the same
 // bytes as img.f.
-func (img *Image) attachWriter(st storage) error {
+func (img *Image) attachWriter(st storage, forRepair bool) error {
 	h := img.hdr
 	size, err := st.Size()
 	if err != nil {
@@ -70,7 +76,7 @@ func (img *Image) attachWriter(st storage) error {
 		return err
 	}
 	img.w = w
-	if h.IncompatibleFeatures&IncompatDirty != 0 {
+	if h.IncompatibleFeatures&IncompatDirty != 0 && !forRepair {
 		// Left dirty by a crash with lazy refcounts: the on-disk
 		// refcounts cannot be trusted. Rebuild them before writing.
 		if _, err := img.Check(RepairAll); err != nil {
