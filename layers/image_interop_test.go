@@ -224,6 +224,7 @@ func TestImageInteropBuildUmoci(t *testing.T) {
 			}
 
 			ours := imgTestOurUnpack(t, dir, "v1")
+			imgTestCheckTreeB(t, ours)
 			// umoci 0.4 does not read zstd layers ("blob is not correct
 			// mediatype"); skopeo and the tree comparison below cover them.
 			if comp != Zstd {
@@ -321,4 +322,48 @@ func TestImageInteropUmociImages(t *testing.T) {
 		snapCompare(t, imgTestUmociRawUnpack(t, out+":next"), ours, snapOptions{mtimes: true})
 		snapCompare(t, upper, ours, snapOptions{mtimes: true})
 	})
+}
+
+// imgTestCheckTreeB checks, independently of any other tree, that an
+// unpacked tree B holds what imgTestTreeB made: the comparisons with umoci
+// would pass if both dropped the same thing.
+func imgTestCheckTreeB(t testing.TB, root string) {
+	t.Helper()
+	s := snapTree(t, root, snapOptions{})
+	check := func(path string, ok func(e snapEntry) bool, what string) {
+		t.Helper()
+		e, found := s[path]
+		if !found || !ok(e) {
+			t.Errorf("%s: want %s, have %+v (present %v)", path, what, e, found)
+		}
+	}
+	absent := func(path string) {
+		t.Helper()
+		if _, found := s[path]; found {
+			t.Errorf("%s: should have been deleted", path)
+		}
+	}
+	check("bin/tool", func(e snapEntry) bool {
+		return strings.Contains(e.Xattrs, "security.capability=") && e.Mode&os.ModeSetuid != 0
+	}, "setuid with security.capability")
+	check("srv/data/a.txt", func(e snapEntry) bool {
+		// Rewritten in B: the lower file's user.note is gone.
+		return !strings.Contains(e.Xattrs, "user.note=") && strings.Contains(e.Xattrs, "user.other=") && e.UID == 1000 && e.Mode.Perm() == 0o600
+	}, "user.other only, uid 1000, 0600")
+	check("srv/hard1", func(e snapEntry) bool { return e.UID == 7 && e.GID == 8 && e.Mode.Perm() == 0o640 }, "7:8 0640")
+	check("srv/hard3", func(e snapEntry) bool { return e.Group == "srv/hard1|srv/hard2|srv/hard3" }, "hardlinked with hard1 and hard2")
+	check("dev/null", func(e snapEntry) bool { return e.Type == "char" && e.Rdev == uint64(unix.Mkdev(1, 3)) }, "char 1:3")
+	check("tmp", func(e snapEntry) bool { return e.Mode&os.ModeSticky != 0 }, "sticky")
+	check("bin/sgid", func(e snapEntry) bool { return e.Mode&os.ModeSetgid != 0 && e.UID == 3 }, "setgid, uid 3")
+	check("usr/link-abs", func(e snapEntry) bool { return e.Type == "symlink" && e.Link == "/etc/motd" }, "symlink to /etc/motd")
+	check("usr/rootlink", func(e snapEntry) bool { return e.Type == "symlink" && e.Link == "/" }, "symlink to /")
+	check("usr/link-rel", func(e snapEntry) bool { return e.Type == "reg" }, "a regular file")
+	check("empty", func(e snapEntry) bool { return e.Type == "reg" }, "a regular file")
+	check("etc/shadow/now-a-dir", func(e snapEntry) bool { return e.Type == "dir" && e.Mode.Perm() == 0o750 }, "a 0750 dir")
+	check("srv/data/sub/d.txt", func(e snapEntry) bool { return e.Type == "reg" }, "a regular file")
+	check("sparse", func(e snapEntry) bool { return e.Size == 3<<20 }, "3 MiB")
+	absent("srv/data/b.txt")
+	absent("srv/data/sub/c.txt")
+	absent("srv/data/sub/deeper")
+	absent("run/fifo")
 }
