@@ -114,18 +114,24 @@ func (d *decompressor) unzstd(out, src []byte) error {
 	if err != nil {
 		return err
 	}
-	res, err := d.zdec.DecodeAll(src[:n], out[:0:len(out)])
+	// Decode into a scratch buffer with slack past the cluster: the
+	// decoder only takes its fast path when it may over-write a little.
+	scratch := d.getInput(d.clusterSize + zstdSlack)
+	defer d.putInput(scratch)
+	res, err := d.zdec.DecodeAll(src[:n], (*scratch)[:0])
 	if err != nil {
 		return fmt.Errorf("zstd: %w", err)
 	}
 	if len(res) != len(out) {
 		return fmt.Errorf("zstd: frame decodes to %d bytes, want %d", len(res), len(out))
 	}
-	if &res[0] != &out[0] {
-		copy(out, res) // the decoder had to grow the buffer
-	}
+	copy(out, res)
 	return nil
 }
+
+// zstdSlack is the room past a cluster the zstd decoder needs for its
+// fast path.
+const zstdSlack = 4096
 
 var errZstdFrame = errors.New("zstd: truncated or invalid frame")
 

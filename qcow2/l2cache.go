@@ -22,8 +22,11 @@ type l2Table struct {
 
 // l2Cache maps L1 indices to decoded L2 tables. Lookups are lock-free (one
 // atomic load); loads and evictions take mu. Memory is bounded by
-// maxTables tables; eviction uses the CLOCK algorithm. A reader holding
-// an evicted table keeps using it safely (tables are immutable).
+// maxTables tables; eviction uses the CLOCK algorithm, but the hot lookup
+// path (Image.l2Entry) does not set reference bits, so in practice tables
+// leave in load order after one second chance; the default size covers
+// 256 GiB of guest, so ordinary images never evict. A reader holding an
+// evicted table keeps using it safely (tables are immutable).
 type l2Cache struct {
 	slots     []atomic.Pointer[l2Table] // by L1 index
 	mu        sync.Mutex

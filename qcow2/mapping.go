@@ -30,6 +30,17 @@ const (
 // extended L2) of guest cluster vc. An unallocated L2 table yields 0, 0.
 // This is the hot path: a cached table costs one atomic load.
 func (img *Image) l2Entry(vc int64) (entry, bitmap uint64, err error) {
+	if t := img.l2.slots[vc>>img.l2Bits].Load(); t != nil && !img.extL2 {
+		return t.entries[vc&img.l2Mask], 0, nil
+	}
+	return img.l2EntrySlow(vc)
+}
+
+// l2EntrySlow is l2Entry for extended L2 entries and on a cache miss (it
+// loads the table).
+//
+//go:noinline
+func (img *Image) l2EntrySlow(vc int64) (entry, bitmap uint64, err error) {
 	l1i := int(vc >> img.l2Bits)
 	l2i := int(vc & img.l2Mask)
 	t := img.l2.get(l1i)
