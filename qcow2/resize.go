@@ -1,0 +1,196 @@
+package qcow2
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+)
+
+// ErrShrinkInUse is returned by Resize when shrinking would drop
+// allocated clusters.
+var ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
+
+// Resize changes the guest size. Growing allocates a larger L1 table when
+// needed (new clusters, then the header switches to it). Shrinking needs
+// shrink set and works only while nothing is allocated past the new size;
+// like QEMU, images with internal snapshots cannot be resized. It
+// excludes concurrent I/O.
+func (img *Image) Resize(size int64, shrink bool) error {
+	w, err := img.writerOrErr()
+	if err != nil {
+		return err
+	}
+	if size < 0 {
+		return fmt.Errorf("qcow2: %s: negative size %d", img.path, size)
+	}
+	return w.exclusive(func() error {
+		h := img.hdr
+		if h.NbSnapshots > 0 {
+			return fmt.Errorf("qcow2: %s: cannot resize an image with internal snapshots", img.path)
+		}
+		if size < img.size && !shrink {
+			return fmt.Errorf("qcow2: %s: shrinking from %d to %d bytes needs the shrink option", img.path, img.size, size)
+		}
+		perL2 := int64(1) << (img.l2Bits + img.clusterBits)
+		need := (size + perL2 - 1) / perL2
+		if need*8 > maxL1Size {
+			return fmt.Errorf("qcow2: %s: size %d needs an L1 table over %d MiB", img.path, size, maxL1Size>>20)
+		}
+		n := img.l1Len()
+		if size < img.size {
+			return w.shrink(size, need)
+		}
+		if need > n {
+			return w.growL1(need, size)
+		}
+		h.Size = uint64(size)
+		if err := w.writeHeader(); err != nil {
+			return err
+		}
+		img.size = size
+		return w.sync()
+	})
+}
+
+// growL1 moves the L1 table to new clusters with need entries.
+func (w *writer) growL1(need, size int64) error {
+	img := w.img
+	h := img.hdr
+	n := img.l1Len()
+	off, err := w.rc.alloc((need*8 + w.cs() - 1) >> w.cb())
+	if err != nil {
+		return err
+	}
+	if err := w.writeRefcounts(); err != nil {
+		return err
+	}
+	raw := make([]byte, need*8)
+	for i := range n {
+		binary.BigEndian.PutUint64(raw[i*8:], img.l1Get(i))
+	}
+	if err := w.meta.check(off, int64(len(raw)), metaNone); err != nil {
+		return err
+	}
+	if err := writeFull(w.st, raw, off); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	oldOff, oldN := int64(h.L1TableOffset), n
+	h.L1TableOffset, h.L1Size, h.Size = uint64(off), uint32(need), uint64(size)
+	if err := w.writeHeader(); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	img.size = size
+	l1 := make([]atomic.Uint64, need)
+	for i := range n {
+		l1[i].Store(img.l1Get(i))
+	}
+	w.l1.Store(&l1)
+	if oldN > 0 {
+		for c := oldOff >> w.cb(); c <= (oldOff+oldN*8-1)>>w.cb(); c++ {
+			if _, err := w.rc.add(c, -1); err != nil {
+				return err
+			}
+		}
+	}
+	return w.writeRefcounts()
+}
+
+// shrink drops the guest range past size, which must hold no clusters.
+// L2 tables wholly past the end are freed; the L1 table keeps its size.
+func (w *writer) shrink(size, need int64) error {
+	img := w.img
+	h := img.hdr
+	firstCluster := (size + w.cs() - 1) >> w.cb()
+	end := (img.size + w.cs() - 1) >> w.cb()
+	for vc := firstCluster; vc < end; vc++ {
+		l1i := vc >> img.l2Bits
+		if img.l1Get(l1i)&hostOffsetMask == 0 {
+			vc = (l1i+1)<<img.l2Bits - 1
+			continue
+		}
+		entry, _, err := img.l2Entry(vc)
+		if err != nil {
+			return err
+		}
+		if entry&entryCompressed != 0 || entry&hostOffsetMask != 0 {
+			return fmt.Errorf("%w: %s: guest cluster %d (offset %d) is allocated; discard it first", ErrShrinkInUse, img.path, vc, vc<<w.cb())
+		}
+	}
+	h.Size = uint64(size)
+	if err := w.writeHeader(); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	img.size = size
+	// Free L2 tables that only map the dropped range.
+	var freed []int64
+	for i := need; i < img.l1Len(); i++ {
+		if off := int64(img.l1Get(i) & hostOffsetMask); off != 0 {
+			img.l1Set(i, 0)
+			freed = append(freed, off>>w.cb())
+		}
+	}
+	if len(freed) == 0 {
+		return nil
+	}
+	if err := w.writeL1(); err != nil {
+		return err
+	}
+	if err := w.sync(); err != nil {
+		return err
+	}
+	for _, c := range freed {
+		if _, err := w.rc.add(c, -1); err != nil {
+			return err
+		}
+	}
+	return w.writeRefcounts()
+}
+
+// ResizeFile resizes the image at path: qcow2 through Resize, raw by
+// truncating the file (shrinking a raw file needs shrink too).
+func ResizeFile(path string, size int64, shrink bool, opts Options) error {
+	opts.Writable = true
+	opts.NoBacking = true
+	probe, err := Open(path, Options{Format: opts.Format, NoBacking: true, ForceShare: true})
+	if err != nil {
+		return err
+	}
+	format := probe.Format()
+	cur := probe.Size()
+	probe.Close()
+	if format == FormatRaw {
+		if size < cur && !shrink {
+			return fmt.Errorf("qcow2: %s: shrinking from %d to %d bytes needs the shrink option", path, cur, size)
+		}
+		f, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("qcow2: %w", err)
+		}
+		defer f.Close()
+		if err := f.Truncate(size); err != nil {
+			return fmt.Errorf("qcow2: resizing %s: %w", path, err)
+		}
+		return f.Sync()
+	}
+	opts.Format = FormatQcow2
+	img, err := Open(path, opts)
+	if err != nil {
+		return err
+	}
+	rerr := img.Resize(size, shrink)
+	if err := img.Close(); rerr == nil {
+		rerr = err
+	}
+	return rerr
+}
