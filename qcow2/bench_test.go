@@ -124,8 +124,8 @@ func benchOpen(b *testing.B, path string) *Image {
 	return img
 }
 
-// readAll reads the whole guest sequentially on one goroutine.
-func readAll(b *testing.B, img *Image, buf []byte) {
+// benchReadAll reads the whole guest sequentially on one goroutine.
+func benchReadAll(b *testing.B, img *Image, buf []byte) {
 	for off := int64(0); off < img.Size(); off += int64(len(buf)) {
 		n := min(int64(len(buf)), img.Size()-off)
 		if _, err := img.ReadAt(buf[:n], off); err != nil {
@@ -144,7 +144,7 @@ func compareConvert(b *testing.B, path string, withRead bool) {
 			b.SetBytes(img.Size())
 			b.ReportAllocs()
 			for b.Loop() {
-				readAll(b, img, buf)
+				benchReadAll(b, img, buf)
 			}
 		})
 	}
