@@ -2,6 +2,7 @@ package layers
 
 import (
 	"archive/tar"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -458,20 +459,10 @@ func writeSparse(fd int, p []byte, off int64) error {
 	return nil
 }
 
-func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
-			return false
-		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
-	}
-	return true
-}
+// zeroBlock is compared against to find holes; it is never written.
+var zeroBlock [holeBlock]byte
+
+func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // hardlink links name to the (already present) target, never a directory.
 func (a *applier) hardlink(pfd int, base, name string, hdr *tar.Header, exists, isDir bool) error {

@@ -99,12 +99,16 @@ func openBlob(ctx context.Context, blob io.Reader, lim Limits, expectDigest, exp
 		return nil, err
 	}
 	b.dec = &drainOnEOF{r: dec, rest: br}
-	b.raw = &hashCounter{r: b.dec, h: newHash(expectDiffID), max: lim.MaxBytes}
-	b.tarSrc = b.raw
+	// With readahead, decompression (and the blob digest) run on their
+	// own goroutine while the diffID is hashed by the consumer, which
+	// balances the two on two cores.
+	var src io.Reader = b.dec
 	if readahead {
-		b.ahead = newReadAhead(ctx, b.raw)
-		b.tarSrc = b.ahead
+		b.ahead = newReadAhead(ctx, b.dec)
+		src = b.ahead
 	}
+	b.raw = &hashCounter{r: src, h: newHash(expectDiffID), max: lim.MaxBytes}
+	b.tarSrc = b.raw
 	b.tar = tar.NewReader(b.tarSrc)
 	return b, nil
 }
@@ -167,12 +171,7 @@ func (b *blobReader) next() (*tar.Header, error) {
 }
 
 // offset is the number of uncompressed bytes consumed so far.
-func (b *blobReader) offset() int64 {
-	if b.ahead != nil {
-		return b.ahead.consumed
-	}
-	return b.raw.n
-}
+func (b *blobReader) offset() int64 { return b.raw.n }
 
 // classify turns a tar or read error into a package error.
 func (b *blobReader) classify(err error) error {
