@@ -161,14 +161,23 @@ func TestMountUmociImage(t *testing.T) {
 	// Write in v4's mount: new, changed, deleted, a replaced directory
 	// (the kernel marks it opaque in the upper dir), a new directory (also
 	// marked opaque: must not become an opaque marker) and a chmod.
+	edit := func(r string) {
+		t.Helper()
+		writeMode(t, r, "new/dir/file", "new\n", 0o644, 7, 8)
+		writeMode(t, r, "etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644, 0, 0)
+		must(t, os.Remove(filepath.Join(r, "abs-link")))
+		must(t, os.RemoveAll(filepath.Join(r, "srv/data")))
+		writeMode(t, r, "srv/data/fresh", "fresh\n", 0o600, 0, 0)
+		must(t, os.Chmod(filepath.Join(r, "usr/bin/tool"), 0o700))
+		must(t, os.Remove(filepath.Join(r, "srv/l2")))
+		// Fixed mtimes, so that two edited trees can be compared.
+		for _, p := range []string{"new/dir/file", "etc/passwd", "srv/data/fresh"} {
+			mt := time.Unix(1710000000, 0)
+			must(t, os.Chtimes(filepath.Join(r, p), mt, mt))
+		}
+	}
 	m := mounts["v4"]
-	writeMode(t, m, "new/dir/file", "new\n", 0o644, 7, 8)
-	writeMode(t, m, "etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644, 0, 0)
-	must(t, os.Remove(filepath.Join(m, "abs-link")))
-	must(t, os.RemoveAll(filepath.Join(m, "srv/data")))
-	writeMode(t, m, "srv/data/fresh", "fresh\n", 0o600, 0, 0)
-	must(t, os.Chmod(filepath.Join(m, "usr/bin/tool"), 0o700))
-	must(t, os.Remove(filepath.Join(m, "srv/l2")))
+	edit(m)
 	res, err := s.Commit(ctx, m, layers.ImageRef{Dir: dir, Tag: "committed"}, CommitOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -186,13 +195,7 @@ func TestMountUmociImage(t *testing.T) {
 	if _, _, err := s.Mount(ctx, layers.ImageRef{Dir: dir, Tag: "v4"}, cp, MountOptions{Copy: true}, ImageOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	writeMode(t, cp, "new/dir/file", "new\n", 0o644, 7, 8)
-	writeMode(t, cp, "etc/passwd", "root:x:0:0::/root:/bin/bash\n", 0o644, 0, 0)
-	must(t, os.Remove(filepath.Join(cp, "abs-link")))
-	must(t, os.RemoveAll(filepath.Join(cp, "srv/data")))
-	writeMode(t, cp, "srv/data/fresh", "fresh\n", 0o600, 0, 0)
-	must(t, os.Chmod(filepath.Join(cp, "usr/bin/tool"), 0o700))
-	must(t, os.Remove(filepath.Join(cp, "srv/l2")))
+	edit(cp)
 	if _, err := s.Commit(ctx, cp, layers.ImageRef{Dir: dir, Tag: "committed-copy"}, CommitOptions{}); err != nil {
 		t.Fatal(err)
 	}
