@@ -1,6 +1,7 @@
 package layers
 
 import (
+	"archive/tar"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -293,8 +294,45 @@ func TestImageInteropUmociImages(t *testing.T) {
 		os.MkdirAll(filepath.Join(r, "empty/again"), 0o711)
 		os.RemoveAll(filepath.Join(r, "etc/shadow"))
 		imgTestWrite(t, r, "etc/shadow", "back to a file\n", 0o600, 0, 42)
+		// A dir becomes a symlink, a symlink a dir; a new hardlink to a
+		// lower setuid file with a capability.
+		os.RemoveAll(filepath.Join(r, "usr/lib"))
+		os.Symlink("/opt", filepath.Join(r, "usr/lib"))
+		os.Remove(filepath.Join(r, "usr/dangling"))
+		os.MkdirAll(filepath.Join(r, "usr/dangling/sub"), 0o755)
+		if err := os.Link(filepath.Join(r, "bin/tool"), filepath.Join(r, "bin/tool-link")); err != nil {
+			t.Fatal(err)
+		}
 	})
-	for _, tag := range []string{"v1", "v2", "v3"} {
+	step("v3", "v4", func(r string) {
+		// Only a deletion: a layer of whiteouts.
+		os.Remove(filepath.Join(r, "etc/motd"))
+		os.RemoveAll(filepath.Join(r, "usr/dangling"))
+	})
+	// umoci wrote v4's top layer as whiteouts: make sure they are tested.
+	{
+		img, err := mustOpen(t, dir).Resolve(ctx, "v4", ResolveOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		top := img.Manifest.Layers[len(img.Manifest.Layers)-1]
+		rc, err := img.Layout.OpenBlob(top)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wh []string
+		_, err = List(ctx, rc, func(h *tar.Header) error {
+			if strings.Contains(h.Name, ".wh.") {
+				wh = append(wh, h.Name)
+			}
+			return nil
+		}, Limits{})
+		rc.Close()
+		if err != nil || len(wh) < 2 {
+			t.Fatalf("v4 top layer whiteouts %v, %v", wh, err)
+		}
+	}
+	for _, tag := range []string{"v1", "v2", "v3", "v4"} {
 		t.Run(tag, func(t *testing.T) {
 			img, err := mustOpen(t, dir).Resolve(ctx, tag, ResolveOptions{})
 			if err != nil {
@@ -311,11 +349,11 @@ func TestImageInteropUmociImages(t *testing.T) {
 	// flattened tree, into another layout.
 	t.Run("build-on-umoci", func(t *testing.T) {
 		upper := filepath.Join(work, "upper")
-		testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":v3", upper)
+		testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":v4", upper)
 		os.RemoveAll(filepath.Join(upper, "srv"))
 		imgTestWrite(t, upper, "added/by/imgtool", "hi\n", 0o644, 0, 0)
 		out := filepath.Join(work, "out")
-		if _, err := Build(ctx, out, BuildOptions{BaseLayout: dir, Base: "v3", Layers: []string{upper}, Tag: "next"}); err != nil {
+		if _, err := Build(ctx, out, BuildOptions{BaseLayout: dir, Base: "v4", Layers: []string{upper}, Tag: "next"}); err != nil {
 			t.Fatal(err)
 		}
 		ours := imgTestOurUnpack(t, out, "next")
