@@ -86,36 +86,53 @@ func benchLayer(b *testing.B, c Compression) (string, Descriptor) {
 // only layer is the blob at path, tagged "bench", for umoci.
 func benchLayout(b *testing.B, path string, d Descriptor) string {
 	b.Helper()
-	dir := b.TempDir()
+	return writeTestLayout(b, b.TempDir(), "bench", []string{path}, []Descriptor{d})
+}
+
+// writeTestLayout writes an OCI image layout into dir by hand (oci-layout,
+// index.json, manifest, config, blobs hard-linked from paths) holding one
+// image with the given layers, tagged tag. It is independent of the
+// package's layout code so that umoci judges our layers alone.
+func writeTestLayout(tb testing.TB, dir, tag string, paths []string, descs []Descriptor) string {
+	tb.Helper()
 	blobs := filepath.Join(dir, "blobs", "sha256")
-	must(b, os.MkdirAll(blobs, 0o755))
-	must(b, os.Link(path, filepath.Join(blobs, d.Digest.Encoded())))
+	must(tb, os.MkdirAll(blobs, 0o755))
 	put := func(v any) (digest.Digest, int64) {
 		raw, err := json.Marshal(v)
-		must(b, err)
+		must(tb, err)
 		dg := digest.FromBytes(raw)
-		must(b, os.WriteFile(filepath.Join(blobs, dg.Encoded()), raw, 0o644))
+		must(tb, os.WriteFile(filepath.Join(blobs, dg.Encoded()), raw, 0o644))
 		return dg, int64(len(raw))
+	}
+	var diffIDs []string
+	var layers []any
+	for i, d := range descs {
+		dst := filepath.Join(blobs, d.Digest.Encoded())
+		if _, err := os.Stat(dst); err != nil {
+			must(tb, os.Link(paths[i], dst))
+		}
+		diffIDs = append(diffIDs, d.DiffID.String())
+		layers = append(layers, map[string]any{"mediaType": d.MediaType, "digest": d.Digest, "size": d.Size})
 	}
 	cfg, cfgSize := put(map[string]any{
 		"architecture": "amd64", "os": "linux",
-		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{d.DiffID.String()}},
+		"rootfs": map[string]any{"type": "layers", "diff_ids": diffIDs},
 	})
 	man, manSize := put(map[string]any{
 		"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
 		"config": map[string]any{"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cfg, "size": cfgSize},
-		"layers": []any{map[string]any{"mediaType": d.MediaType, "digest": d.Digest, "size": d.Size}},
+		"layers": layers,
 	})
 	index, err := json.Marshal(map[string]any{
 		"schemaVersion": 2,
 		"manifests": []any{map[string]any{
 			"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": man, "size": manSize,
-			"annotations": map[string]string{"org.opencontainers.image.ref.name": "bench"},
+			"annotations": map[string]string{"org.opencontainers.image.ref.name": tag},
 		}},
 	})
-	must(b, err)
-	must(b, os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644))
-	must(b, os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644))
+	must(tb, err)
+	must(tb, os.WriteFile(filepath.Join(dir, "index.json"), index, 0o644))
+	must(tb, os.WriteFile(filepath.Join(dir, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644))
 	return dir
 }
 
