@@ -74,7 +74,9 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 		return nil, img.corrupt("L1 entry", fieldOff, "L2 table at %#x lies past the end of the file (%d bytes)", off, img.fileSizeNow())
 	}
 	gen := img.l2.gen.Load() // a writer's flush in between makes this read stale
-	raw := make([]byte, img.clusterSize)
+	rawBuf := img.decompressor.getInput(img.clusterSize) // pooled; only the decoded table is kept
+	defer img.decompressor.putInput(rawBuf)
+	raw := *rawBuf
 	if _, err := img.f.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("qcow2: reading L2 table of %s at %#x: %w", img.path, off, err)
 	}
