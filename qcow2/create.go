@@ -54,6 +54,9 @@ type CreateOptions struct {
 	// BackingFormat is "qcow2" or "raw"; "" probes the backing file and
 	// records what it found.
 	BackingFormat Format
+	// UnsafeBacking does not open the backing file (qemu-img create -u):
+	// Size must be given, and BackingFormat is recorded only if set.
+	UnsafeBacking bool
 	// Overwrite replaces an existing file; by default Create refuses.
 	Overwrite bool
 }
@@ -80,9 +83,15 @@ func Create(path string, opts CreateOptions) error {
 	default:
 		return fmt.Errorf("qcow2: creating %s: preallocation %q (want off, metadata or full)", path, opts.Preallocation)
 	}
-	if opts.BackingFile != "" {
+	if opts.BackingFile != "" && opts.UnsafeBacking && opts.Size == 0 {
+		return fmt.Errorf("qcow2: creating %s: a size is needed when the backing file is not opened", path)
+	}
+	if opts.BackingFile != "" && !opts.UnsafeBacking {
 		if opts.Format != FormatQcow2 {
 			return fmt.Errorf("qcow2: creating %s: a %s image cannot have a backing file", path, opts.Format)
+		}
+		if err := checkRefName(opts.BackingFile); err != nil {
+			return fmt.Errorf("%w: creating %s: backing file %q: %v", ErrRefused, path, opts.BackingFile, err)
 		}
 		bpath := combinePath(path, opts.BackingFile)
 		b, err := Open(bpath, Options{Format: opts.BackingFormat, NoBacking: true, ForceShare: true})
