@@ -73,7 +73,7 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 	if off+img.clusterSize > img.fileSizeNow() {
 		return nil, img.corrupt("L1 entry", fieldOff, "L2 table at %#x lies past the end of the file (%d bytes)", off, img.fileSizeNow())
 	}
-	gen := img.l2.gen.Load() // a writer's flush in between makes this read stale
+	gen := img.l2.gen.Load()                             // a writer's flush in between makes this read stale
 	rawBuf := img.decompressor.getInput(img.clusterSize) // pooled; only the decoded table is kept
 	defer img.decompressor.putInput(rawBuf)
 	raw := *rawBuf
