@@ -164,9 +164,25 @@ func interopCases() []interopCase {
 			create(t, p, "lazy_refcounts=on", "4M")
 			// abort leaves the dirty bit set; qemu-io exits by signal.
 			testutil.Exec("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "abort", p)
+			img, err := Open(p, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			if info, _ := img.Info(); !info.DirtyFlag {
+				t.Fatal("qemu-io abort did not leave the image dirty")
+			}
 			return p
 		}},
 	)
+	cases = append(cases, interopCase{"bitmaps", func(t *testing.T, dir string) string {
+		p := filepath.Join(dir, "img.qcow2")
+		create(t, p, "", "4M")
+		qio(t, p, "qcow2", "write -P 1 0 64k")
+		qimg(t, "bitmap", "--add", p, "b0")
+		qimg(t, "bitmap", "--add", "-g", "128k", "--disable", p, "b1")
+		return p
+	}})
 	for _, ct := range []string{"zlib", "zstd"} {
 		cases = append(cases, interopCase{"compressed-" + ct, func(t *testing.T, dir string) string {
 			src := filepath.Join(dir, "src.qcow2")
