@@ -1,0 +1,92 @@
+package qcow2
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgtool/imgtool/internal/imagelock"
+	"github.com/imgtool/imgtool/internal/testutil"
+)
+
+// TestLockQemuHolds: while qemu-io has the image open for writing, a
+// writable Open fails and names qemu-io; -U style reads still work.
+func TestLockQemuHolds(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	p := filepath.Join(t.TempDir(), "l.qcow2")
+	if err := Create(p, CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("qemu-io", "-f", "qcow2", p)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		stdin.Write([]byte("quit\n"))
+		stdin.Close()
+		cmd.Wait()
+	}()
+	var lastErr error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		img, err := Open(p, Options{Writable: true})
+		if err == nil {
+			img.Close()
+			continue // qemu-io has not opened it yet
+		}
+		lastErr = err
+		if errors.Is(err, imagelock.ErrLocked) {
+			break
+		}
+	}
+	if !errors.Is(lastErr, imagelock.ErrLocked) || !strings.Contains(lastErr.Error(), "qemu-io") {
+		t.Fatalf("writable open while qemu-io holds the image: %v", lastErr)
+	}
+	if _, err := Open(p, Options{}); !errors.Is(err, imagelock.ErrLocked) {
+		t.Fatalf("read-only open without ForceShare: %v", err)
+	}
+	img, err := Open(p, Options{ForceShare: true})
+	if err != nil {
+		t.Fatalf("ForceShare open: %v", err)
+	}
+	img.Close()
+}
+
+// TestLockWeHold: while imgtool has the image open for writing, qemu-img
+// info without -U fails and with -U works.
+func TestLockWeHold(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img")
+	p := filepath.Join(t.TempDir(), "l.qcow2")
+	if err := Create(p, CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(p, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := testutil.Exec("qemu-img", "info", p); err == nil {
+		t.Fatalf("qemu-img info succeeded while imgtool writes:\n%s", out)
+	} else if !strings.Contains(string(out), "lock") {
+		t.Fatalf("qemu-img info failed for another reason: %s", out)
+	}
+	testutil.Run(t, "qemu-img", "info", "-U", p)
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Run(t, "qemu-img", "info", p)
+	// A read-only open blocks qemu-io from writing.
+	ro, err := Open(p, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := testutil.Exec("qemu-io", "-f", "qcow2", "-c", "write 0 512", p); err == nil {
+		t.Fatalf("qemu-io wrote while imgtool reads:\n%s", out)
+	}
+	ro.Close()
+}
