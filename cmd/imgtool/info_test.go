@@ -105,3 +105,18 @@ func TestInfoErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestInfoHumanMatchesQemu compares the human output, line for line.
+func TestInfoHumanMatchesQemu(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img")
+	for _, args := range [][]string{{fixturePath("qcow2/v2.qcow2")}, {"--backing-chain", fixturePath("chain/top.qcow2")}} {
+		want := string(testutil.Run(t, "qemu-img", append([]string{"info", "-U"}, args...)...))
+		code, out, errs := runCmd(append([]string{"info"}, args...)...)
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errs)
+		}
+		if out != want {
+			t.Errorf("info %v differs from qemu-img:\n got %s\nwant %s", args, out, want)
+		}
+	}
+}
