@@ -264,7 +264,7 @@ func buildCopyBlob(ctx context.Context, src, dst *Layout, desc ocispec.Descripto
 // buildDirLayer creates a layer from dir, diffed against lower, into a new
 // blob of l.
 func buildDirLayer(ctx context.Context, l *Layout, dir, lower string, opts BuildOptions, report func(int64, int64)) (Descriptor, error) {
-	w, err := l.newBlobWriter()
+	w, err := l.newBlobWriter(digest.SHA256)
 	if err != nil {
 		return Descriptor{}, err
 	}

@@ -25,7 +25,7 @@ func buildFileLayer(ctx context.Context, l *Layout, path string, lim Limits, rep
 		return Descriptor{}, err
 	}
 	defer f.Close()
-	w, err := l.newBlobWriter()
+	w, err := l.newBlobWriter(digest.SHA256)
 	if err != nil {
 		return Descriptor{}, err
 	}

@@ -239,7 +239,8 @@ func imagePickPlatform(ms []ocispec.Descriptor, want *ocispec.Platform) (ocispec
 	return ocispec.Descriptor{}, fmt.Errorf("%w: want %s, have %s", ErrNoMatchingPlatform, imagePlatformString(&p), strings.Join(have, ", "))
 }
 
-// ImageByDigest reads the image whose manifest has the given descriptor.
+// ImageByDescriptor reads the image whose manifest has the given
+// descriptor (verified like Resolve does), whether tagged or not.
 func (l *Layout) ImageByDescriptor(ctx context.Context, desc ocispec.Descriptor) (*ResolvedImage, error) {
 	if !imageIsManifest(desc.MediaType) {
 		return nil, &LayoutError{Path: l.blobPath(desc.Digest), Err: fmt.Errorf("%w: %q is not an image manifest", ErrUnsupportedMediaType, desc.MediaType)}

@@ -174,14 +174,22 @@ func (l *Layout) readJSONBlob(ctx context.Context, desc ocispec.Descriptor, v an
 	return b, nil
 }
 
-// WriteBlob copies r into the layout as a sha256 blob and returns its
-// descriptor (with want's media type and annotations). When want.Digest is
-// set, the content must match want.Digest and want.Size, or nothing is
-// stored and the error wraps ErrBlobCorrupt. The write is atomic: a temp
-// file in blobs/sha256 is synced, checked and renamed; a blob already
-// present is left alone.
+// WriteBlob copies r into the layout and returns its descriptor (with
+// want's media type and annotations). When want.Digest is set, the content
+// must match want.Digest and want.Size, or nothing is stored and the error
+// wraps ErrBlobCorrupt; the blob is stored under want's algorithm (sha256,
+// sha384 or sha512). Without want.Digest it is a sha256 blob. The write is
+// atomic: a temp file in blobs/ALG is synced, checked and renamed; a blob
+// already present is left alone.
 func (l *Layout) WriteBlob(ctx context.Context, r io.Reader, want ocispec.Descriptor) (ocispec.Descriptor, error) {
-	w, err := l.newBlobWriter()
+	alg := digest.SHA256
+	if want.Digest != "" {
+		if err := want.Digest.Validate(); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("%w: digest %q: %v", ErrBlobCorrupt, want.Digest, err)
+		}
+		alg = want.Digest.Algorithm()
+	}
+	w, err := l.newBlobWriter(alg)
 	if err != nil {
 		return ocispec.Descriptor{}, err
 	}
@@ -197,7 +205,8 @@ func (l *Layout) WriteBlobBytes(ctx context.Context, mediaType string, b []byte)
 	return l.WriteBlob(ctx, bytes.NewReader(b), ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))})
 }
 
-// layoutBlobWriter streams a blob into a temp file while hashing it.
+// layoutBlobWriter streams a blob into a temp file in blobs/ALG while
+// hashing it.
 // Commit verifies and renames; Abort (safe after Commit) removes the temp
 // file. Not safe for concurrent use.
 type layoutBlobWriter struct {
@@ -208,8 +217,11 @@ type layoutBlobWriter struct {
 	done bool
 }
 
-func (l *Layout) newBlobWriter() (*layoutBlobWriter, error) {
-	dir := filepath.Join(l.dir, blobsDirName, "sha256")
+func (l *Layout) newBlobWriter(alg digest.Algorithm) (*layoutBlobWriter, error) {
+	if !alg.Available() {
+		return nil, fmt.Errorf("%w: digest algorithm %q", ErrBlobCorrupt, alg)
+	}
+	dir := filepath.Join(l.dir, blobsDirName, alg.String())
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -217,7 +229,7 @@ func (l *Layout) newBlobWriter() (*layoutBlobWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &layoutBlobWriter{l: l, f: f, dgst: digest.SHA256.Digester()}, nil
+	return &layoutBlobWriter{l: l, f: f, dgst: alg.Digester()}, nil
 }
 
 func (w *layoutBlobWriter) Write(p []byte) (int, error) {

@@ -226,6 +226,16 @@ func TestLayoutWriteBlob(t *testing.T) {
 		t.Error("rewriting an existing blob replaced its file")
 	}
 
+	// Other algorithms are stored under their own directory.
+	d512 := ocispec.Descriptor{Digest: digest.SHA512.FromBytes(data), Size: int64(len(data))}
+	if _, err := l.WriteBlob(ctx, bytes.NewReader(data), d512); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := l.ReadBlob(ctx, d512); err != nil || !bytes.Equal(got, data) || !strings.Contains(l.blobPath(d512.Digest), "blobs/sha512/") {
+		t.Fatalf("sha512 blob: %q, %v", got, err)
+	}
+	before = layoutListDir(t, l.Dir())
+
 	// Cancelled context: nothing stored.
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
