@@ -165,7 +165,8 @@ func createBytes(t testing.TB, dir string, opts CreateOptions) ([]byte, Descript
 func TestRoundTrip(t *testing.T) {
 	n := seeds()
 	for seed := range uint64(n) {
-		for _, c := range []Compression{Gzip, Zstd, None} {
+		// Each compression gets every third seed.
+		for _, c := range []Compression{[]Compression{Gzip, Zstd, None}[seed%3]} {
 			t.Run(fmt.Sprintf("seed%d/%v", seed, c), func(t *testing.T) {
 				src := t.TempDir()
 				newRandTree(t, seed, src, 120)
