@@ -62,7 +62,7 @@ func (img *Image) attachWriter(st storage, forRepair bool) error {
 		inflight:   map[int64]struct{}{},
 		dirtyL2:    map[int64]*l2Table{},
 		lazy:       h.CompatibleFeatures&CompatLazyRefcounts != 0,
-		maxDirtyL2: max(img.l2.maxTables/2, 1),
+		maxDirtyL2: max(int(DefaultL2CacheSize/img.clusterSize)/2, 16),
 	}
 	w.cond = sync.NewCond(&w.mu)
 	w.fileSize.Store(size)

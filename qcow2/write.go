@@ -116,6 +116,16 @@ func (w *writer) writeRange(p []byte, off int64) (int, error) {
 		pos := off + int64(done)
 		vc := pos >> w.cb()
 		in := pos - vc<<w.cb()
+		if in == 0 && int64(len(p)-done) >= w.cs() {
+			// Whole clusters go in one batch.
+			n := min(int64(len(p)-done)>>w.cb(), maxBatchClusters)
+			k := int(n << w.cb())
+			if err := w.writeWhole(vc, n, p[done:done+k]); err != nil {
+				return done, err
+			}
+			done += k
+			continue
+		}
 		n := int(min(int64(len(p)-done), w.cs()-in))
 		if err := w.writeCluster(vc, in, p[done:done+n]); err != nil {
 			return done, err
@@ -123,6 +133,122 @@ func (w *writer) writeRange(p []byte, off int64) (int, error) {
 		done += n
 	}
 	return done, nil
+}
+
+// maxBatchClusters bounds the clusters one writeWhole call reserves.
+const maxBatchClusters = 512
+
+// writeWhole writes n whole guest clusters starting at vc0. Clusters the
+// image owns are overwritten in place; the others get freshly allocated,
+// contiguous host clusters, linked into their L2 tables once the data is
+// written. No copy-on-write is needed: every byte is new.
+func (w *writer) writeWhole(vc0, n int64, data []byte) error {
+	w.mu.Lock()
+	for i := range n {
+		w.reserve(vc0 + i)
+	}
+	releaseAll := func() {
+		for i := range n {
+			w.release(vc0 + i)
+		}
+	}
+	old := make([]uint64, n)
+	hosts := make([]int64, n)
+	var fresh int64
+	for i := range n {
+		entry, bitmap, err := w.entry(vc0 + i)
+		if err != nil {
+			releaseAll()
+			w.mu.Unlock()
+			return err
+		}
+		old[i] = entry
+		host := int64(entry & hostOffsetMask)
+		owned := entry&entryCompressed == 0 && host != 0 && entry&entryCopied != 0 &&
+			(w.img.extL2 && bitmap == bitmapAllocMask || !w.img.extL2 && entry&entryZero == 0)
+		if owned {
+			hosts[i] = host
+		} else {
+			hosts[i] = -1
+			fresh++
+		}
+	}
+	if fresh > 0 {
+		if err := w.beforeAlloc(); err != nil {
+			releaseAll()
+			w.mu.Unlock()
+			return err
+		}
+		base, err := w.rc.alloc(fresh)
+		if err != nil {
+			releaseAll()
+			w.mu.Unlock()
+			return w.fail(err)
+		}
+		for i := range n {
+			if hosts[i] < 0 {
+				hosts[i] = base
+				base += w.cs()
+			}
+		}
+	}
+	w.dataWritten = true
+	w.mu.Unlock()
+
+	// Write runs of contiguous host clusters with one call each.
+	var werr error
+	for i := int64(0); i < n && werr == nil; {
+		j := i + 1
+		for j < n && hosts[j] == hosts[j-1]+w.cs() {
+			j++
+		}
+		off, length := hosts[i], (j-i)<<w.cb()
+		if werr = w.meta.check(off, length, metaNone); werr == nil {
+			werr = writeFull(w.st, data[i<<w.cb():j<<w.cb()], off)
+		}
+		i = j
+	}
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	defer releaseAll()
+	if werr != nil {
+		for i := range n {
+			if hosts[i] != int64(old[i]&hostOffsetMask) || old[i]&entryCopied == 0 {
+				w.rc.add(hosts[i]>>w.cb(), -1) //nolint:errcheck // just allocated
+			}
+		}
+		return w.fail(fmt.Errorf("qcow2: writing %s: %w", w.path, werr))
+	}
+	var t *l2Table
+	tl1 := int64(-1)
+	for i := range n {
+		if hosts[i] == int64(old[i]&hostOffsetMask) && old[i]&entryCopied != 0 && old[i]&entryCompressed == 0 {
+			continue // overwritten in place
+		}
+		vc := vc0 + i
+		l1i := vc >> w.img.l2Bits
+		if l1i != tl1 {
+			if t != nil {
+				w.publishL2(tl1, t)
+			}
+			var err error
+			if t, err = w.writableL2(l1i); err != nil {
+				return w.fail(err)
+			}
+			tl1 = l1i
+		}
+		k := (vc & w.img.l2Mask) * w.entryWords()
+		t.entries[k] = uint64(hosts[i]) | entryCopied
+		if w.img.extL2 {
+			t.entries[k+1] = bitmapAllocMask
+		}
+		w.freeEntry(old[i])
+	}
+	if t != nil {
+		w.publishL2(tl1, t)
+	}
+	return w.maybeFlush()
 }
 
 func (w *writer) usable() error {
