@@ -43,3 +43,35 @@ func FuzzOpen(f *testing.F) {
 		img.Extents(0, min(img.Size(), 64<<20))
 	})
 }
+
+// FuzzParseHeader runs the header parser (extensions, feature names,
+// limits) without file I/O, and re-encodes what it accepts: the encoding
+// must parse again to the same extensions and backing name.
+func FuzzParseHeader(f *testing.F) {
+	for _, name := range fixtures {
+		b, err := os.ReadFile(fixture(name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b[:min(len(b), 4096)], int64(len(b)))
+	}
+	f.Fuzz(func(t *testing.T, data []byte, fileSize int64) {
+		h, err := parseHeader("fuzz", data, fileSize)
+		if err != nil {
+			return
+		}
+		out, err := h.MarshalBinary()
+		if err != nil {
+			return
+		}
+		buf := make([]byte, max(len(data), len(out)))
+		copy(buf, out)
+		h2, err := parseHeader("fuzz", buf, fileSize)
+		if err != nil {
+			t.Fatalf("re-encoded header does not parse: %v", err)
+		}
+		if h2.BackingFile != h.BackingFile || len(h2.Extensions) != len(h.Extensions) {
+			t.Fatalf("round trip changed the header: %+v -> %+v", h, h2)
+		}
+	})
+}
