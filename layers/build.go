@@ -89,14 +89,20 @@ func Build(ctx context.Context, layoutDir string, opts BuildOptions) (*BuildResu
 		return nil, err
 	}
 	kinds := make([]bool, len(opts.Layers)) // true: directory
+	paths := make([]string, len(opts.Layers))
 	lastDir := -1
 	for i, p := range opts.Layers {
 		fi, err := os.Stat(p)
 		if err != nil {
 			return nil, fmt.Errorf("layers: build: layer %d: %w", i, err)
 		}
+		paths[i] = p
 		switch {
 		case fi.IsDir():
+			// Create refuses a symlink as its root: resolve it here.
+			if paths[i], err = filepath.EvalSymlinks(p); err != nil {
+				return nil, fmt.Errorf("layers: build: layer %d: %w", i, err)
+			}
 			kinds[i] = true
 			lastDir = i
 		case fi.Mode().IsRegular():
@@ -181,7 +187,7 @@ func Build(ctx context.Context, layoutDir string, opts BuildOptions) (*BuildResu
 	}
 
 	res := &BuildResult{}
-	for i, p := range opts.Layers {
+	for i, p := range paths {
 		var d Descriptor
 		if kinds[i] {
 			lower := flat
