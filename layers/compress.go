@@ -223,15 +223,16 @@ const gzipBlockSize = 1 << 20
 // member costs ~20 bytes and restarts the deflate window, about 0.1% on
 // typical layers. It is not safe for concurrent use.
 type parallelGzip struct {
-	w     io.Writer
-	cur   []byte
-	order chan *gzJob // jobs in stream order, to the writer goroutine
-	sem   chan struct{}
-	bufs  sync.Pool
-	wrote bool // at least one member queued
-	done  chan struct{}
-	mu    sync.Mutex
-	err   error
+	w      io.Writer
+	cur    []byte
+	order  chan *gzJob // jobs in stream order, to the writer goroutine
+	sem    chan struct{}
+	bufs   sync.Pool
+	wrote  bool // at least one member queued
+	closed bool
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
 }
 
 type gzJob struct {
@@ -288,6 +289,9 @@ func (z *parallelGzip) setErr(err error) {
 }
 
 func (z *parallelGzip) Write(p []byte) (int, error) {
+	if z.closed {
+		return 0, errors.New("layers: write to a closed gzip writer")
+	}
 	n := 0
 	for len(p) > 0 {
 		if err := z.getErr(); err != nil {
@@ -326,6 +330,10 @@ func (z *parallelGzip) flushBlock() {
 
 // Close compresses the last block and waits for all members to be written.
 func (z *parallelGzip) Close() error {
+	if z.closed {
+		return z.getErr()
+	}
+	z.closed = true
 	if len(z.cur) > 0 || !z.wrote {
 		z.flushBlock()
 	}
