@@ -87,7 +87,7 @@ func sourceDateEpoch(flag string) (*time.Time, error) {
 func runImageBuild(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image build", "[--base DIR:TAG] --layer PATH [--layer PATH ...] DIR:TAG", stderr)
 	base := fs.String("base", "", "base image `DIR:TAG` (default: none, start from scratch)")
-	layerPaths := fs.StringArray("layer", nil, "a layer, bottom first: a directory (diffed against the image below it) or a layer blob file; repeatable")
+	layerPaths := fs.StringArray("layer", nil, "`PATH` of a layer, bottom first: a directory (diffed against the image below it) or a layer blob file; repeatable")
 	comp := fs.String("compression", "gzip", "compression of layers made from directories: gzip, zstd or none")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick the base from an index, or to record for an image from scratch (default: the host's)")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
