@@ -21,9 +21,49 @@ type decompressor struct {
 	clusters    sync.Pool // *[]byte of clusterSize
 	inputs      sync.Pool // *[]byte of up to 2*clusterSize
 	inflaters   sync.Pool // *inflater
+	last        lastCluster
 	zstdOnce    sync.Once
 	zdec        *zstd.Decoder
 	zerr        error
+}
+
+// lastCluster caches the most recently decompressed cluster, keyed by its
+// L2 descriptor (host offset and size), for reads of part of a cluster.
+type lastCluster struct {
+	mu    sync.Mutex
+	entry uint64 // 0: empty
+	buf   *[]byte
+}
+
+// cached copies cluster bytes from offset in into dst if the cluster with
+// L2 descriptor entry is cached.
+func (d *decompressor) cached(entry uint64, dst []byte, in int64) (int, bool) {
+	d.last.mu.Lock()
+	defer d.last.mu.Unlock()
+	if d.last.entry != entry || d.last.buf == nil {
+		return 0, false
+	}
+	return copy(dst, (*d.last.buf)[in:]), true
+}
+
+// remember makes buf (a decompressed cluster) the cached one; the cache
+// owns it from now on.
+func (d *decompressor) remember(entry uint64, buf *[]byte) {
+	d.last.mu.Lock()
+	old := d.last.buf
+	d.last.entry, d.last.buf = entry, buf
+	d.last.mu.Unlock()
+	if old != nil {
+		d.putCluster(old)
+	}
+}
+
+// forget empties the cache; the write path calls it when it frees or
+// rewrites compressed clusters.
+func (d *decompressor) forget() {
+	d.last.mu.Lock()
+	d.last.entry = 0
+	d.last.mu.Unlock()
 }
 
 type inflater struct {

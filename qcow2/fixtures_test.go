@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -210,5 +211,43 @@ func TestRawImage(t *testing.T) {
 	}
 	if _, err := Open(p, Options{Format: FormatQcow2}); !errors.Is(err, ErrNotQcow2) {
 		t.Errorf("raw file as qcow2: %v, want ErrNotQcow2", err)
+	}
+}
+
+// TestConcurrentReads reads every fixture from several goroutines in
+// small, unaligned pieces (exercising the partial-cluster cache of
+// compressed images) and compares with one big read.
+func TestConcurrentReads(t *testing.T) {
+	for _, name := range fixtures {
+		img, err := Open(fixture(name), Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := make([]byte, img.Size())
+		if _, err := img.ReadAt(want, 0); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for g := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				piece := 1000 + 337*g
+				buf := make([]byte, piece)
+				for off := int64(g * 17); off < img.Size(); off += int64(piece) * 3 {
+					n, err := img.ReadAt(buf, off)
+					if err != nil && !errors.Is(err, io.EOF) {
+						t.Error(err)
+						return
+					}
+					if !bytes.Equal(buf[:n], want[off:off+int64(n)]) {
+						t.Errorf("%s: bytes at %d differ between small and big reads", name, off)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		img.Close()
 	}
 }

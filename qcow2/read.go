@@ -42,10 +42,11 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // readCompressed fills dst with guest bytes at guest offset off, all of
-// which lie in compressed clusters of this image.
+// which lie in compressed clusters of this image. Whole clusters are
+// decompressed in place; a partial cluster goes through the decompressor's
+// last-cluster cache, so small sequential reads decompress each cluster
+// once.
 func (img *Image) readCompressed(dst []byte, off int64) error {
-	buf := img.decompressor.getCluster()
-	defer img.decompressor.putCluster(buf)
 	for len(dst) > 0 {
 		vc := off >> img.clusterBits
 		in := off - vc<<img.clusterBits
@@ -58,10 +59,23 @@ func (img *Image) readCompressed(dst []byte, off int64) error {
 			off += img.clusterSize
 			continue
 		}
+		entry, _, err := img.l2Entry(vc)
+		if err != nil {
+			return err
+		}
+		d := img.decompressor
+		if k, ok := d.cached(entry, dst, in); ok {
+			dst = dst[k:]
+			off += int64(k)
+			continue
+		}
+		buf := d.getCluster()
 		if err := img.decompressCluster(vc, *buf); err != nil {
+			d.putCluster(buf)
 			return err
 		}
 		k := copy(dst, (*buf)[in:])
+		d.remember(entry, buf)
 		dst = dst[k:]
 		off += int64(k)
 	}
