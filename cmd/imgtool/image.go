@@ -199,7 +199,11 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 			"target":   fs.Arg(1),
 		})
 	}
-	fmt.Fprintf(stdout, "unpacked %s (%s, %d layers) into %s\n", ref, img.Descriptor.Digest, len(img.Manifest.Layers), fs.Arg(1))
+	noun := "layers"
+	if len(img.Manifest.Layers) == 1 {
+		noun = "layer"
+	}
+	fmt.Fprintf(stdout, "unpacked %s (%s, %d %s) into %s\n", ref, img.Descriptor.Digest, len(img.Manifest.Layers), noun, fs.Arg(1))
 	return nil
 }
 
