@@ -274,8 +274,14 @@ func (f *flattener) finish() error {
 	for _, r := range rels {
 		ts := f.dirTimes[r]
 		p := filepath.Join(f.dst, r)
-		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
-			continue // removed by a later whiteout
+		// Only what is still a directory: a later layer may have removed
+		// it or put a file there, and a file may be a hardlink into the
+		// store, whose times must not change.
+		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+			if err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("overlay: %w", err)
+			}
+			continue
 		}
 		if err := unix.UtimesNanoAt(unix.AT_FDCWD, p, ts[:], unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("overlay: utimes %s: %w", p, err)

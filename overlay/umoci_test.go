@@ -24,6 +24,10 @@ func writeMode(t testing.TB, root, rel, content string, mode os.FileMode, uid, g
 	if err := os.Chmod(p, mode); err != nil {
 		t.Fatal(err)
 	}
+	// A fixed mtime: times of the test's own clock would make trees
+	// compared across a second boundary differ.
+	mt := time.Unix(1620000000, 0)
+	must(t, os.Chtimes(p, mt, mt))
 }
 
 func must(t testing.TB, err error) {
@@ -68,6 +72,9 @@ func umociImage(t testing.TB) string {
 		must(t, unix.Mknod(filepath.Join(r, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))))
 		must(t, unix.Lsetxattr(filepath.Join(r, "home/user/notes"), "user.comment", []byte("kept"), 0))
 		must(t, os.MkdirAll(filepath.Join(r, "empty"), 0o700))
+		// Distinct mtimes for what v2 replaces, so that taking one for
+		// the other shows.
+		must(t, os.Chtimes(filepath.Join(r, "empty"), time.Unix(1600000000, 0), time.Unix(1600000000, 0)))
 		must(t, os.Chmod(filepath.Join(r, "home/user"), 0o750))
 	})
 	step("v1", "v2", func(r string) {
@@ -80,6 +87,7 @@ func umociImage(t testing.TB) string {
 		must(t, os.Chmod(filepath.Join(r, "usr/bin/tool"), 0o755)) // metadata-only change
 		must(t, os.Remove(filepath.Join(r, "empty")))              // a dir becomes a file
 		writeMode(t, r, "empty", "now a file\n", 0o644, 0, 0)
+		must(t, os.Chtimes(filepath.Join(r, "empty"), time.Unix(1650000000, 0), time.Unix(1650000000, 0)))
 	})
 	step("v2", "v3", func(r string) {
 		writeMode(t, r, "var/log/app.log", "log\n", 0o644, 0, 0)
@@ -147,6 +155,11 @@ func TestMountUmociImage(t *testing.T) {
 	// gives the same tree as umoci.
 	want := filepath.Join(t.TempDir(), "umoci")
 	testutil.Run(t, "umoci", "raw", "unpack", "--image", dir+":v4", want)
+	storeLayers, _ := s.Layers()
+	before := map[string]map[string]treeEntry{}
+	for _, l := range storeLayers {
+		before[l.Dir] = scanTree(t, l.Dir)
+	}
 	for _, ro := range []bool{false, true} {
 		cp := filepath.Join(t.TempDir(), "copy")
 		if _, _, err := s.Mount(ctx, layers.ImageRef{Dir: dir, Tag: "v4"}, cp, MountOptions{Copy: true, ReadOnly: ro}, ImageOptions{}); err != nil {
@@ -155,6 +168,16 @@ func TestMountUmociImage(t *testing.T) {
 		compareTrees(t, want, cp)
 		if _, err := s.Unmount(ctx, cp, UnmountOptions{Remove: true}); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// Making (and removing) the copies, hardlinked ones included, left
+	// the store's layers as they were.
+	for d, old := range before {
+		now := scanTree(t, d)
+		for p, e := range old {
+			if now[p] != e {
+				t.Errorf("copy mode changed the store: %s/%s: %+v, was %+v", d, p, now[p], e)
+			}
 		}
 	}
 
