@@ -110,22 +110,28 @@ func Build(ctx context.Context, layoutDir string, opts BuildOptions) (*BuildResu
 			return nil, fmt.Errorf("layers: build: layer %d: %s is neither a directory nor a regular file", i, p)
 		}
 	}
-	l, err := InitLayout(layoutDir)
-	if err != nil {
-		return nil, err
-	}
-
+	// Resolve the base before creating the target layout, so that a bad
+	// base leaves no new layout behind.
 	var base *ResolvedImage
 	if opts.Base != "" {
-		bl := l
-		if opts.BaseLayout != "" && !buildSameDir(opts.BaseLayout, layoutDir) {
-			if bl, err = OpenLayout(opts.BaseLayout); err != nil {
-				return nil, err
-			}
+		bdir := opts.BaseLayout
+		if bdir == "" {
+			bdir = layoutDir
+		}
+		bl, err := OpenLayout(bdir)
+		if err != nil {
+			return nil, fmt.Errorf("base image: %w", err)
 		}
 		if base, err = bl.Resolve(ctx, opts.Base, ResolveOptions{Platform: opts.Platform}); err != nil {
 			return nil, fmt.Errorf("base image: %w", err)
 		}
+	}
+	l, err := InitLayout(layoutDir)
+	if err != nil {
+		return nil, err
+	}
+	if base != nil && buildSameDir(base.Layout.Dir(), layoutDir) {
+		base.Layout = l
 	}
 
 	var done atomic.Int64

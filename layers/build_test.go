@@ -122,6 +122,14 @@ func TestBuildFailureLeavesLayoutIntact(t *testing.T) {
 			}
 		})
 	}
+	// A build into a new layout with a bad base creates nothing.
+	fresh := filepath.Join(t.TempDir(), "fresh")
+	if _, err := Build(ctx, fresh, BuildOptions{BaseLayout: dir, Base: "nope", Layers: []string{newDir}}); !errors.Is(err, ErrTagNotFound) {
+		t.Fatalf("Build with a missing base = %v", err)
+	}
+	if _, err := os.Stat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("failed build created its layout: %v", err)
+	}
 	// The images are still whole.
 	for _, tag := range []string{"v1", "v2"} {
 		out := filepath.Join(t.TempDir(), "rootfs")
