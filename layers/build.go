@@ -58,6 +58,8 @@ type BuildOptions struct {
 	Concurrency int
 	// Progress, when set, is called with the bytes processed so far
 	// (flattening, reading and writing layers); total is -1 (unknown).
+	// Calls may come from several goroutines (compression and layer
+	// readers), concurrently: the function must be safe for that.
 	Progress func(done, total int64)
 }
 

@@ -22,7 +22,8 @@ type UnpackOptions struct {
 	// ExpectDiffID are set by Unpack from the manifest and config.
 	Apply ApplyOptions
 	// Progress, when set, is called with the compressed bytes of layer
-	// blobs read so far and their total, from the calling goroutine.
+	// blobs read so far and their total. Calls come one at a time but may
+	// come from a goroutine other than the caller's (the layer reader's).
 	Progress func(done, total int64)
 }
 
