@@ -159,10 +159,7 @@ func (s *Store) mountLowerView(c *Container, dir string) error {
 	if err != nil {
 		return err
 	}
-	if len(lower) == 1 {
-		lower = append(lower, s.path("empty"))
-		lowerRel = append(lowerRel, "empty")
-	}
+	lower, lowerRel = s.padLower(lower, lowerRel, 2)
 	sp := &mountSpec{Target: dir, Lower: lower, LowerRel: lowerRel, Dir: s.dir, ReadOnly: true, UserXattr: s.userXattr}
 	return mountOverlay(sp, MountAuto)
 }

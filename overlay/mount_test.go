@@ -439,3 +439,21 @@ func TestUmountLeavesForeignOverlay(t *testing.T) {
 		t.Errorf("the foreign overlay was unmounted")
 	}
 }
+
+// TestMountNoLayers: an image of no layers (umoci new makes one) mounts
+// as an empty tree, read-write and read-only.
+func TestMountNoLayers(t *testing.T) {
+	testutil.NeedRoot(t)
+	s := testStore(t)
+	im := handImage(t, "none", nil, nil)
+	for _, ro := range []bool{false, true} {
+		target := t.TempDir()
+		mountForTest(t, s, im, target, MountOptions{ReadOnly: ro})
+		if got := readNames(t, target); got != "" {
+			t.Errorf("readonly=%v: empty image shows %q", ro, got)
+		}
+		if err := os.WriteFile(target+"/f", nil, 0o644); (err == nil) == ro {
+			t.Errorf("readonly=%v: write: %v", ro, err)
+		}
+	}
+}

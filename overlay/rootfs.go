@@ -405,9 +405,6 @@ func (im *imageSpec) chainOf() (chain, diffIDs []digest.Digest) {
 // mountImage is Mount for an image described by im.
 func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, opts MountOptions, progress func(Progress)) (*Container, UnpackStats, error) {
 	var st UnpackStats
-	if len(im.Jobs) == 0 {
-		return nil, st, fmt.Errorf("overlay: image %s:%s has no layers", im.Dir, im.Tag)
-	}
 	if opts.Copy {
 		// Created now, so that the recorded path is the one a later
 		// lookup resolves (symlinks in its parents included).
@@ -588,12 +585,9 @@ func (s *Store) mountContainer(c *Container, method MountMethod) error {
 			lower = append([]string{c.UpperDir()}, lower...)
 			lowerRel = append([]string{rel(c.UpperDir())}, lowerRel...)
 		}
-		// overlayfs wants two lower layers when there is no upper.
-		if len(lower) == 1 {
-			lower = append(lower, s.path("empty"))
-			lowerRel = append(lowerRel, "empty")
-		}
+		lower, lowerRel = s.padLower(lower, lowerRel, 2)
 	} else {
+		lower, lowerRel = s.padLower(lower, lowerRel, 1)
 		for _, d := range []string{c.UpperDir(), c.WorkDir()} {
 			if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("overlay: %w", err)
@@ -604,6 +598,21 @@ func (s *Store) mountContainer(c *Container, method MountMethod) error {
 	}
 	sp.Lower, sp.LowerRel = lower, lowerRel
 	return mountOverlay(sp, method)
+}
+
+// padLower appends empty directories to a stack of lower dirs until it
+// has n: overlayfs needs a lower dir, and two when there is no upper dir
+// (an image of no layers or one layer). The same directory cannot appear
+// twice (the layers would overlap), hence empty/ and empty2/.
+func (s *Store) padLower(lower, rel []string, n int) ([]string, []string) {
+	for _, name := range []string{"empty", "empty2"} {
+		if len(lower) >= n {
+			break
+		}
+		os.Mkdir(s.path(name), 0o700) // empty2 is made on first use
+		lower, rel = append(lower, s.path(name)), append(rel, name)
+	}
+	return lower, rel
 }
 
 // UnmountOptions configure Unmount. The zero value unmounts and keeps the

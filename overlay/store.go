@@ -20,7 +20,7 @@
 //	containers/NAME/         container.json, lock, upper/, work/
 //	images/HEX.json          an image pin (see GC)
 //	tmp/                     layers being unpacked; renamed into layers/ when complete
-//	empty/                   an empty directory (second lower layer of a one-layer read-only mount)
+//	empty/, empty2/          empty directories padding lower stacks of fewer than two layers
 //
 // Everything in a store is safe against concurrent use by several
 // processes: see the lock order in lock.go.
