@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -26,6 +27,10 @@ type CommitOptions struct {
 	// CreatedBy is the history entry's created_by (default
 	// "imgtool rootfs commit").
 	CreatedBy string
+	// Progress, when set, is called with a phase ("diff" while the
+	// layer is written from the container's changes, "store" while the
+	// image is written into the layout) and the bytes done in it.
+	Progress func(phase string, done int64)
 }
 
 // CommitResult describes the image Commit wrote.
@@ -121,7 +126,11 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	if err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
-	d, err := layers.Create(ctx, f, src, layers.CreateOptions{
+	var w io.Writer = f
+	if opts.Progress != nil {
+		w = &commitCounter{w: f, report: func(n int64) { opts.Progress("diff", n) }}
+	}
+	d, err := layers.Create(ctx, w, src, layers.CreateOptions{
 		Compression:     opts.Compression,
 		Lower:           lower,
 		OverlayUpper:    overlayUpper,
@@ -145,6 +154,11 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 		Tag:             dst.Tag,
 		SourceDateEpoch: opts.SourceDateEpoch,
 		CreatedBy:       by,
+		Progress: func(done, _ int64) {
+			if opts.Progress != nil {
+				opts.Progress("store", done)
+			}
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s to %s: %w", target, dst, err)
@@ -162,4 +176,18 @@ func (s *Store) mountLowerView(c *Container, dir string) error {
 	lower, lowerRel = s.padLower(lower, lowerRel, 2)
 	sp := &mountSpec{Target: dir, Lower: lower, LowerRel: lowerRel, Dir: s.dir, ReadOnly: true, UserXattr: s.userXattr}
 	return mountOverlay(sp, MountAuto)
+}
+
+// commitCounter reports the bytes written through it.
+type commitCounter struct {
+	w      io.Writer
+	n      int64
+	report func(int64)
+}
+
+func (c *commitCounter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.report(c.n)
+	return n, err
 }

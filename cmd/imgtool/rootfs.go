@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/overlay"
@@ -180,6 +181,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	store := rootfsStoreFlag(fs)
 	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -190,6 +192,17 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	}
 	if fs.NArg() != 2 {
 		return usagef("want TARGET and DIR:TAG, got %d arguments", fs.NArg())
+	}
+	var report func(string, int64)
+	if *progress {
+		var last time.Time
+		report = func(phase string, done int64) {
+			if now := time.Now(); now.Sub(last) >= 200*time.Millisecond {
+				last = now
+				fmt.Fprintf(stderr, "\r%s: %s   ", phase, storeBytes(done))
+			}
+		}
+		defer fmt.Fprintln(stderr)
 	}
 	ref, err := layers.ParseImageRef(fs.Arg(1))
 	if err != nil {
@@ -207,7 +220,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch})
+	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report})
 	if err != nil {
 		return err
 	}

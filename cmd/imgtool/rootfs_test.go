@@ -50,12 +50,16 @@ func TestRootfsStoreCLI(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(target, "etc/hostname"), []byte("changed\n"), 0o644)
 
-	out = runCLI(t, 0, "rootfs", "commit", "--store", store, "--output", "json", target, layout+":changed")
+	out = runCLI(t, 0, "rootfs", "commit", "--store", store, "--output", "json", "-p", target, layout+":changed")
 	var cr struct {
 		Container string `json:"container"`
 	}
-	if err := json.Unmarshal([]byte(out), &cr); err != nil || cr.Container != "cli" {
+	// stdout's JSON comes first; -p writes to stderr after it.
+	if err := json.NewDecoder(strings.NewReader(out)).Decode(&cr); err != nil || cr.Container != "cli" {
 		t.Errorf("commit json: %q %v", out, err)
+	}
+	if !strings.Contains(out, "diff: ") {
+		t.Errorf("commit -p printed no progress: %q", out)
 	}
 
 	out = runCLI(t, 0, "store", "ls", "--store", store, "--output", "json")
