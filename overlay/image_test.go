@@ -297,3 +297,62 @@ func TestPlatformRecorded(t *testing.T) {
 		t.Errorf("the pin made with a platform did not keep its layers: %+v %v", gc, err)
 	}
 }
+
+// TestGCConcurrentWithMounts runs gc (ignoring pins, so it removes every
+// layer no container holds) in a loop while containers are mounted,
+// checked and removed: every mount sees its whole image, and every layer
+// gc removes gets unpacked again when needed.
+func TestGCConcurrentWithMounts(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	ref := buildImage(t, filepath.Join(t.TempDir(), "layout"), "t", 4, 2, 100)
+	dir := filepath.Join(t.TempDir(), "store")
+	no := false
+	open := func() *Store {
+		s, err := OpenStore(dir, StoreOptions{UserXattr: &no})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	done := make(chan struct{})
+	gcErr := make(chan error, 1)
+	removed := 0
+	go func() {
+		s := open() // its own handle, as another process would have
+		defer close(gcErr)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			res, err := s.GC(ctx, GCOptions{IgnorePins: true})
+			if err != nil {
+				gcErr <- err
+				return
+			}
+			removed += len(res.RemovedLayers)
+		}
+	}()
+	s := open()
+	for i := range 6 {
+		target := t.TempDir()
+		if _, _, err := s.Mount(ctx, ref, target, MountOptions{}, ImageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		for l := range 4 {
+			if _, err := os.Stat(fmt.Sprintf("%s/layer%03d/file1", target, l)); err != nil {
+				t.Errorf("mount %d: %v", i, err)
+			}
+		}
+		if _, err := s.Unmount(ctx, target, UnmountOptions{Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	if err := <-gcErr; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("gc removed %d layers while 6 containers came and went", removed)
+}
