@@ -71,6 +71,15 @@ func mountOverlay(sp *mountSpec, method MountMethod) error {
 		if fallback {
 			return mountLegacy(sp)
 		}
+		if errors.Is(err, unix.EINVAL) {
+			// Before 6.5 overlayfs had no fs_context of its own: the
+			// kernel gathers fsconfig keys into one option string and
+			// only fails at create. mount(2) tells the real story.
+			if lerr := mountLegacy(sp); lerr != nil {
+				return fmt.Errorf("%w (and mount(2): %v)", err, lerr)
+			}
+			return nil
+		}
 		return err
 	}
 	return fmt.Errorf("overlay: unknown mount method %d", method)
