@@ -457,3 +457,32 @@ func TestMountNoLayers(t *testing.T) {
 		}
 	}
 }
+
+// TestCopyReuse: a kept copy-mode container is mounted again in place,
+// never in another directory, and a read-only (hardlinked) copy never
+// becomes writable.
+func TestCopyReuse(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	s := testStore(t)
+	im := handImage(t, "reuse", threeLayers(), nil)
+	target := filepath.Join(t.TempDir(), "copy")
+	if _, _, err := s.mountImage(ctx, im, target, MountOptions{Name: "ro", Copy: true, ReadOnly: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Unmount(ctx, target, UnmountOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.mountImage(ctx, im, target, MountOptions{Name: "ro", Copy: true}, nil); !errors.Is(err, ErrContainerExists) {
+		t.Errorf("read-only copy mounted writable: %v", err)
+	}
+	if _, _, err := s.mountImage(ctx, im, filepath.Join(t.TempDir(), "elsewhere"), MountOptions{Name: "ro", Copy: true, ReadOnly: true}, nil); !errors.Is(err, ErrContainerExists) {
+		t.Errorf("copy mounted in another directory: %v", err)
+	}
+	if _, _, err := s.mountImage(ctx, im, target, MountOptions{Name: "ro", Copy: true, ReadOnly: true}, nil); err != nil {
+		t.Errorf("remount in place: %v", err)
+	}
+	if got := readNames(t, target); got != "b dir keep" {
+		t.Errorf("copy holds %q", got)
+	}
+}

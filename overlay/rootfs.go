@@ -467,6 +467,9 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 		if err := s.checkReuse(c, chain, opts); err != nil {
 			return nil, st, err
 		}
+		if c.Mode == ModeCopy && c.Target != abs {
+			return nil, st, fmt.Errorf("%w: the copy of %q is in %s", ErrContainerExists, c.Name, c.Target)
+		}
 	}
 	others, err := s.Containers()
 	if err != nil {
@@ -536,6 +539,12 @@ func (s *Store) checkReuse(c *Container, chain []digest.Digest, opts MountOption
 	}
 	if c.Mode != want {
 		return fmt.Errorf("%w: %q is a %s container", ErrContainerExists, c.Name, c.Mode)
+	}
+	// A read-only copy is made of hardlinks into the store: it must never
+	// become writable (and a writable one holds changes a read-only
+	// remount would not show as such).
+	if c.Mode == ModeCopy && c.ReadOnly != opts.ReadOnly {
+		return fmt.Errorf("%w: %q is a copy made with readonly=%v", ErrContainerExists, c.Name, c.ReadOnly)
 	}
 	return nil
 }
