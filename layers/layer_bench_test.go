@@ -65,7 +65,7 @@ func benchTree(b *testing.B) string {
 func benchLayer(b *testing.B, c Compression) (string, Descriptor) {
 	b.Helper()
 	tree := benchTree(b)
-	path := filepath.Join(os.TempDir(), "imgtool-layers-bench-layer-200m."+c.String())
+	path := filepath.Join(os.TempDir(), "imgtool-layers-bench-layer-200m-v3."+c.String())
 	if f, err := os.Open(path); err == nil {
 		defer f.Close()
 		d, err := List(context.Background(), f, nil, Limits{})
