@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -298,19 +297,19 @@ func buildDirLayer(ctx context.Context, l *Layout, dir, lower string, opts Build
 	return d, nil
 }
 
-// buildApplyBlob applies a stored layer blob onto dir, verifying it.
+// buildApplyBlob applies a stored layer blob onto dir; Apply verifies its
+// digest and diffID.
 func buildApplyBlob(ctx context.Context, l *Layout, desc ocispec.Descriptor, diffID digest.Digest, dir string, ao ApplyOptions, report func(int64, int64)) error {
-	rc, err := l.OpenBlob(desc)
+	f, err := l.openBlobFile(desc)
 	if err != nil {
 		return err
 	}
-	defer rc.Close()
+	defer f.Close()
 	ao.ExpectDigest, ao.ExpectDiffID = desc.Digest, diffID
-	src := &buildCountReader{r: rc, report: report}
-	if _, err := Apply(ctx, src, dir, ao); err != nil {
-		return err
+	d, err := Apply(ctx, &buildCountReader{r: f, report: report}, dir, ao)
+	if err == nil && d.Size != desc.Size {
+		err = &LayoutError{Path: f.Name(), Err: fmt.Errorf("%w: applied %d of its %d bytes", ErrBlobCorrupt, d.Size, desc.Size)}
 	}
-	_, err = io.Copy(io.Discard, src)
 	return err
 }
 

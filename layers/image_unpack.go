@@ -94,25 +94,28 @@ func (r *ResolvedImage) applyLayers(ctx context.Context, dir string, n int, ao A
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rc, err := r.Layout.OpenBlob(ld)
+		// Apply hashes the blob and checks ExpectDigest, so the file is
+		// opened without a second hashing reader.
+		f, err := r.Layout.openBlobFile(ld)
 		if err != nil {
 			return fmt.Errorf("layer %d of %s: %w", i, r.Descriptor.Digest, err)
 		}
-		var src io.Reader = rc
+		var src io.Reader = f
 		if progress != nil {
-			src = &imageProgressReader{r: rc, done: &done, total: total, fn: progress}
+			src = &imageProgressReader{r: f, done: &done, total: total, fn: progress}
 		}
 		o := ao
 		o.Overlay = false
 		o.ExpectDigest = ld.Digest
 		o.ExpectDiffID = r.Config.RootFS.DiffIDs[i]
-		_, err = Apply(ctx, src, dir, o)
-		if err == nil {
-			// Apply stops at the end of the compressed stream; read what
-			// follows so the blob reader checks the whole blob's digest.
-			_, err = io.Copy(io.Discard, src)
+		var d Descriptor
+		d, err = Apply(ctx, src, dir, o)
+		if err == nil && d.Size != ld.Size {
+			// The digest matched, so this cannot happen unless Apply
+			// stopped early; never accept a partly read blob.
+			err = &LayoutError{Path: f.Name(), Err: fmt.Errorf("%w: applied %d of its %d bytes", ErrBlobCorrupt, d.Size, ld.Size)}
 		}
-		rc.Close()
+		f.Close()
 		if err != nil {
 			return fmt.Errorf("layer %d (%s) of %s: %w", i, ld.Digest, r.Descriptor.Digest, err)
 		}
