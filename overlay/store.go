@@ -24,6 +24,11 @@
 //
 // Everything in a store is safe against concurrent use by several
 // processes: see the lock order in lock.go.
+//
+// The package is Linux only (overlayfs, flock, xattrs, the new mount API).
+// Mounting needs root, or a user namespace owning its mount namespace
+// (kernel >= 5.11; the store then uses user.overlay.* xattrs); where
+// neither is available, copy mode (MountOptions.Copy) still works.
 package overlay
 
 import (
