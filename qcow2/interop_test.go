@@ -137,6 +137,12 @@ func interopCases() []interopCase {
 			qio(t, p, "qcow2", "write -P 2 1k 1k", "write -z 4k 2k", "write -P 3 40k 3k")
 			return p
 		}},
+		interopCase{"extended-l2-compressed", func(t *testing.T, dir string) string {
+			p := filepath.Join(dir, "img.qcow2")
+			create(t, p, "extended_l2=on,cluster_size=16k,compression_type=zstd", "1M")
+			qio(t, p, "qcow2", "write -c -P 7 0 64k", "write -P 8 20k 1k", "write -z 40k 2k", "write -c -P 9 256k 16k")
+			return p
+		}},
 		interopCase{"snapshots", func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
 			create(t, p, "", "4M")
