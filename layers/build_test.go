@@ -389,6 +389,18 @@ func TestImageUnpackCorrupt(t *testing.T) {
 			t.Errorf("failed Unpack left its target: %v", err)
 		}
 	})
+	t.Run("missing layer", func(t *testing.T) {
+		// A foreign (non-distributable) layer is usually not in the layout.
+		m := img.Manifest
+		m.Layers = []ocispec.Descriptor{{MediaType: "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", Digest: digest.FromString("elsewhere"), Size: 9}}
+		mb, _ := json.Marshal(m)
+		md, _ := l.WriteBlobBytes(ctx, ocispec.MediaTypeImageManifest, mb)
+		l.SetTag(ctx, "foreign", md)
+		_, err := Unpack(ctx, dir, "foreign", filepath.Join(t.TempDir(), "rootfs"), UnpackOptions{})
+		if !errors.Is(err, ErrBlobNotFound) || !strings.Contains(err.Error(), digest.FromString("elsewhere").Encoded()) {
+			t.Fatalf("Unpack = %v, want ErrBlobNotFound naming the blob", err)
+		}
+	})
 	t.Run("tampered layer", func(t *testing.T) {
 		p := l.blobPath(img.Manifest.Layers[0].Digest)
 		b, _ := os.ReadFile(p)
