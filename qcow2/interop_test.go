@@ -418,3 +418,50 @@ func TestInteropUnreadable(t *testing.T) {
 		t.Errorf("LUKS info = %+v", info)
 	}
 }
+
+// TestInteropDamagedExtL2 breaks subcluster bitmaps of an extended-L2
+// image written by qemu-io and expects a CorruptError naming the L2 entry.
+func TestInteropDamagedExtL2(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.qcow2")
+	qimg(t, "create", "-q", "-f", "qcow2", "-o", "extended_l2=on,cluster_size=64k", src, "1M")
+	qio(t, src, "qcow2", "write -P 1 0 4k", "write -c -P 2 64k 64k")
+	orig, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l2 := l2Entry0(orig)
+	cases := []struct {
+		name   string
+		patch  func(b []byte)
+		reason string
+	}{
+		{"allocated and zero", func(b []byte) { b[l2+8+3] |= 1 /* zero bit of subcluster 0 */ }, "both allocated and zero"},
+		{"allocation bits without offset", func(b []byte) {
+			clear(b[l2 : l2+8])
+		}, "unallocated cluster with subcluster allocation bits"},
+		{"bitmap on compressed cluster", func(b []byte) { b[l2+16+8+7] = 1 }, "compressed cluster with a subcluster bitmap"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			b := append([]byte(nil), orig...)
+			c.patch(b)
+			p := filepath.Join(t.TempDir(), "bad.qcow2")
+			os.WriteFile(p, b, 0o644)
+			img, err := Open(p, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			_, err = img.ReadAt(make([]byte, 128<<10), 0)
+			var ce *CorruptError
+			if !errors.As(err, &ce) || ce.Field != "L2 entry" || !strings.Contains(ce.Reason, c.reason) {
+				t.Fatalf("ReadAt: %v, want CorruptError on the L2 entry: %s", err, c.reason)
+			}
+			if want := int64(l2); c.name != "bitmap on compressed cluster" && ce.Offset != want {
+				t.Errorf("offset %#x, want %#x", ce.Offset, want)
+			}
+		})
+	}
+}
