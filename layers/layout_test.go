@@ -602,3 +602,45 @@ func TestLayoutSetTagConcurrent(t *testing.T) {
 		t.Fatalf("%d tags after %d concurrent SetTag calls: %v", len(tags), n, tags)
 	}
 }
+
+func TestLayoutVerify(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "layout")
+	a := buildTestTree(t, map[string]string{"a": strings.Repeat("a", 3000)})
+	b := buildTestTree(t, map[string]string{"a": strings.Repeat("a", 3000), "b": "b"})
+	if _, err := Build(ctx, dir, BuildOptions{Layers: []string{a, b}, Tag: "one"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Build(ctx, dir, BuildOptions{Base: "one", Layers: []string{b}, Tag: "two", Compression: Zstd}); err != nil {
+		t.Fatal(err)
+	}
+	l := mustOpen(t, dir)
+	rep, err := l.Verify(ctx, Limits{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// one: manifest+config+2 layers; two: manifest+config+1 new layer.
+	if rep.Tags != 2 || rep.Images != 2 || rep.Blobs != 7 || len(rep.Issues) != 0 {
+		t.Fatalf("report %+v", rep)
+	}
+	img := mustResolve(t, l, "one")
+
+	// A gzip header byte changed (the OS field): the tar, and so the
+	// diffID, is unchanged; only the blob digest tells.
+	p := l.blobPath(img.Manifest.Layers[0].Digest)
+	blob, _ := os.ReadFile(p)
+	blob[9] ^= 0x01
+	os.WriteFile(p, blob, 0o644)
+	if _, err := l.Verify(ctx, Limits{}); !errors.Is(err, ErrBlobCorrupt) {
+		t.Fatalf("Verify after a gzip header change = %v, want ErrBlobCorrupt", err)
+	}
+	blob[9] ^= 0x01
+	os.WriteFile(p, blob, 0o644)
+
+	// A deleted layer is reported once, though both images use it.
+	os.Remove(l.blobPath(img.Manifest.Layers[1].Digest))
+	rep, err = l.Verify(ctx, Limits{})
+	if !errors.Is(err, ErrBlobNotFound) || len(rep.Issues) != 1 {
+		t.Fatalf("Verify with a missing layer = %v (%d issues)", err, len(rep.Issues))
+	}
+}

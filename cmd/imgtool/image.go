@@ -25,6 +25,8 @@ Subcommands:
           flatten an image into TARGET (like umoci raw unpack)
   ls      DIR
           list the tags of a layout with digests, platforms and sizes
+  verify  DIR
+          re-hash every blob reachable from the tags and recompute diffIDs
 
 A layout reference is DIR[:TAG]; TAG defaults to latest.
 Run 'imgtool image SUBCOMMAND --help' for the options of one.
@@ -34,7 +36,7 @@ Run 'imgtool image SUBCOMMAND --help' for the options of one.
 func runImage(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, imageUsage)
-		return usagef("missing subcommand (build, unpack or ls)")
+		return usagef("missing subcommand (build, unpack, ls or verify)")
 	}
 	switch args[0] {
 	case "build":
@@ -43,11 +45,13 @@ func runImage(args []string, stdout, stderr io.Writer) error {
 		return runImageUnpack(args[1:], stdout, stderr)
 	case "ls", "list":
 		return runImageLs(args[1:], stdout, stderr)
+	case "verify":
+		return runImageVerify(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, imageUsage)
 		return pflag.ErrHelp
 	}
-	return usagef("unknown subcommand %q (want build, unpack or ls)", args[0])
+	return usagef("unknown subcommand %q (want build, unpack, ls or verify)", args[0])
 }
 
 // parsePlatform parses OS/ARCH[/VARIANT].
@@ -252,4 +256,46 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	return tw.Flush()
+}
+
+func runImageVerify(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image verify", "DIR", stderr)
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("want one DIR argument, got %d", fs.NArg())
+	}
+	l, err := layers.OpenLayout(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	rep, verr := l.Verify(context.Background(), layers.Limits{})
+	if rep == nil {
+		return verr
+	}
+	if asJSON {
+		if rep.Issues == nil {
+			rep.Issues = []string{}
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else {
+		for _, issue := range rep.Issues {
+			fmt.Fprintln(stdout, "error:", issue)
+		}
+		fmt.Fprintf(stdout, "%d tags, %d images, %d blobs (%d bytes) checked, %d problems\n", rep.Tags, rep.Images, rep.Blobs, rep.Bytes, len(rep.Issues))
+	}
+	if verr != nil {
+		return withCode(1, fmt.Errorf("%s: %d problems", fs.Arg(0), len(rep.Issues)))
+	}
+	return nil
 }

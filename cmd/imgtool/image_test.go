@@ -79,6 +79,30 @@ func TestImageCLI(t *testing.T) {
 		t.Errorf("unpack json: %d %q", code, out)
 	}
 
+	code, out, errs = imageTestRun(t, "image", "verify", layout)
+	if code != 0 || !strings.Contains(out, "2 tags, 2 images, 6 blobs") || !strings.Contains(out, "0 problems") {
+		t.Errorf("verify: exit %d: %q %s", code, out, errs)
+	}
+	// Break a blob: verify reports it and exits 1.
+	var broken string
+	filepath.WalkDir(filepath.Join(layout, "blobs"), func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && broken == "" {
+			if fi, _ := d.Info(); fi.Size() > 300 { // a layer
+				broken = p
+			}
+		}
+		return nil
+	})
+	b, _ := os.ReadFile(broken)
+	b[len(b)/2] ^= 0xff
+	os.WriteFile(broken, b, 0o644)
+	code, out, errs = imageTestRun(t, "image", "verify", "--output", "json", layout)
+	if code != 1 || !strings.Contains(out, `"issues": [`) || !strings.Contains(out, filepath.Base(broken)) || !strings.Contains(errs, "problems") {
+		t.Errorf("verify of a broken layout: exit %d: %q %s", code, out, errs)
+	}
+	b[len(b)/2] ^= 0xff // restore it
+	os.WriteFile(broken, b, 0o644)
+
 	for _, c := range []struct {
 		args []string
 		want string
