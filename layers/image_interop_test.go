@@ -250,6 +250,11 @@ func TestImageInteropBuildUmoci(t *testing.T) {
 			dir2 := filepath.Join(work, "copied")
 			testutil.Run(t, "skopeo", "copy", "oci:"+ref, "oci:"+dir2+":copy")
 			snapCompare(t, ours, imgTestOurUnpack(t, dir2, "copy"), snapOptions{mtimes: true})
+			for _, d := range []string{dir, dir2} {
+				if _, err := mustOpen(t, d).Verify(ctx, Limits{}); err != nil {
+					t.Errorf("Verify %s: %v", d, err)
+				}
+			}
 		})
 	}
 }
@@ -343,6 +348,10 @@ func TestImageInteropUmociImages(t *testing.T) {
 			}
 			snapCompare(t, imgTestUmociRawUnpack(t, dir+":"+tag), imgTestOurUnpack(t, dir, tag), snapOptions{mtimes: true})
 		})
+	}
+
+	if rep, err := mustOpen(t, dir).Verify(ctx, Limits{}); err != nil || rep.Images != 5 {
+		t.Errorf("Verify of umoci's layout: %+v, %v", rep, err)
 	}
 
 	// Build on the umoci image: a directory layer diffed against its

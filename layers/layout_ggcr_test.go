@@ -79,4 +79,7 @@ func TestLayoutGgcr(t *testing.T) {
 		t.Fatal(err)
 	}
 	snapCompare(t, out1, out2, snapOptions{mtimes: true})
+	if _, err := mustOpen(t, dir2).Verify(ctx, Limits{}); err != nil {
+		t.Errorf("Verify of ggcr's layout: %v", err)
+	}
 }
