@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -89,4 +90,56 @@ func TestLockWeHold(t *testing.T) {
 		t.Fatalf("qemu-io wrote while imgtool reads:\n%s", out)
 	}
 	ro.Close()
+}
+
+// TestCorruptBit: a write that would land on metadata is refused, the
+// image is marked corrupt and opens read-only until check -r all.
+func TestCorruptBit(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "c.qcow2")
+	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p, "1M")
+	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 8k", p)
+	b, _ := os.ReadFile(p)
+	h, err := parseHeader(p, b, int64(len(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Guest cluster 1 now claims to live on the L1 table.
+	entryOff, _ := dataOf(b, h, 1)
+	putBe64(b, entryOff, h.L1TableOffset|entryCopied)
+	os.WriteFile(p, b, 0o644)
+	img, err := Open(p, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt([]byte("x"), 4096); !errors.Is(err, ErrOverlap) || !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("write onto the L1 table: %v", err)
+	}
+	img.Close()
+	if _, err := Open(p, Options{Writable: true}); !errors.Is(err, ErrReadOnly) {
+		t.Fatalf("writable open of a corrupt image: %v", err)
+	}
+	out, _ := testutil.Exec("qemu-img", "info", p)
+	if !strings.Contains(string(out), "corrupt: true") {
+		t.Fatalf("qemu-img info does not see the corrupt bit:\n%s", out)
+	}
+	ro, err := Open(p, Options{})
+	if err != nil {
+		t.Fatalf("read-only open of a corrupt image: %v", err)
+	}
+	ro.Close()
+	res, err := CheckFile(p, RepairAll, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ExitCode() != 0 {
+		t.Fatalf("after repair: %+v\n%s", res, strings.Join(res.Messages, "\n"))
+	}
+	testutil.Run(t, "qemu-img", "check", p)
+	img, err = Open(p, Options{Writable: true})
+	if err != nil {
+		t.Fatalf("writable open after repair: %v", err)
+	}
+	img.Close()
 }

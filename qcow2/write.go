@@ -82,8 +82,10 @@ func (w *writer) fail(err error) error {
 	if w.err == nil {
 		w.err = err
 	}
-	var oe *OverlapError
-	if errors.As(err, &oe) {
+	if errors.Is(err, ErrCorrupt) {
+		// Invalid metadata (or a write that would have overwritten it):
+		// mark the image corrupt, as QEMU does, so that it opens
+		// read-only until repaired.
 		w.markCorrupt()
 	}
 	return err
@@ -286,10 +288,13 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 	w.mu.Lock()
 	w.reserve(vc)
 	entry, bitmap, err := w.entry(vc)
+	if err == nil {
+		err = w.validEntry(vc, entry, bitmap)
+	}
 	if err != nil {
 		w.release(vc)
-		w.mu.Unlock()
-		return err
+		defer w.mu.Unlock()
+		return w.fail(err)
 	}
 	host := int64(entry & hostOffsetMask)
 	compressed := entry&entryCompressed != 0
@@ -407,6 +412,24 @@ func (w *writer) readGuest(p []byte, off int64) error {
 		return err
 	}
 	clear(p[n:])
+	return nil
+}
+
+// validEntry checks an L2 entry before the writer acts on it: a host
+// offset must be cluster aligned and inside the file, and an extended
+// bitmap consistent.
+func (w *writer) validEntry(vc int64, entry, bitmap uint64) error {
+	img := w.img
+	if entry&entryCompressed != 0 {
+		return nil
+	}
+	host := int64(entry & hostOffsetMask)
+	if host&(w.cs()-1) != 0 {
+		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "cluster offset %#x is not cluster aligned", host)
+	}
+	if img.extL2 && (bitmap&(bitmap>>32)&bitmapAllocMask != 0 || host == 0 && bitmap&bitmapAllocMask != 0) {
+		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "invalid subcluster bitmap %#x", bitmap)
+	}
 	return nil
 }
 
