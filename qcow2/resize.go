@@ -15,8 +15,8 @@ var ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
 // Resize changes the guest size. Growing allocates a larger L1 table when
 // needed (new clusters, then the header switches to it). Shrinking needs
 // shrink set and works only while nothing is allocated past the new size;
-// like QEMU, images with internal snapshots cannot be resized. It
-// excludes concurrent I/O.
+// like QEMU, images with internal snapshots cannot be resized. It waits
+// for and excludes writes; the caller must not read concurrently.
 func (img *Image) Resize(size int64, shrink bool) error {
 	w, err := img.writerOrErr()
 	if err != nil {

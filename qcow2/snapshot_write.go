@@ -183,7 +183,8 @@ func (w *writer) writeSnapshotTable(snaps []Snapshot) error {
 }
 
 // CreateSnapshot records the current guest state as internal snapshot
-// name (qemu-img snapshot -c). It excludes concurrent I/O.
+// name (qemu-img snapshot -c). It waits for and excludes writes; the
+// caller must not read the image concurrently (tables are rewritten).
 func (img *Image) CreateSnapshot(name string) error {
 	w, err := img.writerOrErr()
 	if err != nil {
@@ -261,7 +262,8 @@ func (img *Image) CreateSnapshot(name string) error {
 }
 
 // DeleteSnapshot removes internal snapshot name (or ID) and frees what
-// only it used (qemu-img snapshot -d). It excludes concurrent I/O.
+// only it used (qemu-img snapshot -d). It waits for and excludes writes;
+// the caller must not read the image concurrently.
 func (img *Image) DeleteSnapshot(name string) error {
 	w, err := img.writerOrErr()
 	if err != nil {
@@ -302,7 +304,8 @@ func (img *Image) DeleteSnapshot(name string) error {
 }
 
 // ApplySnapshot reverts the guest to internal snapshot name (or ID)
-// (qemu-img snapshot -a). It excludes concurrent I/O.
+// (qemu-img snapshot -a). It waits for and excludes writes; the caller
+// must not read the image concurrently.
 func (img *Image) ApplySnapshot(name string) error {
 	w, err := img.writerOrErr()
 	if err != nil {

@@ -543,9 +543,12 @@ func (w *writer) writableL2(l1i int64) (*l2Table, error) {
 		w.meta.remove(off>>w.cb(), 1)
 		w.frees = append(w.frees, off>>w.cb())
 	}
+	// Readers must find the table in the cache before the L1 entry
+	// points at a cluster that holds nothing yet on disk.
+	w.publishL2(l1i, &l2Table{entries: entries})
 	img.l1Set(l1i, uint64(newOff)|entryCopied)
 	w.l1Dirty = true
-	return &l2Table{entries: entries}, nil
+	return &l2Table{entries: slices.Clone(entries)}, nil
 }
 
 // publishL2 makes t the table of l1i for readers and marks it dirty.

@@ -9,8 +9,9 @@ import "fmt"
 // and otherwise get real zeros written, as QEMU does. Partial clusters
 // get zeros written.
 //
-// It excludes concurrent reads and writes of the image for its duration
-// (it frees clusters a concurrent in-place write could be using).
+// It waits for and excludes concurrent writes (it frees clusters an
+// in-place write could be using). A read racing with it over the same
+// range may see the old or the new content.
 func (img *Image) WriteZeroes(off, n int64) error {
 	return img.zeroOrDiscard(off, n, false)
 }
