@@ -217,6 +217,10 @@ func (r *refcounts) findFree(n int64) (int64, error) {
 	first := true
 	for {
 		if c >= r.end {
+			if first {
+				// Everything from the hint up to the end is in use.
+				r.freeHint = c
+			}
 			return c - run, nil
 		}
 		v, err := r.get(c)
