@@ -123,7 +123,7 @@ func (a *applier) parent(dir string, create bool) (int, error) {
 		if perr != nil {
 			return -1, perr
 		}
-		if merr := unix.Mkdirat(pfd, base, 0o755); merr != nil && merr != unix.EEXIST {
+		if merr := a.inDir(pfd, func() error { return unix.Mkdirat(pfd, base, 0o755) }); merr != nil && merr != unix.EEXIST {
 			return -1, fmt.Errorf("create parent directory %q: %w", dir, merr)
 		}
 		a.markCreated(dir, true)
@@ -196,7 +196,7 @@ func (a *applier) entry(hdr *tar.Header, r entryReader) error {
 					return err
 				}
 			}
-			if err := unix.Mkdirat(pfd, base, 0o700); err != nil {
+			if err := a.inDir(pfd, func() error { return unix.Mkdirat(pfd, base, 0o700) }); err != nil {
 				return fmt.Errorf("mkdir: %w", err)
 			}
 		}
@@ -240,7 +240,7 @@ func (a *applier) entry(hdr *tar.Header, r entryReader) error {
 		if err := a.replace(pfd, base, exists, isDir); err != nil {
 			return err
 		}
-		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
+		if err := a.inDir(pfd, func() error { return unix.Symlinkat(hdr.Linkname, pfd, base) }); err != nil {
 			return fmt.Errorf("symlink: %w", err)
 		}
 		a.markCreated(name, false)
@@ -272,7 +272,7 @@ func (a *applier) entry(hdr *tar.Header, r entryReader) error {
 			return err
 		}
 		dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
-		if err := unix.Mknodat(pfd, base, mode|0o600, dev); err != nil {
+		if err := a.inDir(pfd, func() error { return unix.Mknodat(pfd, base, mode|0o600, dev) }); err != nil {
 			if err == unix.EPERM {
 				return fmt.Errorf("%w: mknod: %v", ErrDevicesNotPermitted, err)
 			}
@@ -313,20 +313,49 @@ func (a *applier) replace(pfd int, base string, exists, isDir bool) error {
 // symlinks, and forgets cached parents that may have pointed into it.
 func (a *applier) removeAt(pfd int, base string) error {
 	a.dropParents()
-	if err := removeAllAt(pfd, base); err != nil {
+	if err := a.inDir(pfd, func() error { return removeAllAt(pfd, base, a.euid != 0) }); err != nil {
 		return fmt.Errorf("remove existing %q: %w", base, err)
 	}
 	return nil
 }
 
+// inDir runs op, which creates or removes an entry of the directory pfd.
+// As non-root, a lower layer's read-only directory (mode 0555, say)
+// refuses that; then the directory is made writable for the owner while
+// op runs again, and its mode restored.
+func (a *applier) inDir(pfd int, op func() error) error {
+	err := op()
+	if a.euid == 0 || (err != unix.EACCES && err != unix.EPERM) {
+		return err
+	}
+	var st unix.Stat_t
+	if unix.Fstat(pfd, &st) != nil || st.Mode&0o300 == 0o300 || st.Uid != uint32(a.euid) {
+		return err
+	}
+	proc := "/proc/self/fd/" + strconv.Itoa(pfd)
+	if unix.Fchmodat(unix.AT_FDCWD, proc, st.Mode&0o7777|0o300, 0) != nil {
+		return err
+	}
+	err = op()
+	if rerr := unix.Fchmodat(unix.AT_FDCWD, proc, st.Mode&0o7777, 0); err == nil && rerr != nil {
+		err = rerr
+	}
+	return err
+}
+
 // removeAllAt removes base in directory pfd and everything below it.
-func removeAllAt(pfd int, base string) error {
+// As non-root (rootless), directories below are made writable first:
+// they are being removed anyway.
+func removeAllAt(pfd int, base string, fixPerms bool) error {
 	err := unix.Unlinkat(pfd, base, 0)
 	if err == nil || err == unix.ENOENT {
 		return nil
 	}
 	if err != unix.EISDIR && err != unix.EPERM {
 		return err
+	}
+	if fixPerms {
+		chmodNoFollow(pfd, base, 0o700) //nolint:errcheck // best effort; the removal reports failure
 	}
 	fd, oerr := unix.Openat(pfd, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if oerr != nil {
@@ -335,7 +364,7 @@ func removeAllAt(pfd int, base string) error {
 	names, rerr := readDirNames(fd)
 	if rerr == nil {
 		for _, n := range names {
-			if rerr = removeAllAt(fd, n); rerr != nil {
+			if rerr = removeAllAt(fd, n, fixPerms); rerr != nil {
 				break
 			}
 		}
@@ -364,7 +393,12 @@ func readDirNames(fd int) ([]string, error) {
 
 // regular writes a regular file, leaving runs of zero blocks as holes.
 func (a *applier) regular(pfd int, base, name string, hdr *tar.Header, r entryReader) error {
-	fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	fd := -1
+	err := a.inDir(pfd, func() error {
+		var err error
+		fd, err = unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("create: %w", err)
 	}
@@ -504,7 +538,7 @@ func (a *applier) hardlink(pfd int, base, name string, hdr *tar.Header, exists, 
 		}
 	}
 	// Flags 0: a symlink target is linked itself, never followed.
-	if err := unix.Linkat(tfd, tbase, pfd, base, 0); err != nil {
+	if err := a.inDir(pfd, func() error { return unix.Linkat(tfd, tbase, pfd, base, 0) }); err != nil {
 		return fmt.Errorf("%w: link to %q: %v", ErrHardlink, hdr.Linkname, err)
 	}
 	a.markCreated(name, false)
@@ -694,7 +728,7 @@ func (a *applier) whiteout(dir, wh string) error {
 		if err != nil {
 			return err
 		}
-		if err := unix.Mknodat(pfd, wh, unix.S_IFCHR, 0); err != nil {
+		if err := a.inDir(pfd, func() error { return unix.Mknodat(pfd, wh, unix.S_IFCHR, 0) }); err != nil {
 			if err == unix.EEXIST {
 				return nil
 			}
