@@ -198,9 +198,13 @@ func (img *Image) layerStatus(off, n int64, wantZero bool) (subType, int64, int6
 			pos = min((l1i+1)<<(img.l2Bits+cb), end)
 			continue
 		}
-		entry, bitmap, err := img.l2Entry(vc)
-		if err != nil {
-			return 0, 0, 0, err
+		entry, ok := img.cachedEntry(vc)
+		var bitmap uint64
+		if !ok {
+			var err error
+			if entry, bitmap, err = img.l2EntrySlow(vc); err != nil {
+				return 0, 0, 0, err
+			}
 		}
 		cstart := vc << cb
 		if !img.extL2 || entry&entryCompressed != 0 || (entry&hostOffsetMask == 0 && bitmap == 0) {

@@ -30,10 +30,21 @@ const (
 // extended L2) of guest cluster vc. An unallocated L2 table yields 0, 0.
 // This is the hot path: a cached table costs one atomic load.
 func (img *Image) l2Entry(vc int64) (entry, bitmap uint64, err error) {
-	if t := img.l2.slots[vc>>img.l2Bits].Load(); t != nil && !img.extL2 {
-		return t.entries[vc&img.l2Mask], 0, nil
+	if e, ok := img.cachedEntry(vc); ok {
+		return e, 0, nil
 	}
 	return img.l2EntrySlow(vc)
+}
+
+// cachedEntry returns the standard L2 entry of guest cluster vc if its
+// table is cached: one atomic load and an index, small enough to inline
+// into the extent walk.
+func (img *Image) cachedEntry(vc int64) (uint64, bool) {
+	t := img.l2.slots[vc>>img.l2Bits].Load()
+	if t == nil || img.extL2 {
+		return 0, false
+	}
+	return t.entries[vc&img.l2Mask], true
 }
 
 // l2EntrySlow is l2Entry for extended L2 entries and on a cache miss (it
