@@ -251,8 +251,12 @@ func mutateTree(t testing.TB, seed uint64, b string) {
 			}
 		case 6:
 			if st.IsDir() {
-				sub := newRandTree(t, seed+uint64(i), p, 5)
-				_ = sub
+				// A new subtree in a fresh dir (random names could
+				// collide with what p holds).
+				sub := filepath.Join(p, fmt.Sprintf("added%d", i))
+				if os.Mkdir(sub, 0o755) == nil {
+					newRandTree(t, seed+uint64(i), sub, 5)
+				}
 			}
 		}
 	}
