@@ -1,0 +1,793 @@
+package qcow2
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sync"
+)
+
+// ConvertImageOptions configures ConvertImage. The zero value writes a
+// qcow2 image with qemu-img's defaults (version 3, 64 KiB clusters,
+// 16-bit refcounts), uncompressed, sparse, using GOMAXPROCS workers and
+// reporting no progress.
+type ConvertImageOptions struct {
+	// Create describes the output: Format (FormatQcow2 by default, or
+	// FormatRaw) and every create option. Size must be 0 (the source's
+	// size) or equal to the source size. BackingFile (qemu-img -B) makes
+	// the output an overlay of that file: only clusters whose content
+	// differs from what the backing file shows are written, so the delta
+	// is minimal. BackingFormat "" probes the backing file.
+	Create CreateOptions
+	// Compress stores data clusters compressed with
+	// Create.CompressionType (qemu-img -c; qcow2 only). A cluster whose
+	// compressed form is not smaller than the cluster is stored
+	// uncompressed, as QEMU does.
+	Compress bool
+	// NoSparse writes clusters of zeros too (qemu-img -S 0). By default
+	// a cluster of zeros stays unallocated, or becomes a zero cluster
+	// when a backing file would show through with other content.
+	NoSparse bool
+	// Workers is the number of goroutines reading, comparing and
+	// compressing clusters. 0 means runtime.GOMAXPROCS(0).
+	Workers int
+	// Progress, if set, is called with the guest bytes processed so far
+	// and the total. Calls are serialised and done never decreases.
+	Progress func(done, total int64)
+}
+
+// ConvertImage writes the guest content of src (a whole chain) to dst as
+// a new image described by opts.Create, replacing dst if it exists.
+//
+// qcow2 output is written by one sequential writer behind parallel
+// workers: data clusters are laid out in guest order after the L1 table,
+// compressed clusters are packed back to back as QEMU packs them (a host
+// cluster holding parts of several compressed clusters is counted once
+// per entry), and the L2 tables, refcount blocks and header follow. The
+// file is written under a temporary name in dst's directory, synced and
+// renamed over dst only on success: a failed or cancelled convert leaves
+// no partial dst.
+func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImageOptions) error {
+	if err := src.Readable(); err != nil {
+		return err
+	}
+	co := opts.Create
+	if co.Format == "" {
+		co.Format = FormatQcow2
+	}
+	if co.Size != 0 && co.Size != src.Size() {
+		return fmt.Errorf("qcow2: convert to %s: size %d differs from the source size %d", dst, co.Size, src.Size())
+	}
+	co.Size = src.Size()
+	if opts.Workers < 0 {
+		return fmt.Errorf("qcow2: convert to %s: negative Workers", dst)
+	}
+	if opts.Workers == 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
+	}
+	switch co.Format {
+	case FormatRaw:
+		switch {
+		case opts.Compress:
+			return fmt.Errorf("%w: compressed raw images (-c needs -O qcow2)", ErrUnsupportedFeature)
+		case co.BackingFile != "":
+			return fmt.Errorf("%w: a raw image cannot have a backing file", ErrUnsupportedFeature)
+		case opts.NoSparse:
+			return fmt.Errorf("%w: fully allocated raw output (-S 0)", ErrUnsupportedFeature)
+		case co.Preallocation != "" && co.Preallocation != PreallocOff:
+			return fmt.Errorf("%w: preallocated raw output", ErrUnsupportedFeature)
+		}
+		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress})
+	case FormatQcow2:
+	default:
+		return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)
+	}
+	switch co.Preallocation {
+	case "", PreallocOff, PreallocMetadata, PreallocFull:
+	default:
+		return fmt.Errorf("qcow2: convert to %s: preallocation %q (want off, metadata or full)", dst, co.Preallocation)
+	}
+	prealloc := co.Preallocation == PreallocMetadata || co.Preallocation == PreallocFull
+	if prealloc && opts.Compress {
+		return fmt.Errorf("qcow2: convert to %s: compression and preallocation cannot be used together", dst)
+	}
+	var bk *Image
+	if co.BackingFile != "" {
+		if err := checkRefName(co.BackingFile); err != nil {
+			return fmt.Errorf("%w: convert to %s: backing file %q: %v", ErrRefused, dst, co.BackingFile, err)
+		}
+		var err error
+		bk, err = Open(combinePath(dst, co.BackingFile), Options{Format: co.BackingFormat})
+		if err != nil {
+			return fmt.Errorf("qcow2: convert to %s: opening backing file: %w", dst, err)
+		}
+		defer bk.Close()
+		if err := bk.Readable(); err != nil {
+			return err
+		}
+		if co.BackingFormat == "" {
+			co.BackingFormat = bk.Format()
+		}
+	}
+	h, err := createHeader(&co)
+	if err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+
+	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("qcow2: convert: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	cw := newClusterWriter(tmp, h, prealloc, co.Preallocation == PreallocFull)
+	cv := &converter{
+		src: src, bk: bk, cw: cw, h: h,
+		cs:       h.ClusterSize(),
+		compress: opts.Compress,
+		noSparse: opts.NoSparse,
+		prealloc: prealloc,
+		workers:  opts.Workers,
+		progress: opts.Progress,
+	}
+	if err := cv.run(ctx); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	if err := cw.finish(); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	if err := os.Rename(tmp.Name(), dst); err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+	ok = true
+	return nil
+}
+
+// Kinds of output cluster a convert worker decides on.
+const (
+	cvSkip  uint8 = iota // leave unallocated (reads as zeros or the backing file)
+	cvZero               // zero cluster (version 3) over a backing file
+	cvData               // store uncompressed
+	cvComp               // store compressed
+	cvAlloc              // preallocate a host cluster for zeros
+)
+
+type cvCluster struct {
+	kind uint8
+	data []byte // cvData: the cluster; cvComp: the compressed bytes
+}
+
+// cvJob is a run of whole guest clusters handed to a worker; the writer
+// takes results in guest order through done.
+type cvJob struct {
+	vc0, n   int64 // first guest cluster and count
+	done     chan struct{}
+	clusters []cvCluster
+	buf      *[]byte // guest data of the run
+	cbuf     *[]byte // compressed bytes
+	err      error
+}
+
+type converter struct {
+	src, bk  *Image
+	cw       *clusterWriter
+	h        *Header
+	cs       int64
+	compress bool
+	noSparse bool
+	prealloc bool
+	workers  int
+	progress func(done, total int64)
+
+	bufs sync.Pool
+	zero []byte
+}
+
+// jobClusters is how many clusters one job covers (about 1 MiB).
+func (cv *converter) jobClusters() int64 { return max(1, (1<<20)/cv.cs) }
+
+func (cv *converter) run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	size := cv.src.Size()
+	cv.zero = make([]byte, cv.cs)
+	per := cv.jobClusters()
+	cv.bufs.New = func() any { b := make([]byte, per*cv.cs); return &b }
+	if cv.progress != nil {
+		cv.progress(0, size)
+	}
+
+	var comp compressorFactory
+	if cv.compress {
+		var err error
+		if comp, err = newCompressorFactory(cv.h.CompressionType, cv.cs, cv.workers); err != nil {
+			return err
+		}
+		defer comp.close()
+	}
+
+	jobs := make(chan *cvJob, cv.workers)
+	order := make(chan *cvJob, 2*cv.workers)
+	var wg sync.WaitGroup
+	for range cv.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var c clusterCompressor
+			if comp != nil {
+				c = comp.get()
+			}
+			var bkBuf []byte
+			for j := range jobs {
+				if ctx.Err() != nil {
+					j.err = ctx.Err()
+				} else {
+					if cv.bk != nil && bkBuf == nil {
+						bkBuf = make([]byte, per*cv.cs)
+					}
+					j.err = cv.work(j, c, bkBuf)
+				}
+				close(j.done)
+			}
+		}()
+	}
+
+	// The dispatcher cuts the guest into jobs; without a backing file or
+	// preallocation only ranges holding data need work.
+	var dispErr error
+	go func() {
+		defer close(order)
+		defer close(jobs)
+		clusters := (size + cv.cs - 1) / cv.cs
+		emit := func(vc0, vc1 int64) bool {
+			for vc := vc0; vc < vc1; {
+				n := min(per-vc%per, vc1-vc)
+				j := &cvJob{vc0: vc, n: n, done: make(chan struct{})}
+				select {
+				case order <- j:
+				case <-ctx.Done():
+					return false
+				}
+				select {
+				case jobs <- j:
+				case <-ctx.Done():
+					close(j.done)
+					j.err = ctx.Err()
+					return false
+				}
+				vc += n
+			}
+			return true
+		}
+		if cv.bk != nil || cv.prealloc || cv.noSparse {
+			emit(0, clusters)
+			return
+		}
+		next := int64(0) // first cluster not yet emitted
+		dispErr = cv.src.WalkExtents(0, size, func(e Extent) error {
+			if e.Kind != KindData && e.Kind != KindCompressed {
+				return nil
+			}
+			vc0 := max(next, e.Start/cv.cs)
+			vc1 := (e.Start + e.Length + cv.cs - 1) / cv.cs
+			if vc0 < vc1 {
+				if !emit(vc0, vc1) {
+					return ctx.Err()
+				}
+				next = vc1
+			}
+			return nil
+		})
+	}()
+
+	var werr error
+	for j := range order {
+		<-j.done
+		if werr != nil {
+			cv.release(j)
+			continue
+		}
+		if j.err != nil {
+			werr = j.err
+			cancel()
+			cv.release(j)
+			continue
+		}
+		if err := cv.place(j); err != nil {
+			werr = err
+			cancel()
+		}
+		cv.release(j)
+		if cv.progress != nil {
+			cv.progress(min(size, (j.vc0+j.n)*cv.cs), size)
+		}
+	}
+	wg.Wait()
+	if werr != nil {
+		return werr
+	}
+	if dispErr != nil {
+		return dispErr
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if cv.progress != nil {
+		cv.progress(size, size)
+	}
+	return nil
+}
+
+func (cv *converter) release(j *cvJob) {
+	if j.buf != nil {
+		cv.bufs.Put(j.buf)
+		j.buf = nil
+	}
+	if j.cbuf != nil {
+		cv.bufs.Put(j.cbuf)
+		j.cbuf = nil
+	}
+	j.clusters = nil
+}
+
+// hasData reports whether img stores anything but zeros in [off,
+// off+n).
+func hasData(img *Image, off, n int64) (bool, error) {
+	found := false
+	err := img.WalkExtents(off, n, func(e Extent) error {
+		if e.Kind == KindData || e.Kind == KindCompressed {
+			found = true
+			return io.EOF
+		}
+		return nil
+	})
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return found, err
+}
+
+// readGuestAt reads [off, off+len(p)) of img; bytes past its size read
+// as zeros.
+func readGuestAt(img *Image, p []byte, off int64) error {
+	if off >= img.Size() {
+		clear(p)
+		return nil
+	}
+	n := min(int64(len(p)), img.Size()-off)
+	if _, err := img.ReadAt(p[:n], off); err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	clear(p[n:])
+	return nil
+}
+
+// work classifies (and compresses) the clusters of one job.
+func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
+	cs := cv.cs
+	off, n := j.vc0*cs, j.n*cs
+	j.clusters = make([]cvCluster, j.n)
+	srcData, err := hasData(cv.src, off, n)
+	if err != nil {
+		return err
+	}
+	bkData := false
+	if cv.bk != nil {
+		if bkData, err = hasData(cv.bk, off, n); err != nil {
+			return err
+		}
+	}
+	if !srcData && !bkData && !cv.noSparse && !cv.prealloc {
+		return nil // all zeros on both sides: nothing to write
+	}
+	j.buf = cv.bufs.Get().(*[]byte)
+	buf := (*j.buf)[:n]
+	if srcData {
+		if err := readGuestAt(cv.src, buf, off); err != nil {
+			return err
+		}
+	} else {
+		clear(buf)
+	}
+	var bb []byte
+	if bkData {
+		bb = bkBuf[:n]
+		if err := readGuestAt(cv.bk, bb, off); err != nil {
+			return err
+		}
+	}
+	if c != nil {
+		j.cbuf = cv.bufs.Get().(*[]byte)
+		*j.cbuf = (*j.cbuf)[:0]
+	}
+	for i := range j.n {
+		b := buf[i*cs : (i+1)*cs]
+		zero := !srcData || bytes.Equal(b, cv.zero)
+		kind := cvData
+		switch {
+		case bkData && bytes.Equal(b, bb[i*cs:(i+1)*cs]):
+			kind = cvSkip
+		case zero && bkData && !cv.noSparse:
+			kind = cvZero
+			if cv.h.Version < 3 {
+				kind = cvData // version 2 has no zero flag
+			}
+		case zero && cv.prealloc:
+			kind = cvAlloc
+		case zero && !cv.noSparse:
+			kind = cvSkip
+		}
+		if kind == cvData && c != nil {
+			start := len(*j.cbuf)
+			out, err := c.compress((*j.cbuf), b)
+			if err != nil {
+				return err
+			}
+			*j.cbuf = out
+			if int64(len(out)-start) < cs {
+				j.clusters[i] = cvCluster{kind: cvComp, data: out[start:len(out):len(out)]}
+				continue
+			}
+			*j.cbuf = out[:start]
+		}
+		j.clusters[i] = cvCluster{kind: kind}
+		if kind == cvData {
+			j.clusters[i].data = b
+		}
+	}
+	// Compressed slices were taken while cbuf could still grow; re-slice
+	// them from the final buffer (append may have moved it).
+	if c != nil {
+		pos := 0
+		for i := range j.clusters {
+			if cl := &j.clusters[i]; cl.kind == cvComp {
+				l := len(cl.data)
+				cl.data = (*j.cbuf)[pos : pos+l : pos+l]
+				pos += l
+			}
+		}
+	}
+	return nil
+}
+
+// place hands the clusters of a finished job to the writer, in order.
+func (cv *converter) place(j *cvJob) error {
+	for i := int64(0); i < j.n; {
+		cl := j.clusters[i]
+		vc := j.vc0 + i
+		switch cl.kind {
+		case cvSkip:
+			i++
+		case cvZero:
+			cv.cw.setZero(vc)
+			i++
+		case cvAlloc:
+			if err := cv.cw.writeData(vc, 1, cv.zero); err != nil {
+				return err
+			}
+			i++
+		case cvComp:
+			if err := cv.cw.writeCompressed(vc, cl.data); err != nil {
+				return err
+			}
+			i++
+		case cvData:
+			k := i + 1
+			for k < j.n && j.clusters[k].kind == cvData {
+				k++
+			}
+			data := (*j.buf)[i*cv.cs : k*cv.cs]
+			if err := cv.cw.writeData(vc, k-i, data); err != nil {
+				return err
+			}
+			i = k
+		}
+	}
+	return nil
+}
+
+// clusterWriter lays out a new qcow2 image sequentially: cluster 0 holds
+// the header, the L1 table follows, then data in the order it arrives,
+// and finish appends the L2 tables and the refcount structures and
+// writes the header. It is used by one goroutine.
+type clusterWriter struct {
+	f          *os.File
+	h          *Header
+	cs         int64
+	cb         uint32
+	extL2      bool
+	words      int64 // 64-bit words per L2 entry
+	backing    bool
+	prealloc   bool
+	writeZeros bool // full preallocation: zeros are written, not holes
+	maxRef     uint64
+
+	l1Off    int64
+	l1       []uint64
+	l2       map[int64][]uint64
+	refs     []uint32 // refcount per host cluster
+	next     int64    // first free cluster-aligned host offset
+	freeByte int64    // qemu's free_byte_offset: where packing continues, 0 if none
+
+	pend    []byte // bytes waiting to be written at pendOff
+	pendOff int64
+}
+
+func newClusterWriter(f *os.File, h *Header, prealloc, full bool) *clusterWriter {
+	cs := h.ClusterSize()
+	w := &clusterWriter{
+		f: f, h: h, cs: cs, cb: h.ClusterBits,
+		extL2:      h.ExtendedL2(),
+		words:      1,
+		backing:    h.BackingFile != "",
+		prealloc:   prealloc,
+		writeZeros: full,
+		l1:         make([]uint64, h.L1Size),
+		l2:         map[int64][]uint64{},
+	}
+	if w.extL2 {
+		w.words = 2
+	}
+	if rb := h.RefcountBits(); rb >= 32 {
+		w.maxRef = 1<<32 - 1
+	} else {
+		w.maxRef = 1<<rb - 1
+	}
+	w.ref(0, 1) // header
+	w.next = cs
+	if l1Bytes := int64(h.L1Size) * 8; l1Bytes > 0 {
+		w.l1Off = cs
+		n := (l1Bytes + cs - 1) / cs
+		for i := range n {
+			w.ref(1+i, 1)
+		}
+		w.next += n * cs
+	}
+	return w
+}
+
+// ref adds d to the refcount of host cluster c.
+func (w *clusterWriter) ref(c int64, d uint32) {
+	for int64(len(w.refs)) <= c {
+		w.refs = append(w.refs, make([]uint32, max(1024, len(w.refs)))...)
+	}
+	w.refs[c] += d
+}
+
+// entry returns the L2 entry words of guest cluster vc, creating its
+// table.
+func (w *clusterWriter) entry(vc int64) []uint64 {
+	l2Entries := w.cs / 8 / w.words
+	l1i := vc / l2Entries
+	t := w.l2[l1i]
+	if t == nil {
+		t = make([]uint64, w.cs/8)
+		w.l2[l1i] = t
+	}
+	i := (vc % l2Entries) * w.words
+	return t[i : i+w.words]
+}
+
+func (w *clusterWriter) setZero(vc int64) {
+	e := w.entry(vc)
+	if w.extL2 {
+		e[0], e[1] = 0, bitmapAllocMask<<32
+		return
+	}
+	e[0] = entryZero
+}
+
+// writeData stores n whole guest clusters from vc at the next free host
+// clusters (data holds them, the last one possibly short).
+func (w *clusterWriter) writeData(vc, n int64, data []byte) error {
+	host := w.next
+	zeros := w.prealloc && !w.writeZeros && n == 1 && bytes.Equal(data, make([]byte, len(data)))
+	if !zeros {
+		if err := w.write(data, host); err != nil {
+			return err
+		}
+	}
+	for i := range n {
+		e := w.entry(vc + i)
+		e[0] = uint64(host+i*w.cs) | entryCopied
+		if w.extL2 {
+			e[1] = bitmapAllocMask
+		}
+		w.ref((host+i*w.cs)>>w.cb, 1)
+	}
+	w.next += n * w.cs
+	return nil
+}
+
+// writeCompressed packs the compressed bytes of guest cluster vc after
+// the previous ones, as QEMU's qcow2_alloc_bytes does: into the rest of
+// the current host cluster when they fit, running on into the next host
+// cluster when that is the next free one, else at a new cluster.
+func (w *clusterWriter) writeCompressed(vc int64, data []byte) error {
+	size := int64(len(data))
+	off := w.freeByte
+	if off != 0 && uint64(w.refs[off>>w.cb]) >= w.maxRef {
+		off = 0
+	}
+	free := w.cs - off&(w.cs-1)
+	if off == 0 || free < size {
+		if off == 0 || (off+w.cs-1)&^(w.cs-1) != w.next {
+			off = w.next
+		}
+		w.next = (off + size + w.cs - 1) &^ (w.cs - 1)
+	}
+	for c := off >> w.cb; c <= (off+size-1)>>w.cb; c++ {
+		w.ref(c, 1)
+	}
+	w.freeByte = off + size
+	if w.freeByte&(w.cs-1) == 0 {
+		w.freeByte = 0
+	}
+	if err := w.write(data, off); err != nil {
+		return err
+	}
+	shift := 62 - (w.cb - 8)
+	sectors := uint64((off+size-1)>>9 - off>>9)
+	e := w.entry(vc)
+	e[0] = entryCompressed | sectors<<shift | uint64(off)
+	if w.extL2 {
+		e[1] = 0
+	}
+	return nil
+}
+
+// pendMax bounds the bytes gathered before one write.
+const pendMax = 4 << 20
+
+// write writes p at off, gathering small contiguous writes.
+func (w *clusterWriter) write(p []byte, off int64) error {
+	if len(w.pend) > 0 && off == w.pendOff+int64(len(w.pend)) && len(w.pend)+len(p) <= pendMax {
+		w.pend = append(w.pend, p...)
+		return nil
+	}
+	if err := w.flushPending(); err != nil {
+		return err
+	}
+	if len(p) >= pendMax/4 {
+		_, err := w.f.WriteAt(p, off)
+		return err
+	}
+	if w.pend == nil {
+		w.pend = make([]byte, 0, pendMax)
+	}
+	w.pend = append(w.pend, p...)
+	w.pendOff = off
+	return nil
+}
+
+func (w *clusterWriter) flushPending() error {
+	if len(w.pend) == 0 {
+		return nil
+	}
+	_, err := w.f.WriteAt(w.pend, w.pendOff)
+	w.pend = w.pend[:0]
+	return err
+}
+
+// finish writes the L2 tables, L1 table, refcount blocks and table, and
+// the header.
+func (w *clusterWriter) finish() error {
+	cs := w.cs
+	// L2 tables in guest order.
+	keys := make([]int64, 0, len(w.l2))
+	for k := range w.l2 {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	if len(keys) > 0 {
+		tables := make([]byte, int64(len(keys))*cs)
+		for i, k := range keys {
+			t := tables[int64(i)*cs:]
+			for j, e := range w.l2[k] {
+				binary.BigEndian.PutUint64(t[j*8:], e)
+			}
+			host := w.next + int64(i)*cs
+			w.l1[k] = uint64(host) | entryCopied
+			w.ref(host>>w.cb, 1)
+		}
+		if err := w.write(tables, w.next); err != nil {
+			return err
+		}
+		w.next += int64(len(keys)) * cs
+	}
+	if len(w.l1) > 0 {
+		raw := make([]byte, (int64(len(w.l1))*8+cs-1)/cs*cs)
+		for i, e := range w.l1 {
+			binary.BigEndian.PutUint64(raw[i*8:], e)
+		}
+		if err := w.write(raw, w.l1Off); err != nil {
+			return err
+		}
+	}
+	// Refcount blocks, then the table, after everything else; they count
+	// themselves.
+	used := w.next >> w.cb
+	perBlock := cs * 8 >> w.h.RefcountOrder
+	var blocks, table int64
+	for {
+		nb := (used + blocks + table + perBlock - 1) / perBlock
+		nt := (nb*8 + cs - 1) / cs
+		if nb == blocks && nt == table {
+			break
+		}
+		blocks, table = nb, nt
+	}
+	for c := used; c < used+blocks+table; c++ {
+		w.ref(c, 1)
+	}
+	meta := make([]byte, (blocks+table)*cs)
+	order := w.h.RefcountOrder
+	for c := int64(0); c < used+blocks+table; c++ {
+		if c >= int64(len(w.refs)) || w.refs[c] == 0 {
+			continue
+		}
+		blk := meta[c/perBlock*cs : (c/perBlock+1)*cs]
+		putRefcount(blk, c%perBlock, order, uint64(w.refs[c]))
+	}
+	tbl := meta[blocks*cs:]
+	for i := range blocks {
+		binary.BigEndian.PutUint64(tbl[i*8:], uint64(w.next+i*cs))
+	}
+	if err := w.write(meta, w.next); err != nil {
+		return err
+	}
+	w.h.L1TableOffset = uint64(w.l1Off)
+	w.h.RefcountTableOffset = uint64(w.next + blocks*cs)
+	w.h.RefcountTableClusters = uint32(table)
+	w.next += (blocks + table) * cs
+	hdr, err := w.h.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if err := w.write(hdr, 0); err != nil {
+		return err
+	}
+	return w.flushPending()
+}
+
+// putRefcount stores refcount v of entry i in a refcount block with
+// entries of 1<<order bits (narrow ones packed least significant bit
+// first, wide ones big-endian).
+func putRefcount(blk []byte, i int64, order uint32, v uint64) {
+	switch bitsN := int64(1) << order; {
+	case bitsN < 8:
+		per := 8 / bitsN
+		shift := uint(i%per) * uint(bitsN)
+		mask := byte(1<<bitsN-1) << shift
+		blk[i/per] = blk[i/per]&^mask | byte(v)<<shift&mask
+	case bitsN == 8:
+		blk[i] = byte(v)
+	case bitsN == 16:
+		binary.BigEndian.PutUint16(blk[i*2:], uint16(v))
+	case bitsN == 32:
+		binary.BigEndian.PutUint32(blk[i*4:], uint32(v))
+	default:
+		binary.BigEndian.PutUint64(blk[i*8:], v)
+	}
+}
