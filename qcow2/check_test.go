@@ -69,6 +69,12 @@ func damages() []damage {
 			l2n := h.ClusterSize() / 8
 			return l2n * h.ClusterSize(), l2n * h.ClusterSize()
 		}},
+		{"copied-flag", func(t *testing.T, bp *[]byte, h *Header) (int64, int64) {
+			b := *bp
+			entryOff, _ := dataOf(b, h, 2)
+			putBe64(b, entryOff, be64(b, entryOff)&^entryCopied)
+			return -1, 0
+		}},
 		{"misaligned-entry", func(t *testing.T, bp *[]byte, h *Header) (int64, int64) {
 			b := *bp
 			entryOff, host := dataOf(b, h, 7)
