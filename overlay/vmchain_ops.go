@@ -1,0 +1,408 @@
+package overlay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/imgtool/imgtool/internal/imagelock"
+	"github.com/imgtool/imgtool/qcow2"
+)
+
+// DefaultChainBase is the name InitChain gives the base level when
+// InitChainOptions.Name is empty.
+const DefaultChainBase = "base"
+
+// InitChainOptions configures InitChain. The zero value imports a probed
+// (qcow2 or raw) base as level "base" in 64 KiB clusters, without
+// progress reports.
+type InitChainOptions struct {
+	// Name of the base level; "" means DefaultChainBase ("base").
+	Name string
+	// Format of the base image file: "" probes, or qcow2 or raw.
+	Format qcow2.Format
+	// ClusterSize of the chain's images; 0 means 64 KiB. Every image the
+	// chain makes later (levels, VMs) uses the base's cluster size.
+	ClusterSize int64
+	// Progress, if set, gets the guest bytes copied so far and the total,
+	// from the calling goroutine.
+	Progress func(done, total int64)
+}
+
+// InitChain makes dir (created if missing) a chain directory whose base
+// level is a copy of the image at base: a qcow2 image (with its backing
+// chain, flattened) or a raw one. Only the data the base stores is
+// copied; zeros stay unallocated. The copy is built under a temporary
+// name in dir and renamed into place. It fails with ErrChainExists when
+// dir already holds a chain.
+func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*ChainDir, error) {
+	if opts.Name == "" {
+		opts.Name = DefaultChainBase
+	}
+	if err := validChainName(opts.Name); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("overlay: chain init: %w", err)
+	}
+	c := &ChainDir{dir: dir}
+	l, err := c.lock(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	defer l.Unlock()
+	if _, err := os.Lstat(c.manifestPath()); err == nil {
+		return nil, fmt.Errorf("%w: %s already holds a chain", ErrChainExists, dir)
+	}
+	c.removeStale()
+	src, err := qcow2.Open(base, qcow2.Options{Format: opts.Format})
+	if err != nil {
+		return nil, fmt.Errorf("overlay: chain init: %w", err)
+	}
+	defer src.Close()
+	create := qcow2.CreateOptions{Size: src.Size(), ClusterSize: opts.ClusterSize}
+	err = c.build(opts.Name, create, func(dst *qcow2.Image) error {
+		return copyDiff(ctx, dst, src, opts.Progress)
+	})
+	if err != nil {
+		return nil, err
+	}
+	m := &chainManifestData{Images: map[string]ChainKind{opts.Name: ChainLevel}}
+	if err := c.writeManifest(m); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// build creates image name: a new qcow2 image made with create under a
+// temporary name in the directory, opened for writing and handed to fill
+// (if not nil), closed, and then linked to NAME.qcow2 (never replacing an
+// existing file). The caller holds the exclusive lock.
+func (c *ChainDir) build(name string, create qcow2.CreateOptions, fill func(dst *qcow2.Image) error) (err error) {
+	final := filepath.Join(c.dir, name+chainExt)
+	if _, err := os.Lstat(final); err == nil {
+		return fmt.Errorf("%w: %s", ErrChainExists, final)
+	}
+	var rnd [6]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	tmp := filepath.Join(c.dir, chainTmpPref+name+"-"+hex.EncodeToString(rnd[:])+chainExt)
+	defer func() {
+		os.Remove(tmp)
+	}()
+	if err := qcow2.Create(tmp, create); err != nil {
+		return fmt.Errorf("overlay: creating %s: %w", final, err)
+	}
+	if fill != nil {
+		dst, err := qcow2.Open(tmp, qcow2.Options{Format: qcow2.FormatQcow2, Writable: true, CheckReference: c.checkReference})
+		if err != nil {
+			return fmt.Errorf("overlay: creating %s: %w", final, err)
+		}
+		if err := fill(dst); err != nil {
+			dst.Close()
+			return fmt.Errorf("overlay: creating %s: %w", final, err)
+		}
+		if err := dst.Close(); err != nil {
+			return fmt.Errorf("overlay: creating %s: %w", final, err)
+		}
+	}
+	if err := os.Chmod(tmp, chainModeRW); err != nil {
+		return fmt.Errorf("overlay: creating %s: %w", final, err)
+	}
+	if err := os.Link(tmp, final); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%w: %s", ErrChainExists, final)
+		}
+		return fmt.Errorf("overlay: creating %s: %w", final, err)
+	}
+	return syncFS(c.dir)
+}
+
+// AddLevelOptions configures AddLevel. The zero value adds an empty
+// level (an overlay that shows its parent) without progress reports.
+type AddLevelOptions struct {
+	// Import is a standalone disk image (qcow2, with its backing chain,
+	// or raw): the new level stores only the clusters where its content
+	// differs from the parent, so the level shows exactly that disk.
+	// "" adds an empty level.
+	Import string
+	// ImportFormat is the format of Import: "" probes, or qcow2 or raw.
+	ImportFormat qcow2.Format
+	// Progress, if set, gets the guest bytes compared so far and the
+	// total, from the calling goroutine (only with Import).
+	Progress func(done, total int64)
+}
+
+// AddLevel adds level name on the level parent: NAME.qcow2 with backing
+// file PARENT.qcow2. With opts.Import the level's size is the imported
+// disk's; otherwise the parent's. The parent becomes read-only.
+func (c *ChainDir) AddLevel(ctx context.Context, name, parent string, opts AddLevelOptions) error {
+	return c.add(ctx, name, parent, ChainLevel, opts)
+}
+
+// AddVM adds the thin per-instance image name on the level: an empty
+// overlay a VM writes to, which nothing else builds on. The level
+// becomes read-only.
+func (c *ChainDir) AddVM(ctx context.Context, name, level string) error {
+	return c.add(ctx, name, level, ChainVM, AddLevelOptions{})
+}
+
+func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind, opts AddLevelOptions) error {
+	if err := validChainName(name); err != nil {
+		return err
+	}
+	if err := validChainName(parent); err != nil {
+		return err
+	}
+	l, err := c.lock(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	c.removeStale()
+	g, err := c.scan()
+	if err != nil {
+		return err
+	}
+	if g.nodes[name] != nil {
+		return fmt.Errorf("%w: %s in %s", ErrChainExists, name, c.dir)
+	}
+	p := g.nodes[parent]
+	if p == nil {
+		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, parent, c.dir)
+	}
+	if p.kind != ChainLevel {
+		return fmt.Errorf("%w: %s is a %s image, not a level; build on levels only", ErrChainKind, parent, p.kind)
+	}
+	// Hold a reader lock on the parent while building on it: it fails if
+	// someone has the parent open for writing (a VM booted on the level,
+	// or Open(..., Writable)), and keeps them out until we are done.
+	ppath := filepath.Join(c.dir, parent+chainExt)
+	pl, err := lockImage(ppath, imagelock.Reader, false)
+	if err != nil {
+		return fmt.Errorf("overlay: cannot build on %s: %w", parent, err)
+	}
+	defer pl.Close()
+	pinfo, err := qcow2.Open(ppath, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true, ForceShare: true})
+	if err != nil {
+		return err
+	}
+	create := qcow2.CreateOptions{
+		ClusterSize:   pinfo.ClusterSize(),
+		BackingFile:   parent + chainExt,
+		BackingFormat: qcow2.FormatQcow2,
+	}
+	pinfo.Close()
+	var fill func(*qcow2.Image) error
+	if opts.Import != "" {
+		src, err := qcow2.Open(opts.Import, qcow2.Options{Format: opts.ImportFormat})
+		if err != nil {
+			return fmt.Errorf("overlay: chain add %s --import: %w", name, err)
+		}
+		defer src.Close()
+		create.Size = src.Size()
+		fill = func(dst *qcow2.Image) error { return copyDiff(ctx, dst, src, opts.Progress) }
+	}
+	if err := c.build(name, create, fill); err != nil {
+		return err
+	}
+	g.manifest.Images[name] = kind
+	if err := c.writeManifest(g.manifest); err != nil {
+		return err
+	}
+	return c.refreshModes()
+}
+
+// refreshModes rescans the directory and fixes the image modes.
+func (c *ChainDir) refreshModes() error {
+	g, err := c.scan()
+	if err != nil {
+		return err
+	}
+	return c.fixModes(g)
+}
+
+// RemoveOptions configures Remove. The zero value refuses to remove an
+// image that another process has open.
+type RemoveOptions struct {
+	// Force removes the image even when another process (a running VM)
+	// has it open. It never removes an image that others depend on:
+	// nothing in the chain is ever orphaned.
+	Force bool
+}
+
+// Remove deletes image name (a level or a VM) from the chain. It fails
+// with ErrChainDependents when other images build on it (remove those
+// first, or squash), and, unless opts.Force, with an error matching
+// imagelock.ErrLocked when a process has the image open. Removing the
+// last child of a level makes the level writable again.
+func (c *ChainDir) Remove(ctx context.Context, name string, opts RemoveOptions) error {
+	path, err := c.ImagePath(name)
+	if err != nil {
+		return err
+	}
+	l, err := c.lock(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	c.removeStale()
+	g, err := c.scan()
+	if err != nil {
+		return err
+	}
+	n := g.nodes[name]
+	if n == nil {
+		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
+	}
+	if len(n.children) > 0 {
+		return fmt.Errorf("%w: %s is the backing file of %s", ErrChainDependents, name, strings.Join(n.children, ", "))
+	}
+	if !opts.Force {
+		f, err := lockImage(path, imagelock.Writer, false)
+		if err != nil {
+			return fmt.Errorf("overlay: not removing %s (use force to remove it anyway): %w", name, err)
+		}
+		defer f.Close()
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	if _, ok := g.manifest.Images[name]; ok {
+		delete(g.manifest.Images, name)
+		if err := c.writeManifest(g.manifest); err != nil {
+			return err
+		}
+	}
+	return c.refreshModes()
+}
+
+// SquashOptions configures Squash. The zero value reports no progress.
+type SquashOptions struct {
+	// Progress, if set, gets the guest bytes committed so far and the
+	// total the image stores, from the calling goroutine.
+	Progress func(done, total int64)
+}
+
+// Squash merges image name into its parent level, which must have no
+// other child: the data name stores is committed into the parent
+// (qemu-img commit), the children of name are rebased onto the parent
+// (qemu-img rebase -u: only their backing reference changes, since the
+// parent now shows what name showed), and name is removed. The merged
+// level keeps the parent's name. Every dependent shows the same content
+// before and after.
+//
+// It refuses (imagelock.ErrLocked) when a process has name or one of its
+// children open, before changing anything. A crash part way leaves a
+// consistent chain: while committing, the parent is seen only through
+// name, which still covers every range being written; while rebasing,
+// a child sees the same content through either reference; running
+// Squash again finishes the job.
+func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) error {
+	path, err := c.ImagePath(name)
+	if err != nil {
+		return err
+	}
+	l, err := c.lock(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer l.Unlock()
+	c.removeStale()
+	g, err := c.scan()
+	if err != nil {
+		return err
+	}
+	n := g.nodes[name]
+	if n == nil {
+		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
+	}
+	if n.parent == "" {
+		return fmt.Errorf("%w: %s is a base; there is no parent to squash it into", ErrChainKind, name)
+	}
+	p := g.nodes[n.parent]
+	if len(p.children) != 1 {
+		return fmt.Errorf("%w: %s has other children (%s); squash needs %s to be its only child", ErrChainDependents, n.parent, strings.Join(p.children, ", "), name)
+	}
+	// Lock the children (their headers change) and name (it is read, then
+	// removed) against running VMs before touching anything.
+	var childLocks []*os.File
+	defer func() {
+		for _, f := range childLocks {
+			f.Close()
+		}
+	}()
+	for _, ch := range n.children {
+		cp := filepath.Join(c.dir, ch+chainExt)
+		if err := os.Chmod(cp, chainModeRW); err != nil {
+			return fmt.Errorf("overlay: %w", err)
+		}
+		f, err := lockImage(cp, imagelock.Writer, true)
+		if err != nil {
+			c.refreshModes()
+			return fmt.Errorf("overlay: cannot squash %s: %w", name, err)
+		}
+		childLocks = append(childLocks, f)
+	}
+	top, err := qcow2.Open(path, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true})
+	if err != nil {
+		c.refreshModes()
+		return fmt.Errorf("overlay: cannot squash %s: %w", name, err)
+	}
+	defer top.Close()
+	ppath := filepath.Join(c.dir, n.parent+chainExt)
+	if err := os.Chmod(ppath, chainModeRW); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	dst, err := qcow2.Open(ppath, qcow2.Options{Format: qcow2.FormatQcow2, Writable: true, CheckReference: c.checkReference})
+	if err != nil {
+		c.refreshModes()
+		return fmt.Errorf("overlay: cannot squash %s into %s: %w", name, n.parent, err)
+	}
+	if err := commitTop(ctx, dst, top, opts.Progress); err != nil {
+		dst.Close()
+		c.refreshModes()
+		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
+	}
+	if err := dst.Close(); err != nil {
+		c.refreshModes()
+		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
+	}
+	for i, ch := range n.children {
+		if err := setBacking(filepath.Join(c.dir, ch+chainExt), childLocks[i], n.parent+chainExt); err != nil {
+			c.refreshModes()
+			return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s: %w", name, ch, n.parent, err)
+		}
+	}
+	top.Close()
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	if _, ok := g.manifest.Images[name]; ok {
+		delete(g.manifest.Images, name)
+		if err := c.writeManifest(g.manifest); err != nil {
+			return err
+		}
+	}
+	return c.refreshModes()
+}
+
+// fileAllocated returns the bytes the file at path takes on disk.
+func fileAllocated(path string) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return st.Blocks * 512, nil
+	}
+	return fi.Size(), nil
+}
