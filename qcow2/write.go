@@ -447,6 +447,8 @@ func (w *writer) entry(vc int64) (uint64, uint64, error) {
 // host clusters a compressed one spans.
 func (w *writer) freeEntry(entry uint64) {
 	if entry&entryCompressed != 0 {
+		// Its bytes may be reused once freed: drop the decompressed copy.
+		w.img.decompressor.forget()
 		off, size := w.img.compressedLocation(entry)
 		off &^= 511
 		for c := off >> w.cb(); c <= (off+size-1)>>w.cb(); c++ {
