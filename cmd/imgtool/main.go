@@ -33,6 +33,7 @@ func commands() []command {
 		{"info", "show what an image (and its backing chain) is: format, sizes, backing file, snapshots", runInfo},
 		{"map", "show how each guest range of an image chain is stored", runMap},
 		{"convert", "copy the content of an image chain into a new image (raw, sparse)", runConvert},
+		{"commit", "merge an image into its backing file (or a deeper base) and empty it", runCommit},
 		{"compare", "compare the content of two images (exit 0 identical, 1 different, 2 error)", runCompare},
 		{"create", "create a new qcow2 or raw image, optionally over a backing file", runCreate},
 		{"check", "check a qcow2 image for leaks and corruptions, and repair them (-r)", runCheck},

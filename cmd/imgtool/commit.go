@@ -1,0 +1,38 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+
+	"github.com/imgtool/imgtool/qcow2"
+)
+
+// runCommit implements `imgtool commit`, as qemu-img commit.
+func runCommit(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("commit", "[-b BASE] [-d] [-p] [-q] FILE", stderr)
+	base := fs.StringP("base", "b", "", "commit into this image of the backing chain (implies -d); default: the backing file")
+	drop := fs.BoolP("drop", "d", false, "do not empty FILE after the commit")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() != 1 {
+		return usagef("expected one FILE, got %d arguments", fs.NArg())
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	update, finish := newProgress(*progress, stderr, "committing")
+	err := qcow2.Commit(ctx, fs.Arg(0), qcow2.CommitOptions{Base: *base, Drop: *drop, Progress: update})
+	finish()
+	if err != nil {
+		return err
+	}
+	if !*quiet {
+		fmt.Fprintln(stdout, "Image committed.")
+	}
+	return nil
+}
