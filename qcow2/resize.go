@@ -15,7 +15,7 @@ var ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
 // Resize changes the guest size. Growing allocates a larger L1 table when
 // needed (new clusters, then the header switches to it). Shrinking needs
 // shrink set and works only while nothing is allocated past the new size;
-// like QEMU, images with internal snapshots cannot be resized. It waits
+// like QEMU, images with internal snapshots can grow but not shrink. It waits
 // for and excludes writes; the caller must not read concurrently.
 func (img *Image) Resize(size int64, shrink bool) error {
 	w, err := img.writerOrErr()
@@ -27,8 +27,10 @@ func (img *Image) Resize(size int64, shrink bool) error {
 	}
 	return w.exclusive(func() error {
 		h := img.hdr
-		if h.NbSnapshots > 0 {
-			return fmt.Errorf("qcow2: %s: cannot resize an image with internal snapshots", img.path)
+		if h.NbSnapshots > 0 && size < img.size {
+			// Growing is fine (QEMU 5.0+ does it too): snapshots keep
+			// their own L1 tables and sizes.
+			return fmt.Errorf("qcow2: %s: cannot shrink an image with internal snapshots", img.path)
 		}
 		if size < img.size && !shrink {
 			return fmt.Errorf("qcow2: %s: shrinking from %d to %d bytes needs the shrink option", img.path, img.size, size)

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"os/signal"
@@ -11,26 +10,51 @@ import (
 )
 
 // runConvert implements `imgtool convert`: copy the guest content of an
-// image (chain) into a new image.
+// image (chain) into a new image, as qemu-img convert.
 func runConvert(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("convert", "[-f FMT] [-O raw] [-p] SRC DST", stderr)
+	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-p] [-U] [--target-is-zero] SRC DST", stderr)
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
-	outFormat := fs.StringP("output-format", "O", "raw", "output format (raw)")
+	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
+	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
+	options := fs.StringArrayP("options", "o", nil, "qemu-img create options for the output: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt")
+	backing := fs.StringP("backing", "B", "", "make DST an overlay of this file, storing only clusters that differ from it (relative names are relative to DST's directory)")
+	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
+	sparse := fs.StringP("sparse-size", "S", "4k", "zero runs of this size stay sparse; 0 writes every cluster")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
+	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 {
 		return usagef("expected SRC and DST, got %d arguments", fs.NArg())
 	}
+	opts := qcow2.ConvertImageOptions{Compress: *compress}
 	switch *outFormat {
-	case "raw":
-	case "qcow2":
-		return fmt.Errorf("qcow2 output is not implemented yet; use -O raw")
+	case "raw", "qcow2":
+		opts.Create.Format = qcow2.Format(*outFormat)
 	default:
-		return usagef("unknown output format %q (raw is supported)", *outFormat)
+		return usagef("unknown output format %q (raw and qcow2 are supported)", *outFormat)
 	}
+	for _, o := range *options {
+		if err := qcow2.ParseCreateOptions(&opts.Create, o); err != nil {
+			return usagef("-o: %v", err)
+		}
+	}
+	if *backing != "" {
+		opts.Create.BackingFile = *backing
+	}
+	if *backingFmt != "" {
+		opts.Create.BackingFormat = qcow2.Format(*backingFmt)
+	}
+	if opts.Create.BackingFile != "" && *targetZero {
+		return usagef("--target-is-zero cannot be used with a backing file")
+	}
+	s, err := qcow2.ParseSize(*sparse)
+	if err != nil {
+		return usagef("-S: %v", err)
+	}
+	opts.NoSparse = s == 0
 	src, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	if err != nil {
 		return err
@@ -39,7 +63,8 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	update, finish := newProgress(*progress, stderr, "converting")
-	err = qcow2.ConvertRaw(ctx, src, fs.Arg(1), qcow2.ConvertOptions{Progress: update})
+	opts.Progress = update
+	err = qcow2.ConvertImage(ctx, src, fs.Arg(1), opts)
 	finish()
 	return err
 }

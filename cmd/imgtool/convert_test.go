@@ -40,7 +40,9 @@ func TestConvertErrors(t *testing.T) {
 		args []string
 		text string
 	}{
-		{[]string{"convert", "-O", "qcow2", fixturePath("chain/top.qcow2"), dst}, "qcow2 output is not implemented yet"},
+		{[]string{"convert", "-O", "raw", "-c", fixturePath("chain/top.qcow2"), dst}, "compressed raw"},
+		{[]string{"convert", "-O", "qcow2", "-o", "cluster_size=3k", fixturePath("chain/top.qcow2"), dst}, "cluster size"},
+		{[]string{"convert", "-O", "qcow2", "-B", "chain/base.qcow2", "--target-is-zero", fixturePath("chain/top.qcow2"), dst}, "--target-is-zero"},
 		{[]string{"convert", "-O", "vdi", fixturePath("chain/top.qcow2"), dst}, "unknown output format"},
 		{[]string{"convert", fixturePath("chain/top.qcow2")}, "expected SRC and DST"},
 		{[]string{"convert", filepath.Join(dir, "missing"), dst}, "no such file"},

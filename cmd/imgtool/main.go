@@ -32,7 +32,7 @@ func commands() []command {
 		{"help", "show this help, or the help of one command", nil},
 		{"info", "show what an image (and its backing chain) is: format, sizes, backing file, snapshots", runInfo},
 		{"map", "show how each guest range of an image chain is stored", runMap},
-		{"convert", "copy the content of an image chain into a new image (raw, sparse)", runConvert},
+		{"convert", "copy the content of an image chain into a new qcow2 or raw image (sparse, -c compressed, -B delta)", runConvert},
 		{"commit", "merge an image into its backing file (or a deeper base) and empty it", runCommit},
 		{"compare", "compare the content of two images (exit 0 identical, 1 different, 2 error)", runCompare},
 		{"create", "create a new qcow2 or raw image, optionally over a backing file", runCreate},
