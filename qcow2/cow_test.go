@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -62,12 +63,22 @@ func TestWriteAfterQemuSnapshot(t *testing.T) {
 // others read; run with -race.
 func TestConcurrentWrites(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img")
+	for _, extL2 := range []bool{false, true} {
+		t.Run(fmt.Sprintf("extl2=%v", extL2), func(t *testing.T) { concurrentWrites(t, extL2) })
+	}
+}
+
+func concurrentWrites(t *testing.T, extL2 bool) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
 	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", base, "8M")
 	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 8M", base)
 	p := filepath.Join(dir, "top.qcow2")
-	if err := Create(p, CreateOptions{BackingFile: "base.qcow2", BackingFormat: FormatQcow2, ClusterSize: 4096}); err != nil {
+	cs := int64(4096)
+	if extL2 {
+		cs = 16 << 10
+	}
+	if err := Create(p, CreateOptions{BackingFile: "base.qcow2", BackingFormat: FormatQcow2, ClusterSize: cs, ExtendedL2: extL2}); err != nil {
 		t.Fatal(err)
 	}
 	img, err := Open(p, Options{Writable: true})

@@ -18,6 +18,9 @@ type l2Table struct {
 	entries []uint64
 	ref     atomic.Bool // CLOCK reference bit
 	dirty   atomic.Bool // modified by the writer, not yet on disk: never evicted
+	// seq is odd while the writer updates an extended entry (descriptor
+	// and bitmap) in place; readers retry around it (a seqlock).
+	seq atomic.Uint64
 }
 
 // l2Cache maps L1 indices to decoded L2 tables. Lookups are lock-free (one

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
+	"sync/atomic"
 )
 
 // Bits of L1 and L2 entries.
@@ -44,7 +46,9 @@ func (img *Image) cachedEntry(vc int64) (uint64, bool) {
 	if t == nil || img.extL2 {
 		return 0, false
 	}
-	return t.entries[vc&img.l2Mask], true
+	// Atomic: the writer updates standard entries of its own tables in
+	// place (an atomic load is a plain load on common CPUs).
+	return atomic.LoadUint64(&t.entries[vc&img.l2Mask]), true
 }
 
 // l2EntrySlow is l2Entry for extended L2 entries and on a cache miss (it
@@ -61,9 +65,21 @@ func (img *Image) l2EntrySlow(vc int64) (entry, bitmap uint64, err error) {
 		}
 	}
 	if img.extL2 {
-		return t.entries[2*l2i], t.entries[2*l2i+1], nil
+		// The writer may change descriptor and bitmap together in place:
+		// read both between two equal, even sequence numbers.
+		for {
+			s1 := t.seq.Load()
+			if s1&1 == 0 {
+				e := atomic.LoadUint64(&t.entries[2*l2i])
+				b := atomic.LoadUint64(&t.entries[2*l2i+1])
+				if t.seq.Load() == s1 {
+					return e, b, nil
+				}
+			}
+			runtime.Gosched()
+		}
 	}
-	return t.entries[l2i], 0, nil
+	return atomic.LoadUint64(&t.entries[l2i]), 0, nil
 }
 
 // loadL2 reads, decodes and caches the L2 table of L1 index l1i. It

@@ -223,6 +223,7 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 		return w.fail(fmt.Errorf("qcow2: writing %s: %w", w.path, werr))
 	}
 	var t *l2Table
+	live := false
 	tl1 := int64(-1)
 	for i := range n {
 		if hosts[i] == int64(old[i]&hostOffsetMask) && old[i]&entryCopied != 0 && old[i]&entryCompressed == 0 {
@@ -231,23 +232,33 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 		vc := vc0 + i
 		l1i := vc >> w.img.l2Bits
 		if l1i != tl1 {
-			if t != nil {
+			if t != nil && !live {
 				w.publishL2(tl1, t)
 			}
 			var err error
-			if t, err = w.writableL2(l1i); err != nil {
+			if t, err = w.liveL2(l1i); err != nil {
 				return w.fail(err)
+			}
+			live = t != nil
+			if !live {
+				if t, err = w.writableL2(l1i); err != nil {
+					return w.fail(err)
+				}
 			}
 			tl1 = l1i
 		}
 		k := (vc & w.img.l2Mask) * w.entryWords()
-		t.entries[k] = uint64(hosts[i]) | entryCopied
-		if w.img.extL2 {
-			t.entries[k+1] = bitmapAllocMask
+		if live {
+			w.storeEntry(t, vc&w.img.l2Mask, uint64(hosts[i])|entryCopied, bitmapAllocMask)
+		} else {
+			t.entries[k] = uint64(hosts[i]) | entryCopied
+			if w.img.extL2 {
+				t.entries[k+1] = bitmapAllocMask
+			}
 		}
 		w.freeEntry(old[i])
 	}
-	if t != nil {
+	if t != nil && !live {
 		w.publishL2(tl1, t)
 	}
 	return w.maybeFlush()
@@ -482,6 +493,12 @@ func (w *writer) beforeAlloc() error {
 // copying the L2 table as needed. mu held.
 func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
 	l1i := vc >> w.img.l2Bits
+	if t, err := w.liveL2(l1i); err != nil {
+		return err
+	} else if t != nil {
+		w.storeEntry(t, vc&w.img.l2Mask, entry, bitmap)
+		return nil
+	}
 	t, err := w.writableL2(l1i)
 	if err != nil {
 		return err
@@ -493,6 +510,50 @@ func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
 	}
 	w.publishL2(l1i, t)
 	return nil
+}
+
+// storeEntry updates entry i of a live table in place: one atomic store
+// for a standard entry; for an extended one, descriptor and bitmap inside
+// the table's seqlock. mu held.
+func (w *writer) storeEntry(t *l2Table, i int64, entry, bitmap uint64) {
+	if !w.img.extL2 {
+		atomic.StoreUint64(&t.entries[i], entry)
+		return
+	}
+	t.seq.Add(1)
+	atomic.StoreUint64(&t.entries[2*i], entry)
+	atomic.StoreUint64(&t.entries[2*i+1], bitmap)
+	t.seq.Add(1)
+}
+
+// liveL2 returns the published L2 table of l1i, pinned as dirty, when
+// its entries can be updated in place (storeEntry): the table is the
+// image's own (COPIED in L1). It returns nil for tables that must first
+// be allocated or copied. mu held.
+func (w *writer) liveL2(l1i int64) (*l2Table, error) {
+	img := w.img
+	if l1i >= img.l1Len() {
+		return nil, nil
+	}
+	l1e := img.l1Get(l1i)
+	if l1e&hostOffsetMask == 0 || l1e&entryCopied == 0 {
+		return nil, nil
+	}
+	t := w.dirtyL2[l1i]
+	if t == nil {
+		if t = img.l2.get(int(l1i)); t == nil {
+			var err error
+			if t, err = img.loadL2(int(l1i)); err != nil || t == nil {
+				return nil, err
+			}
+		}
+	}
+	// Dirty before (re)publishing: an eviction racing with us either
+	// sees the flag or is undone by replace.
+	t.dirty.Store(true)
+	w.img.l2.replace(int(l1i), t)
+	w.dirtyL2[l1i] = t
+	return t, nil
 }
 
 // writableL2 returns a private copy of the L2 table of l1i that the
