@@ -3,9 +3,9 @@ package overlay
 // VM base-image chains: a directory of qcow2 images that build on each
 // other (base OS -> +database -> +web server, with a thin image per VM).
 // This file holds the directory model (names, manifest, scan, lock,
-// permissions); vmchain_ops.go the mutations, vmchain_copy.go the
-// cluster copy behind init, import and squash, vmchain_rebase.go the
-// backing-name rewrite behind squash.
+// permissions); vmchain_ops.go the mutations, built on the qcow2 package
+// (Create, ConvertImage with a backing file for imports, Commit for
+// squash); vmchain_rebase.go the backing-name rewrite behind squash.
 
 import (
 	"context"
@@ -344,8 +344,9 @@ func (c *ChainDir) removeStale() {
 		return
 	}
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), chainTmpPref) || strings.HasPrefix(e.Name(), "."+chainManifest+".tmp-") {
-			os.Remove(filepath.Join(c.dir, e.Name()))
+		n := e.Name()
+		if strings.HasPrefix(n, chainTmpPref) || strings.HasPrefix(n, "."+chainTmpPref) || strings.HasPrefix(n, "."+chainManifest+".tmp-") {
+			os.Remove(filepath.Join(c.dir, n))
 		}
 	}
 }

@@ -123,19 +123,20 @@ func TestChainQemuInterop(t *testing.T) {
 		cmd.Process.Kill()
 		cmd.Wait()
 	}()
-	var err error
-	for range 100 {
-		err = c.Remove(ctx, "vm0", RemoveOptions{})
+	// Wait until qemu-io holds its locks on vm0.
+	vm0 := filepath.Join(dir, "vm0.qcow2")
+	for i := 0; ; i++ {
+		f, err := lockImage(vm0, imagelock.Writer, false)
 		if err != nil {
 			break
 		}
-		// qemu-io had not opened it yet: put vm0 back and retry.
-		if err := c.AddVM(ctx, "vm0", "web"); err != nil {
-			t.Fatal(err)
+		f.Close()
+		if i == 200 {
+			t.Fatal("qemu-io did not open vm0 within 10 s")
 		}
-		writeImage(t, c, "vm0", tcVMOff(0), fill(tcVMPattern(0), tcVMN))
 		time.Sleep(50 * time.Millisecond)
 	}
+	err := c.Remove(ctx, "vm0", RemoveOptions{})
 	if !errors.Is(err, imagelock.ErrLocked) {
 		t.Errorf("rm of a VM that qemu-io has open: %v, want imagelock.ErrLocked", err)
 	}
@@ -144,8 +145,24 @@ func TestChainQemuInterop(t *testing.T) {
 	} else if err := c.Remove(ctx, "extra", RemoveOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Squashing web would rewrite vm0's header: refused before any change.
+	if err := c.Squash(ctx, "web", SquashOptions{}); !errors.Is(err, imagelock.ErrLocked) {
+		t.Errorf("squash of web while qemu-io has vm0 open: %v, want imagelock.ErrLocked", err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "web.qcow2")); err != nil || fi.Mode().Perm() != 0o444 {
+		t.Errorf("web after the refused squash: %v %v", fi, err)
+	}
+	// --force removes it all the same; put vm0 back afterwards.
+	if err := c.Remove(ctx, "vm0", RemoveOptions{Force: true}); err != nil {
+		t.Errorf("forced rm of a VM in use: %v", err)
+	}
 	cmd.Process.Kill()
 	cmd.Wait()
+	if err := c.AddVM(ctx, "vm0", "web"); err != nil {
+		t.Fatal(err)
+	}
+	writeImage(t, c, "vm0", tcVMOff(0), fill(tcVMPattern(0), tcVMN))
+	qemuReadPatterns(t, vm0, vmChecks(0))
 
 	// Move the directory: QEMU still opens every VM through the chain.
 	moved := filepath.Join(t.TempDir(), "moved")

@@ -67,9 +67,11 @@ func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*C
 		return nil, fmt.Errorf("overlay: chain init: %w", err)
 	}
 	defer src.Close()
-	create := qcow2.CreateOptions{Size: src.Size(), ClusterSize: opts.ClusterSize}
-	err = c.build(opts.Name, create, func(dst *qcow2.Image) error {
-		return copyDiff(ctx, dst, src, opts.Progress)
+	err = c.build(opts.Name, func(tmp string) error {
+		return qcow2.ConvertImage(ctx, src, tmp, qcow2.ConvertImageOptions{
+			Create:   qcow2.CreateOptions{ClusterSize: opts.ClusterSize},
+			Progress: opts.Progress,
+		})
 	})
 	if err != nil {
 		return nil, err
@@ -81,11 +83,11 @@ func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*C
 	return c, nil
 }
 
-// build creates image name: a new qcow2 image made with create under a
-// temporary name in the directory, opened for writing and handed to fill
-// (if not nil), closed, and then linked to NAME.qcow2 (never replacing an
-// existing file). The caller holds the exclusive lock.
-func (c *ChainDir) build(name string, create qcow2.CreateOptions, fill func(dst *qcow2.Image) error) (err error) {
+// build creates image name: mk writes a complete image at the
+// temporary path it is given (in the chain directory, so that relative
+// backing names resolve), which is then linked to NAME.qcow2 (never
+// replacing an existing file). The caller holds the exclusive lock.
+func (c *ChainDir) build(name string, mk func(tmp string) error) error {
 	final := filepath.Join(c.dir, name+chainExt)
 	if _, err := os.Lstat(final); err == nil {
 		return fmt.Errorf("%w: %s", ErrChainExists, final)
@@ -95,24 +97,9 @@ func (c *ChainDir) build(name string, create qcow2.CreateOptions, fill func(dst 
 		return fmt.Errorf("overlay: %w", err)
 	}
 	tmp := filepath.Join(c.dir, chainTmpPref+name+"-"+hex.EncodeToString(rnd[:])+chainExt)
-	defer func() {
-		os.Remove(tmp)
-	}()
-	if err := qcow2.Create(tmp, create); err != nil {
+	defer os.Remove(tmp)
+	if err := mk(tmp); err != nil {
 		return fmt.Errorf("overlay: creating %s: %w", final, err)
-	}
-	if fill != nil {
-		dst, err := qcow2.Open(tmp, qcow2.Options{Format: qcow2.FormatQcow2, Writable: true, CheckReference: c.checkReference})
-		if err != nil {
-			return fmt.Errorf("overlay: creating %s: %w", final, err)
-		}
-		if err := fill(dst); err != nil {
-			dst.Close()
-			return fmt.Errorf("overlay: creating %s: %w", final, err)
-		}
-		if err := dst.Close(); err != nil {
-			return fmt.Errorf("overlay: creating %s: %w", final, err)
-		}
 	}
 	if err := os.Chmod(tmp, chainModeRW); err != nil {
 		return fmt.Errorf("overlay: creating %s: %w", final, err)
@@ -201,17 +188,20 @@ func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind,
 		BackingFormat: qcow2.FormatQcow2,
 	}
 	pinfo.Close()
-	var fill func(*qcow2.Image) error
+	mk := func(tmp string) error { return qcow2.Create(tmp, create) }
 	if opts.Import != "" {
 		src, err := qcow2.Open(opts.Import, qcow2.Options{Format: opts.ImportFormat})
 		if err != nil {
 			return fmt.Errorf("overlay: chain add %s --import: %w", name, err)
 		}
 		defer src.Close()
-		create.Size = src.Size()
-		fill = func(dst *qcow2.Image) error { return copyDiff(ctx, dst, src, opts.Progress) }
+		// qemu-img convert -B: only clusters whose content differs from
+		// what the parent shows are written.
+		mk = func(tmp string) error {
+			return qcow2.ConvertImage(ctx, src, tmp, qcow2.ConvertImageOptions{Create: create, Progress: opts.Progress})
+		}
 	}
-	if err := c.build(name, create, fill); err != nil {
+	if err := c.build(name, mk); err != nil {
 		return err
 	}
 	g.manifest.Images[name] = kind
@@ -352,27 +342,15 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 		}
 		childLocks = append(childLocks, f)
 	}
-	top, err := qcow2.Open(path, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true})
-	if err != nil {
-		c.refreshModes()
-		return fmt.Errorf("overlay: cannot squash %s: %w", name, err)
-	}
-	defer top.Close()
 	ppath := filepath.Join(c.dir, n.parent+chainExt)
 	if err := os.Chmod(ppath, chainModeRW); err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
-	dst, err := qcow2.Open(ppath, qcow2.Options{Format: qcow2.FormatQcow2, Writable: true, CheckReference: c.checkReference})
-	if err != nil {
-		c.refreshModes()
-		return fmt.Errorf("overlay: cannot squash %s into %s: %w", name, n.parent, err)
-	}
-	if err := commitTop(ctx, dst, top, opts.Progress); err != nil {
-		dst.Close()
-		c.refreshModes()
-		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
-	}
-	if err := dst.Close(); err != nil {
+	// qemu-img commit -d: the parent gets name's data (written and
+	// flushed); name itself is left as it is until it is removed below.
+	// Commit takes the writer lock on the parent and a reader lock on
+	// name, so it refuses while a VM uses either.
+	if err := qcow2.Commit(ctx, path, qcow2.CommitOptions{Drop: true, Progress: opts.Progress}); err != nil {
 		c.refreshModes()
 		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
 	}
@@ -382,7 +360,6 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 			return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s: %w", name, ch, n.parent, err)
 		}
 	}
-	top.Close()
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
