@@ -57,7 +57,8 @@ type ScanOptions struct {
 	// whole backing chains.
 	Image qcow2.Options
 	// Progress, if set, is called with the bytes scanned so far and the
-	// total, from any goroutine.
+	// total (guest bytes of images plus stored bytes of layer blobs),
+	// from any goroutine.
 	Progress func(done, total int64)
 }
 
@@ -159,12 +160,16 @@ func Scan(ctx context.Context, paths []string, opts ScanOptions) (*Report, error
 		total += img.Size()
 	}
 	var layoutTotal int64
-	for _, p := range lays {
-		n, err := layoutSize(ctx, p)
-		if err != nil {
+	var plan []*layoutLayer
+	var nimages, nrefs int
+	if len(lays) > 0 {
+		var err error
+		if plan, nimages, nrefs, err = layoutPlan(ctx, lays); err != nil {
 			return nil, err
 		}
-		layoutTotal += n
+		for _, ll := range plan {
+			layoutTotal += ll.desc.Size
+		}
 	}
 	prog := newProgress(opts.Progress, total+layoutTotal)
 	rep := &Report{}
@@ -176,7 +181,7 @@ func Scan(ctx context.Context, paths []string, opts ScanOptions) (*Report, error
 		rep.Images = r
 	}
 	if len(lays) > 0 {
-		r, err := scanLayouts(ctx, lays, opts, prog)
+		r, err := scanLayouts(ctx, lays, plan, nimages, nrefs, opts, prog)
 		if err != nil {
 			return nil, err
 		}
