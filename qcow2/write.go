@@ -54,6 +54,7 @@ type writer struct {
 	closed      bool
 
 	zeroBuf []byte
+	bufs    sync.Pool // *[]byte of one cluster, for copy-on-write
 	// maxDirtyL2 bounds the dirty L2 tables kept in memory; more trigger
 	// a flush.
 	maxDirtyL2 int
@@ -373,7 +374,9 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 		newEntry = uint64(target) | entryCopied
 		newBitmap = (bitmap | touched) &^ (touched << 32)
 	}
-	buf := make([]byte, wEnd-wStart)
+	bp := w.getBuf()
+	defer w.bufs.Put(bp)
+	buf := (*bp)[:wEnd-wStart]
 	end := in + int64(len(data))
 	var cerr error
 	if in > wStart {
@@ -407,6 +410,14 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 		w.freeEntry(entry)
 	}
 	return w.maybeFlush()
+}
+
+func (w *writer) getBuf() *[]byte {
+	if b, ok := w.bufs.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, w.cs())
+	return &b
 }
 
 func (w *writer) lockedFail(err error) error {
