@@ -1,10 +1,19 @@
-// Package qcow2 reads qcow2 disk images and backing chains as QEMU does,
-// and raw images through the same entry point.
+// Package qcow2 reads and writes qcow2 disk images and backing chains as
+// QEMU does, and reads raw images through the same entry point.
 //
 // Open parses an image's metadata and opens its backing chain. The
 // returned *Image is an io.ReaderAt over the guest-visible content of the
 // whole chain; Extents describes how each byte range is stored, and Info
 // reports what `qemu-img info` reports.
+//
+// Create makes new images. Opened with Options.Writable, an Image is also
+// an io.WriterAt (with Flush, WriteZeroes and Discard): writes allocate
+// clusters and copy the rest of a cluster from the backing chain, and
+// metadata reaches the disk in QEMU's order, so that a crash can only
+// leak clusters. Check and CheckFile compare refcounts with references
+// like qemu-img check and repair them; CreateSnapshot, ApplySnapshot,
+// DeleteSnapshot and Resize change the image as qemu-img snapshot and
+// resize do. Opening takes QEMU-compatible image locks.
 package qcow2
 
 import (
@@ -87,8 +96,12 @@ func (o *Options) validate() error {
 // Image is an open qcow2 or raw image together with its backing chain.
 //
 // Lifecycle: Open returns it, the caller calls Close once, which closes the
-// whole chain. Concurrency: after Open, every method except Close is safe
-// for concurrent use (ReadAt, Extents, Info may run in parallel).
+// whole chain (and, for a writable image, flushes it first). Concurrency:
+// after Open, ReadAt, WriteAt, Flush, Extents and Info are safe for
+// concurrent use; writes to different clusters do their data I/O in
+// parallel. WriteZeroes and Discard wait for and exclude other writes.
+// CreateSnapshot, ApplySnapshot, DeleteSnapshot, Resize and Check rewrite
+// tables: they exclude writes, and the caller must not read concurrently.
 type Image struct {
 	path     string
 	f        *os.File
