@@ -44,6 +44,7 @@ func commands() []command {
 		{"image", "build, unpack and list images of an OCI image layout", runImage},
 		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
 		{"store", "list and garbage-collect the layer store used by rootfs", runStore},
+		{"chain", "manage a directory of VM base images that build on each other (qcow2 backing chains)", runChain},
 	}
 }
 
