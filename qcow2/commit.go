@@ -183,9 +183,9 @@ type rawTarget struct {
 }
 
 func (t *rawTarget) WriteAt(p []byte, off int64) (int, error) { return t.f.WriteAt(p, off) }
-func (t *rawTarget) Size() int64                               { return t.size }
-func (t *rawTarget) Flush() error                              { return t.f.Sync() }
-func (t *rawTarget) Close() error                              { return t.f.Close() }
+func (t *rawTarget) Size() int64                              { return t.size }
+func (t *rawTarget) Flush() error                             { return t.f.Sync() }
+func (t *rawTarget) Close() error                             { return t.f.Close() }
 
 func (t *rawTarget) Resize(size int64) error {
 	if err := t.f.Truncate(size); err != nil {

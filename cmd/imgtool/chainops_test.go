@@ -105,3 +105,33 @@ func TestCommitCLI(t *testing.T) {
 		t.Errorf("commit of a base: exit %d %q", code, errs)
 	}
 }
+
+func TestRebaseCLI(t *testing.T) {
+	dir := copyChainFixture(t)
+	top := filepath.Join(dir, "top.qcow2")
+	want := filepath.Join(t.TempDir(), "want.raw")
+	if code, _, errs := runCmd("convert", top, want); code != 0 {
+		t.Fatal(errs)
+	}
+	if code, _, errs := runCmd("rebase", top); code != 1 || !strings.Contains(errs, "-b NEW is required") {
+		t.Errorf("without -b: exit %d %q", code, errs)
+	}
+	if code, _, errs := runCmd("rebase", "-p", "-b", "base.qcow2", "-F", "qcow2", top); code != 0 {
+		t.Fatalf("rebase: exit %d %s", code, errs)
+	}
+	if code, out, _ := runCmd("compare", top, want); code != 0 {
+		t.Errorf("after rebase: %s", out)
+	}
+	if code, _, errs := runCmd("rebase", "-b", "", top); code != 0 {
+		t.Fatalf("flatten: exit %d %s", code, errs)
+	}
+	if code, out, _ := runCmd("info", "--output", "json", top); code != 0 || strings.Contains(out, "backing-filename") {
+		t.Errorf("flattened image still has a backing file: %s", out)
+	}
+	if code, out, _ := runCmd("compare", top, want); code != 0 {
+		t.Errorf("after flatten: %s", out)
+	}
+	if code, _, errs := runCmd("rebase", "-u", "-b", "mid.qcow2", "-F", "qcow2", top); code != 0 {
+		t.Fatalf("-u: exit %d %s", code, errs)
+	}
+}
