@@ -58,7 +58,7 @@ type ScanOptions struct {
 	Image qcow2.Options
 	// Progress, if set, is called with the bytes scanned so far and the
 	// total (guest bytes of images plus stored bytes of layer blobs),
-	// from any goroutine.
+	// from any goroutine; calls are serialised and done never decreases.
 	Progress func(done, total int64)
 }
 
@@ -190,11 +190,13 @@ func Scan(ctx context.Context, paths []string, opts ScanOptions) (*Report, error
 	return rep, nil
 }
 
-// progress adds up bytes done from several goroutines.
+// progress adds up bytes done from several goroutines and calls fn with
+// the running sum. Calls are serialised and done never decreases.
 type progress struct {
 	fn    func(done, total int64)
 	total int64
-	done  atomic.Int64
+	mu    sync.Mutex
+	done  int64
 }
 
 func newProgress(fn func(done, total int64), total int64) *progress {
@@ -205,9 +207,11 @@ func (p *progress) add(n int64) {
 	if p == nil {
 		return
 	}
-	d := p.done.Add(n)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
 	if p.fn != nil {
-		p.fn(d, p.total)
+		p.fn(p.done, p.total)
 	}
 }
 

@@ -46,6 +46,7 @@ func commands() []command {
 		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
 		{"store", "list and garbage-collect the layer store used by rootfs", runStore},
 		{"chain", "manage a directory of VM base images that build on each other (qcow2 backing chains)", runChain},
+		{"dedup", "find and remove duplicate data across images and layouts (scan, rebase, sparsify)", runDedup},
 	}
 }
 
