@@ -70,7 +70,7 @@ const (
 
 // Files of a chain directory.
 const (
-	chainManifest = "chain.json"  // {"format":1,"images":{"NAME":"level"|"vm"}}
+	chainManifest = "chain.json"  // {"format":1,"images":{"NAME":"level"|"vm"},"squash":{...}}
 	chainLockFile = ".chain.lock" // flock: exclusive for mutations, shared for reads
 	chainExt      = ".qcow2"
 	chainTmpPref  = ".tmp-" // images being built; stale ones are removed by the next mutation
@@ -86,6 +86,15 @@ const (
 type chainManifestData struct {
 	Format int                  `json:"format"`
 	Images map[string]ChainKind `json:"images"`
+	// Squash is the journal of a squash whose commit is done and whose
+	// rebasing of children may not be (see Squash).
+	Squash *chainSquashJournal `json:"squash,omitempty"`
+}
+
+// chainSquashJournal names a squash in progress: Name goes into Into.
+type chainSquashJournal struct {
+	Name string `json:"name"`
+	Into string `json:"into"`
 }
 
 // ChainDir is a directory of qcow2 images that build on each other. Every
@@ -175,6 +184,9 @@ func (c *ChainDir) readManifest() (*chainManifestData, error) {
 	}
 	if m.Images == nil {
 		m.Images = map[string]ChainKind{}
+	}
+	if j := m.Squash; j != nil && (validChainName(j.Name) != nil || validChainName(j.Into) != nil) {
+		return nil, fmt.Errorf("%w: %s: squash journal names %q and %q", ErrNotChain, c.manifestPath(), j.Name, j.Into)
 	}
 	for name, k := range m.Images {
 		if err := validChainName(name); err != nil {

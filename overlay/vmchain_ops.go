@@ -149,16 +149,11 @@ func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind,
 	if err := validChainName(parent); err != nil {
 		return err
 	}
-	l, err := c.lock(ctx, true)
+	l, g, err := c.prepare(ctx)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	c.removeStale()
-	g, err := c.scan()
-	if err != nil {
-		return err
-	}
 	if g.nodes[name] != nil {
 		return fmt.Errorf("%w: %s in %s", ErrChainExists, name, c.dir)
 	}
@@ -239,16 +234,11 @@ func (c *ChainDir) Remove(ctx context.Context, name string, opts RemoveOptions) 
 	if err != nil {
 		return err
 	}
-	l, err := c.lock(ctx, true)
+	l, g, err := c.prepare(ctx)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	c.removeStale()
-	g, err := c.scan()
-	if err != nil {
-		return err
-	}
 	n := g.nodes[name]
 	if n == nil {
 		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
@@ -284,33 +274,30 @@ type SquashOptions struct {
 
 // Squash merges image name into its parent level, which must have no
 // other child: the data name stores is committed into the parent
-// (qemu-img commit), the children of name are rebased onto the parent
+// (qemu-img commit -d), the children of name are rebased onto the parent
 // (qemu-img rebase -u: only their backing reference changes, since the
 // parent now shows what name showed), and name is removed. The merged
 // level keeps the parent's name. Every dependent shows the same content
 // before and after.
 //
-// It refuses (imagelock.ErrLocked) when a process has name or one of its
-// children open, before changing anything. A crash part way leaves a
-// consistent chain: while committing, the parent is seen only through
-// name, which still covers every range being written; while rebasing,
-// a child sees the same content through either reference; running
-// Squash again finishes the job.
+// It refuses (imagelock.ErrLocked) when a process has name, its parent or
+// one of name's children open, before changing anything. An interruption
+// leaves a consistent chain: while committing, the parent is seen only
+// through name, which still covers every range being written; then a
+// journal in the manifest records the squash before the first child is
+// rebased (a child sees the same content through either reference), and
+// the next mutation of the chain (Add, AddVM, Remove, Squash) finishes a
+// squash the journal names before doing anything else.
 func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) error {
 	path, err := c.ImagePath(name)
 	if err != nil {
 		return err
 	}
-	l, err := c.lock(ctx, true)
+	l, g, err := c.prepare(ctx)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	c.removeStale()
-	g, err := c.scan()
-	if err != nil {
-		return err
-	}
 	n := g.nodes[name]
 	if n == nil {
 		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
@@ -322,54 +309,106 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 	if len(p.children) != 1 {
 		return fmt.Errorf("%w: %s has other children (%s); squash needs %s to be its only child", ErrChainDependents, n.parent, strings.Join(p.children, ", "), name)
 	}
-	// Lock the children (their headers change) and name (it is read, then
-	// removed) against running VMs before touching anything.
-	var childLocks []*os.File
+	// Lock the children (their headers change) against running VMs before
+	// touching anything; Commit below locks name and the parent.
+	locks := map[string]*os.File{}
 	defer func() {
-		for _, f := range childLocks {
+		for _, f := range locks {
 			f.Close()
 		}
 	}()
 	for _, ch := range n.children {
-		cp := filepath.Join(c.dir, ch+chainExt)
-		if err := os.Chmod(cp, chainModeRW); err != nil {
-			return fmt.Errorf("overlay: %w", err)
-		}
-		f, err := lockImage(cp, imagelock.Writer, true)
+		f, err := lockChild(filepath.Join(c.dir, ch+chainExt))
 		if err != nil {
 			c.refreshModes()
 			return fmt.Errorf("overlay: cannot squash %s: %w", name, err)
 		}
-		childLocks = append(childLocks, f)
+		locks[ch] = f
 	}
 	ppath := filepath.Join(c.dir, n.parent+chainExt)
 	if err := os.Chmod(ppath, chainModeRW); err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
-	// qemu-img commit -d: the parent gets name's data (written and
-	// flushed); name itself is left as it is until it is removed below.
-	// Commit takes the writer lock on the parent and a reader lock on
-	// name, so it refuses while a VM uses either.
+	// The parent gets name's data, written and flushed; name itself is
+	// left as it is until it is removed. Commit takes the writer lock on
+	// the parent and a reader lock on name, so it refuses while a VM
+	// uses either.
 	if err := qcow2.Commit(ctx, path, qcow2.CommitOptions{Drop: true, Progress: opts.Progress}); err != nil {
 		c.refreshModes()
 		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
 	}
-	for i, ch := range n.children {
-		if err := setBacking(filepath.Join(c.dir, ch+chainExt), childLocks[i], n.parent+chainExt); err != nil {
-			c.refreshModes()
-			return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s: %w", name, ch, n.parent, err)
+	g.manifest.Squash = &chainSquashJournal{Name: name, Into: n.parent}
+	if err := c.writeManifest(g.manifest); err != nil {
+		c.refreshModes()
+		return err
+	}
+	return c.finishSquash(g, locks)
+}
+
+// finishSquash completes the squash the manifest's journal names, whose
+// commit is done: it rebases the children of the squashed image onto
+// the image it went into, removes it, and clears the journal. locks holds
+// writer-locked descriptors of children already locked by the caller;
+// the others are locked here.
+func (c *ChainDir) finishSquash(g *chainGraph, locks map[string]*os.File) error {
+	j := g.manifest.Squash
+	if n := g.nodes[j.Name]; n != nil {
+		for _, ch := range n.children {
+			cp := filepath.Join(c.dir, ch+chainExt)
+			f := locks[ch]
+			if f == nil {
+				var err error
+				if f, err = lockChild(cp); err != nil {
+					c.refreshModes()
+					return fmt.Errorf("overlay: finishing the squash of %s into %s: %w", j.Name, j.Into, err)
+				}
+				defer f.Close()
+			}
+			if err := setBacking(cp, f, j.Into+chainExt); err != nil {
+				c.refreshModes()
+				return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s: %w", j.Name, ch, j.Into, err)
+			}
+		}
+		if err := os.Remove(filepath.Join(c.dir, j.Name+chainExt)); err != nil {
+			return fmt.Errorf("overlay: %w", err)
 		}
 	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	if _, ok := g.manifest.Images[name]; ok {
-		delete(g.manifest.Images, name)
-		if err := c.writeManifest(g.manifest); err != nil {
-			return err
-		}
+	delete(g.manifest.Images, j.Name)
+	g.manifest.Squash = nil
+	if err := c.writeManifest(g.manifest); err != nil {
+		return err
 	}
 	return c.refreshModes()
+}
+
+// lockChild makes the image at path writable and opens it with QEMU's
+// writer lock, for a header rewrite.
+func lockChild(path string) (*os.File, error) {
+	if err := os.Chmod(path, chainModeRW); err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	return lockImage(path, imagelock.Writer, true)
+}
+
+// prepare starts a mutation: it takes the exclusive lock, removes stale
+// temporaries, finishes an interrupted squash and returns the graph.
+func (c *ChainDir) prepare(ctx context.Context) (*fileLock, *chainGraph, error) {
+	l, err := c.lock(ctx, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.removeStale()
+	g, err := c.scan()
+	if err == nil && g.manifest.Squash != nil {
+		if err = c.finishSquash(g, nil); err == nil {
+			g, err = c.scan()
+		}
+	}
+	if err != nil {
+		l.Unlock()
+		return nil, nil, err
+	}
+	return l, g, nil
 }
 
 // fileAllocated returns the bytes the file at path takes on disk.

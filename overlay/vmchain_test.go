@@ -446,3 +446,63 @@ func TestChainForeignBacking(t *testing.T) {
 		t.Errorf("vm on an unmanaged image: %v", err)
 	}
 }
+
+// TestChainSquashResume: a squash interrupted after its commit, with
+// half the children rebased, is finished by the next mutation.
+func TestChainSquashResume(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "chain")
+	c := buildTestChain(t, dir)
+	os.Chmod(filepath.Join(dir, "db.qcow2"), 0o644)
+	if err := qcow2.Commit(ctx, filepath.Join(dir, "web.qcow2"), qcow2.CommitOptions{Drop: true}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.readManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Squash = &chainSquashJournal{Name: "web", Into: "db"}
+	if err := c.writeManifest(m); err != nil {
+		t.Fatal(err)
+	}
+	for i := range tcNumVMs / 2 {
+		p := filepath.Join(dir, tcVM(i)+".qcow2")
+		f, err := lockChild(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := setBacking(p, f, "db.qcow2"); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	// Mid-squash the chain reads correctly and lists both parents.
+	checkContent(t, c, "vm0", "vm9")
+	imgs, err := c.Images(ctx)
+	if err != nil || len(imgs) != 3+tcNumVMs {
+		t.Fatalf("Images mid-squash: %d %v", len(imgs), err)
+	}
+	if err := c.AddVM(ctx, "late", "db"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "web.qcow2")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("web.qcow2 survived the resumed squash: %v", err)
+	}
+	if m, err := c.readManifest(); err != nil || m.Squash != nil || m.Images["web"] != "" {
+		t.Errorf("manifest after resume: %+v %v", m, err)
+	}
+	imgs, err = c.Images(ctx)
+	if err != nil || len(imgs) != 3+tcNumVMs {
+		t.Fatalf("Images after resume: %d %v", len(imgs), err)
+	}
+	for _, ci := range imgs {
+		if ci.Kind == ChainVM && ci.Parent != "db" {
+			t.Errorf("%s: parent %s", ci.Name, ci.Parent)
+		}
+	}
+	for i := range tcNumVMs {
+		if got, want := readAll(t, c, tcVM(i)), expected(tcVM(i)); !bytes.Equal(got, want) {
+			t.Errorf("%s differs after the resumed squash at %d", tcVM(i), firstDiffAt(got, want))
+		}
+	}
+}
