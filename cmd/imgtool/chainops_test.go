@@ -135,3 +135,23 @@ func TestRebaseCLI(t *testing.T) {
 		t.Fatalf("-u: exit %d %s", code, errs)
 	}
 }
+
+func TestMeasureCLI(t *testing.T) {
+	code, out, errs := runCmd("measure", "--size", "1G", "-O", "qcow2")
+	if code != 0 || out != "required size: 393216\nfully allocated size: 1074135040\n" {
+		t.Errorf("exit %d %q %q", code, out, errs)
+	}
+	code, out, _ = runCmd("measure", "-O", "qcow2", "--output", "json", fixturePath("chain/top.qcow2"))
+	if code != 0 || !strings.HasPrefix(out, "{\n    \"bitmaps\": 0,\n    \"required\": ") {
+		t.Errorf("json: exit %d %q", code, out)
+	}
+	if _, err := testutil.Exec("qemu-img", "--version"); err == nil {
+		want, _ := testutil.Exec("qemu-img", "measure", "-O", "qcow2", "--output", "json", fixturePath("chain/top.qcow2"))
+		if out != string(want) {
+			t.Errorf("got %s, qemu-img says %s", out, want)
+		}
+	}
+	if code, _, _ := runCmd("measure", "--size", "1G", fixturePath("chain/top.qcow2")); code != 1 {
+		t.Errorf("--size and SRC: exit %d", code)
+	}
+}

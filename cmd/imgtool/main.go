@@ -38,6 +38,7 @@ func commands() []command {
 		{"create", "create a new qcow2 or raw image, optionally over a backing file", runCreate},
 		{"check", "check a qcow2 image for leaks and corruptions, and repair them (-r)", runCheck},
 		{"resize", "grow or shrink an image's guest size", runResize},
+		{"measure", "compute the file size a new or converted image needs, as qemu-img measure", runMeasure},
 		{"rebase", "change the backing file of an image, copying what would change (-u: reference only)", runRebase},
 		{"snapshot", "list, create, apply and delete internal snapshots", runSnapshot},
 		{"write", "write bytes, zeroes or a discard into an image at a guest offset", runWrite},

@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"io"
+
+	"github.com/imgtool/imgtool/qcow2"
+)
+
+// runMeasure implements `imgtool measure`, as qemu-img measure.
+func runMeasure(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("measure", "[-O qcow2|raw] [-o k=v,...] [-f FMT] [-U] (--size N | SRC) [--output human|json]", stderr)
+	outFormat := fs.StringP("output-format", "O", "raw", "format of the image to measure for: raw or qcow2")
+	options := fs.StringArrayP("options", "o", nil, "qemu-img create options: compat, cluster_size, extended_l2, refcount_bits, preallocation, backing_file, ...")
+	sizeStr := fs.String("size", "", "measure a new image of this size instead of SRC")
+	format := fs.StringP("format", "f", "", "SRC format (qcow2 or raw); probed when omitted")
+	forceShare := fs.BoolP("force-share", "U", false, "open SRC without taking image locks")
+	output := fs.String("output", "human", "output format: human or json")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	var opts qcow2.CreateOptions
+	switch *outFormat {
+	case "raw", "qcow2":
+		opts.Format = qcow2.Format(*outFormat)
+	default:
+		return usagef("unknown output format %q (raw and qcow2 are supported)", *outFormat)
+	}
+	for _, o := range *options {
+		if err := qcow2.ParseCreateOptions(&opts, o); err != nil {
+			return usagef("-o: %v", err)
+		}
+	}
+	var (
+		src  *qcow2.Image
+		size int64
+	)
+	switch {
+	case *sizeStr != "" && fs.NArg() == 0:
+		if size, err = qcow2.ParseSize(*sizeStr); err != nil {
+			return usagef("--size: %v", err)
+		}
+	case *sizeStr == "" && fs.NArg() == 1:
+		if src, err = qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}); err != nil {
+			return err
+		}
+		defer src.Close()
+	default:
+		return usagef("give either --size N or one SRC")
+	}
+	res, err := qcow2.Measure(context.Background(), src, size, opts)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return res.WriteJSON(stdout)
+	}
+	return res.WriteHuman(stdout)
+}
