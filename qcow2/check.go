@@ -298,7 +298,10 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 	if h.Encryption != nil {
 		ck.inc(int64(h.Encryption.Offset), int64(h.Encryption.Length))
 	}
-	if h.Bitmaps != nil && h.Bitmaps.NbBitmaps > 0 {
+	// As in QEMU, bitmaps count only while the autoclear bit says the
+	// extension is consistent (a writer without bitmap support, like
+	// this package, clears it: their clusters then show as leaks).
+	if h.Bitmaps != nil && h.Bitmaps.NbBitmaps > 0 && h.AutoclearFeatures&AutoclearBitmaps != 0 {
 		ck.countBitmaps(h.Bitmaps)
 	}
 	if !refStructs {

@@ -184,3 +184,40 @@ func TestRepairLeaksOnly(t *testing.T) {
 		t.Fatalf("qemu-img check after imgtool -r leaks: exit %d\n%s", code, out)
 	}
 }
+
+// TestBitmapsAfterWrite: a writable open clears the bitmaps autoclear
+// bit (bitmaps are not maintained), after which QEMU ignores the bitmaps
+// and sees their clusters as leaks; imgtool check agrees, and -r leaks
+// leaves the image clean for qemu-img.
+func TestBitmapsAfterWrite(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	p := filepath.Join(t.TempDir(), "bm.qcow2")
+	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "64M")
+	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write 0 1M", p)
+	testutil.Run(t, "qemu-img", "bitmap", "--add", p, "b0")
+	res, err := CheckFile(p, RepairNone, Options{})
+	if err != nil || res.ExitCode() != 0 {
+		t.Fatalf("check with a consistent bitmap: %v %+v", err, res)
+	}
+	img, err := Open(p, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.WriteAt([]byte("x"), 5<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, qcode, qout := runQemuCheck(t, p)
+	res, err = CheckFile(p, RepairNone, Options{})
+	if err != nil || res.ExitCode() != qcode {
+		t.Fatalf("imgtool check %v %+v, qemu-img exit %d\n%s", err, res, qcode, qout)
+	}
+	if _, err := CheckFile(p, RepairLeaks, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, out := runQemuCheck(t, p); code != 0 {
+		t.Fatalf("after -r leaks: qemu-img check exit %d\n%s", code, out)
+	}
+}
