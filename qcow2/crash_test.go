@@ -68,6 +68,9 @@ type crashWorkload struct {
 	run   func(img *Image, ref []byte, dirty *dirtySet, rng *rand.Rand, flushed func()) error
 	// wantTableMove: the workload must move the refcount table.
 	wantTableMove bool
+	// backing: the image is an overlay over a full qcow2 base, so that
+	// partial writes copy from it.
+	backing bool
 }
 
 // dirtySet records the guest ranges written since the last flush.
@@ -156,6 +159,14 @@ func crashWorkloads() []crashWorkload {
 			run:   grow(1 << 20),
 		},
 		{
+			name:    "cow-over-backing",
+			opts:    CreateOptions{ClusterSize: 4096},
+			size:    2 << 20,
+			backing: true,
+			setup:   func(*Image, []byte, *rand.Rand) error { return nil },
+			run:     grow(1 << 20),
+		},
+		{
 			name:  "extl2-16k",
 			opts:  CreateOptions{ClusterSize: 16 << 10, ExtendedL2: true},
 			size:  2 << 20,
@@ -180,10 +191,28 @@ func runCrash(t *testing.T, wl crashWorkload, seed uint64) {
 	base := filepath.Join(dir, "base.qcow2")
 	opts := wl.opts
 	opts.Size = wl.size
+	ref0 := make([]byte, wl.size)
+	if wl.backing {
+		back := filepath.Join(dir, "back.qcow2")
+		if err := Create(back, CreateOptions{Size: wl.size}); err != nil {
+			t.Fatal(err)
+		}
+		img, err := Open(back, Options{Writable: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		copy(ref0, randBytes(rand.New(rand.NewPCG(seed, 3)), wl.size))
+		if _, err := img.WriteAt(ref0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := img.Close(); err != nil {
+			t.Fatal(err)
+		}
+		opts.BackingFile, opts.BackingFormat = "back.qcow2", FormatQcow2
+	}
 	if err := Create(base, opts); err != nil {
 		t.Fatal(err)
 	}
-	ref0 := make([]byte, wl.size)
 	{
 		img, err := Open(base, Options{Writable: true})
 		if err != nil {
