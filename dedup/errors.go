@@ -12,7 +12,9 @@ var (
 	// ErrVerify means a rewritten image did not read back identical to
 	// the original; the original is left in place.
 	ErrVerify = errors.New("dedup: rewritten image differs from the original")
-	// ErrUnsupported means an image cannot be rewritten (internal
-	// snapshots, unreadable content, or it is the base itself).
-	ErrUnsupported = errors.New("dedup: unsupported image")
+	// ErrUnsupported means an input cannot be handled: an image that
+	// cannot be rewritten (internal snapshots, bitmaps, raw for sparsify,
+	// or the base itself), or a file system without reflinks when they
+	// were asked for.
+	ErrUnsupported = errors.New("dedup: unsupported")
 )

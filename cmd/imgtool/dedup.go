@@ -218,3 +218,51 @@ func dedupPrintLayouts(w io.Writer, r *dedup.LayoutReport) {
 		}
 	}
 }
+
+// runStoreDedup implements `imgtool store dedup` (dispatched from store.go).
+func runStoreDedup(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("store dedup", "[--store DIR] [--method hardlink|reflink|auto] [--dry-run] [-p]", stderr)
+	store := rootfsStoreFlag(fs)
+	method := fs.String("method", "hardlink", "hardlink (files must match in metadata too), reflink (FICLONE, keeps each file's metadata) or auto (reflink where supported)")
+	minSize := fs.String("min-size", "", "smallest file to consider (default 1 byte)")
+	dry := fs.BoolP("dry-run", "n", false, "report what would be shared, change nothing")
+	output := fs.String("output", "human", "output format: human or json")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	asJSON, err := outputFormat(*output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 0 {
+		return usagef("store dedup takes no arguments")
+	}
+	opts := dedup.StoreDedupOptions{Method: dedup.LinkMethod(*method), DryRun: *dry}
+	if *minSize != "" {
+		if opts.MinSize, err = qcow2.ParseSize(*minSize); err != nil {
+			return usagef("--min-size: %v", err)
+		}
+	}
+	s, err := rootfsOpenStore(*store)
+	if err != nil {
+		return err
+	}
+	update, finish := newProgress(*progress, stderr, "hashing")
+	opts.Progress = update
+	res, err := dedup.StoreDedup(context.Background(), s, opts)
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return dedupJSON(stdout, res)
+	}
+	verb := "linked"
+	if *dry {
+		verb = "would link"
+	}
+	fmt.Fprintf(stdout, "%d layers, %d files (%d hashed): %s %d files (%d reflinked), saved %s; %d identical contents kept apart by metadata\n",
+		res.Layers, res.Files, res.Hashed, verb, res.Linked, res.Reflinked, storeBytes(res.SavedBytes), res.KeptApart)
+	return nil
+}

@@ -122,3 +122,42 @@ func TestDedupCLI(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+func TestStoreDedupCLI(t *testing.T) {
+	dir := t.TempDir()
+	x := bytes.Repeat([]byte("same bytes "), 20000)
+	for _, l := range []string{"l1", "l2"} {
+		if err := os.MkdirAll(filepath.Join(dir, l), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, l, l+".bin"), x, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lay := filepath.Join(dir, "layout")
+	store := filepath.Join(dir, "store")
+	var out, errb bytes.Buffer
+	for _, args := range [][]string{
+		{"image", "build", "--layer", filepath.Join(dir, "l1"), "--layer", filepath.Join(dir, "l2"), "--source-date-epoch", "1700000000", lay + ":t"},
+		{"store", "unpack", "--store", store, lay + ":t"},
+	} {
+		if code := run(args, &out, &errb); code != 0 {
+			t.Fatalf("%v: exit %d: %s", args, code, errb.String())
+		}
+	}
+	out.Reset()
+	if code := run([]string{"store", "dedup", "--store", store, "--output", "json"}, &out, &errb); code != 0 {
+		t.Fatalf("store dedup: exit %d: %s", code, errb.String())
+	}
+	var res struct {
+		Linked     int64 `json:"linked"`
+		SavedBytes int64 `json:"saved-bytes"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &res); err != nil || res.Linked != 1 || res.SavedBytes < int64(len(x)) {
+		t.Errorf("store dedup: %s (%v)", out.String(), err)
+	}
+	errb.Reset()
+	if code := run([]string{"store", "dedup", "--store", store, "--method", "copy"}, &out, &errb); code != 1 {
+		t.Errorf("bad method: exit %d", code)
+	}
+}

@@ -19,6 +19,7 @@ Subcommands:
   gc      remove the layers that no container and no image pin needs
   unpack  DIR:TAG
           unpack an image's missing layers into the store (and pin it)
+  dedup   share identical files across layers (hard links or reflinks)
 
 Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
 else ~/.local/share/imgtool/store).
@@ -43,11 +44,13 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 		return runStoreGC(args[1:], stdout, stderr)
 	case "unpack":
 		return runStoreUnpack(args[1:], stdout, stderr)
+	case "dedup":
+		return runStoreDedup(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, storeUsage)
 		return pflag.ErrHelp
 	}
-	return usagef("unknown subcommand %q (want ls, gc or unpack)", args[0])
+	return usagef("unknown subcommand %q (want ls, gc, unpack or dedup)", args[0])
 }
 
 func runStoreLs(args []string, stdout, stderr io.Writer) error {
