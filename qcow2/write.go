@@ -114,6 +114,10 @@ func (img *Image) WriteAt(p []byte, off int64) (int, error) {
 
 // writeRange writes p at off cluster by cluster; ops is held.
 func (w *writer) writeRange(p []byte, off int64) (int, error) {
+	if w.img.hdr.BackingFile != "" && w.img.backing == nil {
+		// Copy-on-write would copy zeros instead of the backing data.
+		return 0, fmt.Errorf("%w: %s was opened without its backing file (Options.NoBacking); writing data needs the backing chain", ErrReadOnly, w.path)
+	}
 	done := 0
 	for done < len(p) {
 		pos := off + int64(done)

@@ -73,3 +73,25 @@ func TestWriteBasic(t *testing.T) {
 	_ = exec.Command
 	_ = strings.Contains
 }
+
+func TestWriteNeedsBacking(t *testing.T) {
+	dir := t.TempDir()
+	if err := Create(filepath.Join(dir, "b.qcow2"), CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, "t.qcow2")
+	if err := Create(p, CreateOptions{BackingFile: "b.qcow2"}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(p, Options{Writable: true, NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	if _, err := img.WriteAt([]byte("x"), 10); err == nil {
+		t.Fatal("a partial write without the backing chain succeeded")
+	}
+	if err := img.Discard(0, 1<<20); err != nil {
+		t.Fatalf("discard needs no backing data: %v", err)
+	}
+}
