@@ -4,8 +4,8 @@ package overlay
 // other (base OS -> +database -> +web server, with a thin image per VM).
 // This file holds the directory model (names, manifest, scan, lock,
 // permissions); vmchain_ops.go the mutations, built on the qcow2 package
-// (Create, ConvertImage with a backing file for imports, Commit for
-// squash); vmchain_rebase.go the backing-name rewrite behind squash.
+// (Create, ConvertImage with a backing file for imports, Commit and
+// unsafe Rebase for squash).
 
 import (
 	"context"

@@ -274,9 +274,10 @@ type SquashOptions struct {
 
 // Squash merges image name into its parent level, which must have no
 // other child: the data name stores is committed into the parent
-// (qemu-img commit -d), the children of name are rebased onto the parent
-// (qemu-img rebase -u: only their backing reference changes, since the
-// parent now shows what name showed), and name is removed. The merged
+// (qcow2.Commit, as qemu-img commit -d), the children of name are rebased
+// onto the parent (qcow2.Rebase unsafe, as qemu-img rebase -u: only their
+// backing reference changes, since the parent now shows what name
+// showed), and name is removed. The merged
 // level keeps the parent's name. Every dependent shows the same content
 // before and after.
 //
@@ -342,31 +343,31 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 		c.refreshModes()
 		return err
 	}
-	return c.finishSquash(g, locks)
+	return c.finishSquash(ctx, g, locks)
 }
 
 // finishSquash completes the squash the manifest's journal names, whose
 // commit is done: it rebases the children of the squashed image onto
-// the image it went into, removes it, and clears the journal. locks holds
-// writer-locked descriptors of children already locked by the caller;
-// the others are locked here.
-func (c *ChainDir) finishSquash(g *chainGraph, locks map[string]*os.File) error {
+// the image it went into (qcow2.Rebase, unsafe: the reference only),
+// removes it, and clears the journal. locks holds writer-locked
+// descriptors of children the caller locked up front; each is released
+// just before its child is rebased (Rebase takes the writer lock itself).
+func (c *ChainDir) finishSquash(ctx context.Context, g *chainGraph, locks map[string]*os.File) error {
 	j := g.manifest.Squash
 	if n := g.nodes[j.Name]; n != nil {
 		for _, ch := range n.children {
 			cp := filepath.Join(c.dir, ch+chainExt)
-			f := locks[ch]
-			if f == nil {
-				var err error
-				if f, err = lockChild(cp); err != nil {
-					c.refreshModes()
-					return fmt.Errorf("overlay: finishing the squash of %s into %s: %w", j.Name, j.Into, err)
-				}
-				defer f.Close()
+			if f := locks[ch]; f != nil {
+				f.Close()
+				delete(locks, ch)
 			}
-			if err := setBacking(cp, f, j.Into+chainExt); err != nil {
+			if err := os.Chmod(cp, chainModeRW); err != nil {
+				return fmt.Errorf("overlay: %w", err)
+			}
+			err := qcow2.Rebase(ctx, cp, qcow2.RebaseOptions{Backing: j.Into + chainExt, BackingFormat: qcow2.FormatQcow2, Unsafe: true})
+			if err != nil {
 				c.refreshModes()
-				return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s: %w", j.Name, ch, j.Into, err)
+				return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s (the next change to the chain retries): %w", j.Name, ch, j.Into, err)
 			}
 		}
 		if err := os.Remove(filepath.Join(c.dir, j.Name+chainExt)); err != nil {
@@ -382,12 +383,33 @@ func (c *ChainDir) finishSquash(g *chainGraph, locks map[string]*os.File) error 
 }
 
 // lockChild makes the image at path writable and opens it with QEMU's
-// writer lock, for a header rewrite.
+// writer lock.
 func lockChild(path string) (*os.File, error) {
 	if err := os.Chmod(path, chainModeRW); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
 	}
 	return lockImage(path, imagelock.Writer, true)
+}
+
+// lockImage opens path (for reading and writing when write is set, which
+// needs the file's write permission) and takes QEMU's lock in mode,
+// failing (errors.Is imagelock.ErrLocked) when another process, a
+// running VM for instance, has the image open in a conflicting way.
+// Closing the returned file releases the lock.
+func lockImage(path string, mode imagelock.Mode, write bool) (*os.File, error) {
+	flag := os.O_RDONLY
+	if write {
+		flag = os.O_RDWR
+	}
+	f, err := os.OpenFile(path, flag, 0)
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	if _, err := imagelock.Acquire(f, mode); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	return f, nil
 }
 
 // prepare starts a mutation: it takes the exclusive lock, removes stale
@@ -400,7 +422,7 @@ func (c *ChainDir) prepare(ctx context.Context) (*fileLock, *chainGraph, error) 
 	c.removeStale()
 	g, err := c.scan()
 	if err == nil && g.manifest.Squash != nil {
-		if err = c.finishSquash(g, nil); err == nil {
+		if err = c.finishSquash(ctx, g, nil); err == nil {
 			g, err = c.scan()
 		}
 	}
