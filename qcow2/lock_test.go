@@ -1,13 +1,14 @@
 package qcow2
 
 import (
+	"bufio"
 	"errors"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
 	"github.com/imgtool/imgtool/internal/testutil"
@@ -21,33 +22,11 @@ func TestLockQemuHolds(t *testing.T) {
 	if err := Create(p, CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("qemu-io", "-f", "qcow2", p)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		stdin.Write([]byte("quit\n"))
-		stdin.Close()
-		cmd.Wait()
-	}()
-	var lastErr error
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		img, err := Open(p, Options{Writable: true})
-		if err == nil {
-			img.Close()
-			continue // qemu-io has not opened it yet
-		}
-		lastErr = err
-		if errors.Is(err, imagelock.ErrLocked) {
-			break
-		}
-	}
-	if !errors.Is(lastErr, imagelock.ErrLocked) || !strings.Contains(lastErr.Error(), "qemu-io") {
-		t.Fatalf("writable open while qemu-io holds the image: %v", lastErr)
+	done := holdWithQemuIO(t, p)
+	defer done()
+	_, err := Open(p, Options{Writable: true})
+	if !errors.Is(err, imagelock.ErrLocked) || !strings.Contains(err.Error(), "qemu-io") {
+		t.Fatalf("writable open while qemu-io holds the image: %v", err)
 	}
 	if _, err := Open(p, Options{}); !errors.Is(err, imagelock.ErrLocked) {
 		t.Fatalf("read-only open without ForceShare: %v", err)
@@ -142,4 +121,38 @@ func TestCorruptBit(t *testing.T) {
 		t.Fatalf("writable open after repair: %v", err)
 	}
 	img.Close()
+}
+
+// holdWithQemuIO starts qemu-io on path and returns once it has the image
+// open for writing (its first write completed).
+func holdWithQemuIO(t *testing.T, path string) func() {
+	t.Helper()
+	cmd := exec.Command("qemu-io", "-f", "qcow2", path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := func() {
+		stdin.Write([]byte("quit\n"))
+		stdin.Close()
+		cmd.Wait()
+	}
+	stdin.Write([]byte("write 0 512\n"))
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "wrote") {
+			go io.Copy(io.Discard, stdout)
+			return done
+		}
+	}
+	done()
+	t.Fatal("qemu-io did not open the image")
+	return nil
 }
