@@ -485,7 +485,7 @@ func reflinkCopy(src, like, tmp string) error {
 	if err := out.Chown(int(st.Uid), int(st.Gid)); err != nil {
 		return fmt.Errorf("dedup: %w", err)
 	}
-	if err := out.Chmod(fs.FileMode(st.Mode & 0o7777).Perm() | modeSpecial(st.Mode)); err != nil {
+	if err := out.Chmod(fs.FileMode(st.Mode&0o7777).Perm() | modeSpecial(st.Mode)); err != nil {
 		return fmt.Errorf("dedup: %w", err)
 	}
 	if err := copyXattrs(like, tmp); err != nil {
