@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"fmt"
+	"os"
 
 	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
@@ -91,4 +92,13 @@ func (z zstdFactory) close()                 { z.enc.Close() }
 
 func (z zstdFactory) compress(dst, src []byte) ([]byte, error) {
 	return z.enc.EncodeAll(src, dst), nil
+}
+
+// writeAll writes p at off, reporting a short write as an error.
+func writeAll(f *os.File, p []byte, off int64) error {
+	n, err := f.WriteAt(p, off)
+	if err == nil && n != len(p) {
+		err = fmt.Errorf("short write at %#x: %d of %d bytes", off, n, len(p))
+	}
+	return err
 }

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // ConvertImageOptions configures ConvertImage. The zero value writes a
@@ -284,13 +285,15 @@ func (cv *converter) run(ctx context.Context) error {
 			emit(0, clusters)
 			return
 		}
+		// Whole chunks of per clusters that hold some data, so that
+		// jobs stay large when data and holes alternate.
 		next := int64(0) // first cluster not yet emitted
 		dispErr = cv.src.WalkExtents(0, size, func(e Extent) error {
 			if e.Kind != KindData && e.Kind != KindCompressed {
 				return nil
 			}
-			vc0 := max(next, e.Start/cv.cs)
-			vc1 := (e.Start + e.Length + cv.cs - 1) / cv.cs
+			vc0 := max(next, e.Start/cv.cs/per*per)
+			vc1 := min(clusters, ((e.Start+e.Length+cv.cs-1)/cv.cs+per-1)/per*per)
 			if vc0 < vc1 {
 				if !emit(vc0, vc1) {
 					return ctx.Err()
@@ -301,31 +304,73 @@ func (cv *converter) run(ctx context.Context) error {
 		})
 	}()
 
+	// Data writes run on their own goroutines: the placement above is
+	// sequential, the writes to disjoint host ranges are not.
+	type ioJob struct {
+		j    *cvJob
+		segs []segment
+	}
+	ioCh := make(chan ioJob, cv.workers)
+	var (
+		ioWg    sync.WaitGroup
+		ioOnce  sync.Once
+		ioErr   error
+		ioDone  atomic.Int64
+		progMu  sync.Mutex
+		reached int64
+	)
+	for range cv.workers {
+		ioWg.Add(1)
+		go func() {
+			defer ioWg.Done()
+			for x := range ioCh {
+				if ctx.Err() == nil {
+					if err := writeSegments(cv.cw.f, x.segs); err != nil {
+						ioOnce.Do(func() { ioErr = err; cancel() })
+					}
+				}
+				cv.release(x.j)
+				if cv.progress != nil {
+					// Jobs finish out of order: report the bytes done.
+					d := ioDone.Add(x.j.n * cv.cs)
+					progMu.Lock()
+					if d = min(d, size); d > reached {
+						reached = d
+						cv.progress(d, size)
+					}
+					progMu.Unlock()
+				}
+			}
+		}()
+	}
 	var werr error
 	for j := range order {
 		<-j.done
-		if werr != nil {
-			cv.release(j)
-			continue
-		}
-		if j.err != nil {
-			werr = j.err
-			cancel()
+		if werr != nil || j.err != nil {
+			if werr == nil {
+				werr = j.err
+				cancel()
+			}
 			cv.release(j)
 			continue
 		}
 		if err := cv.place(j); err != nil {
 			werr = err
 			cancel()
+			cv.cw.takeSegments()
+			cv.release(j)
+			continue
 		}
-		cv.release(j)
-		if cv.progress != nil {
-			cv.progress(min(size, (j.vc0+j.n)*cv.cs), size)
-		}
+		ioCh <- ioJob{j, cv.cw.takeSegments()}
 	}
+	close(ioCh)
+	ioWg.Wait()
 	wg.Wait()
 	if werr != nil {
 		return werr
+	}
+	if ioErr != nil {
+		return ioErr
 	}
 	if dispErr != nil {
 		return dispErr
@@ -383,6 +428,31 @@ func readGuestAt(img *Image, p []byte, off int64) error {
 	return nil
 }
 
+// readDataOnly reads [off, off+len(p)) of img like readGuestAt, but
+// reads only the ranges that hold data and clears the others.
+func readDataOnly(img *Image, p []byte, off int64) error {
+	end := off + int64(len(p))
+	pos := off
+	err := img.WalkExtents(off, int64(len(p)), func(e Extent) error {
+		s, t := max(e.Start, off), min(e.Start+e.Length, end)
+		if s >= t {
+			return nil
+		}
+		clear(p[pos-off : s-off])
+		pos = t
+		if e.Kind != KindData && e.Kind != KindCompressed {
+			clear(p[s-off : t-off])
+			return nil
+		}
+		return readGuestAt(img, p[s-off:t-off], s)
+	})
+	if err != nil {
+		return err
+	}
+	clear(p[pos-off:])
+	return nil
+}
+
 // work classifies (and compresses) the clusters of one job.
 func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 	cs := cv.cs
@@ -404,7 +474,7 @@ func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 	j.buf = cv.bufs.Get().(*[]byte)
 	buf := (*j.buf)[:n]
 	if srcData {
-		if err := readGuestAt(cv.src, buf, off); err != nil {
+		if err := readDataOnly(cv.src, buf, off); err != nil {
 			return err
 		}
 	} else {
@@ -530,8 +600,7 @@ type clusterWriter struct {
 	next     int64    // first free cluster-aligned host offset
 	freeByte int64    // qemu's free_byte_offset: where packing continues, 0 if none
 
-	pend    []byte // bytes waiting to be written at pendOff
-	pendOff int64
+	segs []segment // writes queued since the last takeSegments
 }
 
 func newClusterWriter(f *os.File, h *Header, prealloc, full bool) *clusterWriter {
@@ -657,37 +726,42 @@ func (w *clusterWriter) writeCompressed(vc int64, data []byte) error {
 	return nil
 }
 
-// pendMax bounds the bytes gathered before one write.
-const pendMax = 4 << 20
+// segment is bytes of a job to write at a host offset; contiguous
+// segments form one vectored write.
+type segment struct {
+	off  int64
+	bufs [][]byte
+	n    int64
+}
 
-// write writes p at off, gathering small contiguous writes.
+// write queues p (which must stay valid until the job's segments are
+// written) for host offset off.
 func (w *clusterWriter) write(p []byte, off int64) error {
-	if len(w.pend) > 0 && off == w.pendOff+int64(len(w.pend)) && len(w.pend)+len(p) <= pendMax {
-		w.pend = append(w.pend, p...)
+	if k := len(w.segs) - 1; k >= 0 && w.segs[k].off+w.segs[k].n == off && len(w.segs[k].bufs) < 1024 {
+		w.segs[k].bufs = append(w.segs[k].bufs, p)
+		w.segs[k].n += int64(len(p))
 		return nil
 	}
-	if err := w.flushPending(); err != nil {
-		return err
-	}
-	if len(p) >= pendMax/4 {
-		_, err := w.f.WriteAt(p, off)
-		return err
-	}
-	if w.pend == nil {
-		w.pend = make([]byte, 0, pendMax)
-	}
-	w.pend = append(w.pend, p...)
-	w.pendOff = off
+	w.segs = append(w.segs, segment{off: off, bufs: [][]byte{p}, n: int64(len(p))})
 	return nil
 }
 
-func (w *clusterWriter) flushPending() error {
-	if len(w.pend) == 0 {
-		return nil
+// takeSegments returns the queued writes and starts a new queue.
+func (w *clusterWriter) takeSegments() []segment {
+	s := w.segs
+	w.segs = nil
+	return s
+}
+
+// writeSegments performs queued writes; safe to call from several
+// goroutines for disjoint segments.
+func writeSegments(f *os.File, segs []segment) error {
+	for _, s := range segs {
+		if err := pwritev(f, s.bufs, s.off); err != nil {
+			return err
+		}
 	}
-	_, err := w.f.WriteAt(w.pend, w.pendOff)
-	w.pend = w.pend[:0]
-	return err
+	return nil
 }
 
 // finish writes the L2 tables, L1 table, refcount blocks and table, and
@@ -768,7 +842,7 @@ func (w *clusterWriter) finish() error {
 	if err := w.write(hdr, 0); err != nil {
 		return err
 	}
-	return w.flushPending()
+	return writeSegments(w.f, w.takeSegments())
 }
 
 // putRefcount stores refcount v of entry i in a refcount block with

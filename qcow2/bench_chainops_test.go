@@ -1,0 +1,267 @@
+package qcow2
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+)
+
+// Benchmarks of convert, commit and rebase beside qemu-img on 1 GiB of
+// realistic data: per 256 KiB, 128 KiB of random bytes, 64 KiB of zeros
+// (a hole in the raw file) and 64 KiB of repeated text. Inputs are
+// cached under os.TempDir()/imgtool-bench-qcow2 (see bench_test.go).
+//
+//	go test ./qcow2 -run '^$' -bench 'Realistic' -benchtime 3x
+
+const realisticSize = 1 << 30
+
+// realisticRaw returns the cached raw input.
+func realisticRaw(b *testing.B) string {
+	return cached(b, "realistic-1g.raw", func(p string) {
+		f, err := os.Create(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		r := rand.New(rand.NewPCG(11, 12))
+		var text []byte
+		for i := 0; len(text) < 64<<10; i++ {
+			text = fmt.Appendf(text, "%06d: the quick brown fox jumps over the lazy dog, again and again.\n", i%97)
+		}
+		text = text[:64<<10]
+		rnd := make([]byte, 128<<10)
+		for off := int64(0); off < realisticSize; off += 256 << 10 {
+			for i := 0; i < len(rnd); i += 8 {
+				v := r.Uint64()
+				for k := range 8 {
+					rnd[i+k] = byte(v >> (8 * k))
+				}
+			}
+			if _, err := f.WriteAt(rnd, off); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := f.WriteAt(text, off+192<<10); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := f.Truncate(realisticSize); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// realisticQcow2 returns the input as a qcow2 image (qemu-img convert).
+func realisticQcow2(b *testing.B) string {
+	raw := realisticRaw(b)
+	return cached(b, "realistic-1g.qcow2", func(p string) {
+		testutil.NeedTool(b, "qemu-img")
+		testutil.Run(b, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, p)
+	})
+}
+
+// realisticOverlay returns an overlay of realisticQcow2 (absolute
+// backing name) with every 4th cluster rewritten with random data: 25 %
+// of the guest dirty.
+func realisticOverlay(b *testing.B) string {
+	base := realisticQcow2(b)
+	return cached(b, "realistic-1g-dirty25.qcow2", func(p string) {
+		os.Remove(p)
+		if err := Create(p, CreateOptions{BackingFile: base, BackingFormat: FormatQcow2}); err != nil {
+			b.Fatal(err)
+		}
+		img, err := Open(p, Options{Writable: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := rand.New(rand.NewPCG(13, 14))
+		buf := make([]byte, 64<<10)
+		for off := int64(64 << 10); off < realisticSize; off += 256 << 10 {
+			for i := range buf {
+				buf[i] = byte(r.Uint32())
+			}
+			if _, err := img.WriteAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := img.Close(); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// realisticTop returns a small image over realisticOverlay: 1 % of the
+// guest written.
+func realisticTop(b *testing.B) string {
+	mid := realisticOverlay(b)
+	return cached(b, "realistic-1g-top.qcow2", func(p string) {
+		os.Remove(p)
+		if err := Create(p, CreateOptions{BackingFile: mid, BackingFormat: FormatQcow2}); err != nil {
+			b.Fatal(err)
+		}
+		img, err := Open(p, Options{Writable: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, 64<<10)
+		for i := range buf {
+			buf[i] = byte(i * 7)
+		}
+		for off := int64(0); off < realisticSize; off += 100 * 64 << 10 {
+			if _, err := img.WriteAt(buf, off); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if err := img.Close(); err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+func copyFileBench(b *testing.B, src, dst string) {
+	b.Helper()
+	in, err := os.Open(src)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer in.Close()
+	out, err := os.Create(dst)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		b.Fatal(err)
+	}
+	if err := out.Close(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func fileSize(b *testing.B, p string) float64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return float64(fi.Size())
+}
+
+// benchConvertPair runs ConvertImage and qemu-img convert on src.
+func benchConvertPair(b *testing.B, src string, opts ConvertImageOptions, qemuArgs ...string) {
+	testutil.NeedTool(b, "qemu-img")
+	out := outDir(b)
+	b.Run("imgtool", func(b *testing.B) {
+		img := benchOpen(b, src)
+		dst := filepath.Join(out, "imgtool.img")
+		b.SetBytes(realisticSize)
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := ConvertImage(context.Background(), img, dst, opts); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(fileSize(b, dst), "out-bytes")
+		os.Remove(dst)
+	})
+	b.Run("qemu-img", func(b *testing.B) {
+		dst := filepath.Join(out, "qemu.img")
+		b.SetBytes(realisticSize)
+		for b.Loop() {
+			os.Remove(dst)
+			testutil.Run(b, "qemu-img", append(append([]string{"convert", "-U"}, qemuArgs...), src, dst)...)
+		}
+		b.ReportMetric(fileSize(b, dst), "out-bytes")
+		os.Remove(dst)
+	})
+}
+
+func BenchmarkRealisticConvertToRaw(b *testing.B) {
+	benchConvertPair(b, realisticQcow2(b), ConvertImageOptions{Create: CreateOptions{Format: FormatRaw}}, "-O", "raw")
+}
+
+func BenchmarkRealisticConvertToQcow2(b *testing.B) {
+	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{}, "-f", "raw", "-O", "qcow2")
+}
+
+func BenchmarkRealisticConvertZstd(b *testing.B) {
+	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{Compress: true, Create: CreateOptions{CompressionType: "zstd"}},
+		"-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd")
+}
+
+func BenchmarkRealisticConvertZlib(b *testing.B) {
+	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{Compress: true}, "-f", "raw", "-O", "qcow2", "-c")
+}
+
+// BenchmarkRealisticCommit commits the 25 %-dirty overlay into a fresh
+// copy of its 1 GiB base (copies are made outside the timer).
+func BenchmarkRealisticCommit(b *testing.B) {
+	testutil.NeedTool(b, "qemu-img")
+	base, top := realisticQcow2(b), realisticOverlay(b)
+	out := outDir(b)
+	fresh := func(b *testing.B) string {
+		b.StopTimer()
+		defer b.StartTimer()
+		cb, ct := filepath.Join(out, "base.qcow2"), filepath.Join(out, "top.qcow2")
+		copyFileBench(b, base, cb)
+		copyFileBench(b, top, ct)
+		// Point the copy at the copied base.
+		if err := Rebase(context.Background(), ct, RebaseOptions{Backing: "base.qcow2", BackingFormat: FormatQcow2, Unsafe: true}); err != nil {
+			b.Fatal(err)
+		}
+		return ct
+	}
+	b.Run("imgtool", func(b *testing.B) {
+		b.SetBytes(realisticSize / 4)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			ct := fresh(b)
+			if err := Commit(context.Background(), ct, CommitOptions{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("qemu-img", func(b *testing.B) {
+		b.SetBytes(realisticSize / 4)
+		for i := 0; i < b.N; i++ {
+			ct := fresh(b)
+			testutil.Run(b, "qemu-img", "commit", "-q", ct)
+		}
+	})
+}
+
+// BenchmarkRealisticRebase rebases a small top image from the 25 %-dirty
+// overlay onto the 1 GiB base in safe mode: the dirty quarter is compared
+// and copied into the top.
+func BenchmarkRealisticRebase(b *testing.B) {
+	testutil.NeedTool(b, "qemu-img")
+	base, top := realisticQcow2(b), realisticTop(b)
+	out := outDir(b)
+	fresh := func(b *testing.B) string {
+		b.StopTimer()
+		defer b.StartTimer()
+		ct := filepath.Join(out, "top.qcow2")
+		copyFileBench(b, top, ct)
+		return ct
+	}
+	b.Run("imgtool", func(b *testing.B) {
+		b.SetBytes(realisticSize)
+		b.ReportAllocs()
+		for i := 0; i < b.N; i++ {
+			ct := fresh(b)
+			if err := Rebase(context.Background(), ct, RebaseOptions{Backing: base, BackingFormat: FormatQcow2}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("qemu-img", func(b *testing.B) {
+		b.SetBytes(realisticSize)
+		for i := 0; i < b.N; i++ {
+			ct := fresh(b)
+			testutil.Run(b, "qemu-img", "rebase", "-q", "-b", base, "-F", "qcow2", ct)
+		}
+	})
+}
