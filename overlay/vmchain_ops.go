@@ -31,8 +31,8 @@ type InitChainOptions struct {
 	// ClusterSize of the chain's images; 0 means 64 KiB. Every image the
 	// chain makes later (levels, VMs) uses the base's cluster size.
 	ClusterSize int64
-	// Progress, if set, gets the guest bytes copied so far and the total,
-	// from the calling goroutine.
+	// Progress, if set, gets the guest bytes copied so far and the total.
+	// Calls are serialised but may come from worker goroutines.
 	Progress func(done, total int64)
 }
 
@@ -124,7 +124,8 @@ type AddLevelOptions struct {
 	// ImportFormat is the format of Import: "" probes, or qcow2 or raw.
 	ImportFormat qcow2.Format
 	// Progress, if set, gets the guest bytes compared so far and the
-	// total, from the calling goroutine (only with Import).
+	// total (only with Import). Calls are serialised but may come from
+	// worker goroutines.
 	Progress func(done, total int64)
 }
 
@@ -267,8 +268,9 @@ func (c *ChainDir) Remove(ctx context.Context, name string, opts RemoveOptions) 
 
 // SquashOptions configures Squash. The zero value reports no progress.
 type SquashOptions struct {
-	// Progress, if set, gets the guest bytes committed so far and the
-	// total the image stores, from the calling goroutine.
+	// Progress, if set, gets the guest bytes processed so far and the
+	// total (the image's virtual size) while its data is committed.
+	// Calls are serialised but may come from worker goroutines.
 	Progress func(done, total int64)
 }
 
