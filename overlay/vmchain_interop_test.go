@@ -99,7 +99,7 @@ func TestChainQemuInterop(t *testing.T) {
 			t.Fatalf("qemu-img info --backing-chain %s: %d images, want %d\n%s", path, len(infos), len(want), out)
 		}
 		for k, in := range infos {
-			if filepath.Base(in.Filename) != want[k]+".qcow2" {
+			if in.Filename != filepath.Join(filepath.Dir(path), want[k]+".qcow2") {
 				t.Errorf("chain[%d] = %s, want %s.qcow2", k, in.Filename, want[k])
 			}
 			wb := ""
@@ -175,6 +175,19 @@ func TestChainQemuInterop(t *testing.T) {
 	}
 	assertQemuChain(filepath.Join(moved, "vm9.qcow2"), "vm9", "web", "db", "base")
 	qemuReadPatterns(t, filepath.Join(moved, "vm9.qcow2"), vmChecks(9))
+
+	// A copy works on its own: QEMU resolves it inside the copy, and a
+	// write into a copied VM leaves the original alone.
+	copied := filepath.Join(t.TempDir(), "copied")
+	testutil.Run(t, "cp", "-a", moved, copied)
+	assertQemuChain(filepath.Join(copied, "vm5.qcow2"), "vm5", "web", "db", "base")
+	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -q -P 0x77 %d %d", tcVMOff(5), tcVMN), filepath.Join(copied, "vm5.qcow2"))
+	qemuReadPatterns(t, filepath.Join(moved, "vm5.qcow2"), vmChecks(5))
+	if cc, err := OpenChainDir(copied); err != nil {
+		t.Error(err)
+	} else if imgs, err := cc.Images(ctx); err != nil || len(imgs) != 3+tcNumVMs {
+		t.Errorf("copied chain: %d images, %v", len(imgs), err)
+	}
 
 	// Squash web into db: snapshot every dependent first, then compare.
 	before := t.TempDir()
