@@ -430,7 +430,10 @@ func readGuestAt(img *Image, p []byte, off int64) error {
 
 // readDataOnly reads [off, off+len(p)) of img like readGuestAt, but
 // reads only the ranges that hold data and clears the others.
-func readDataOnly(img *Image, p []byte, off int64) error {
+//
+// With holes set (one flag per cluster of size cs from off), clusters
+// that lie wholly in zero ranges are flagged there and left uncleared.
+func readDataOnly(img *Image, p []byte, off int64, cs int64, holes []bool) error {
 	end := off + int64(len(p))
 	pos := off
 	err := img.WalkExtents(off, int64(len(p)), func(e Extent) error {
@@ -441,7 +444,23 @@ func readDataOnly(img *Image, p []byte, off int64) error {
 		clear(p[pos-off : s-off])
 		pos = t
 		if e.Kind != KindData && e.Kind != KindCompressed {
-			clear(p[s-off : t-off])
+			if holes == nil {
+				clear(p[s-off : t-off])
+				return nil
+			}
+			c0, c1 := (s-off+cs-1)/cs, (t-off)/cs
+			if t == end {
+				c1 = int64(len(holes))
+			}
+			if c0 >= c1 {
+				clear(p[s-off : t-off])
+				return nil
+			}
+			clear(p[s-off : c0*cs])
+			clear(p[min(c1*cs, t-off) : t-off])
+			for c := c0; c < c1; c++ {
+				holes[c] = true
+			}
 			return nil
 		}
 		return readGuestAt(img, p[s-off:t-off], s)
@@ -473,8 +492,12 @@ func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 	}
 	j.buf = cv.bufs.Get().(*[]byte)
 	buf := (*j.buf)[:n]
+	var holes []bool
+	if cv.bk == nil && !cv.noSparse && !cv.prealloc {
+		holes = make([]bool, j.n)
+	}
 	if srcData {
-		if err := readDataOnly(cv.src, buf, off); err != nil {
+		if err := readDataOnly(cv.src, buf, off, cs, holes); err != nil {
 			return err
 		}
 	} else {
@@ -493,7 +516,7 @@ func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 	}
 	for i := range j.n {
 		b := buf[i*cs : (i+1)*cs]
-		zero := !srcData || bytes.Equal(b, cv.zero)
+		zero := !srcData || holes != nil && holes[i] || bytes.Equal(b, cv.zero)
 		kind := cvData
 		switch {
 		case bkData && bytes.Equal(b, bb[i*cs:(i+1)*cs]):

@@ -70,6 +70,8 @@ func TestConvertImageInterop(t *testing.T) {
 	raw := writeRawFile(t, dir, "src.raw", data)
 	srcQ := filepath.Join(dir, "src.qcow2")
 	testutil.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=16k", raw, srcQ)
+	sparse := filepath.Join(dir, "sparse.raw") // 4 KiB holes wherever mixedData has zeros
+	testutil.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", "-S", "4k", raw, sparse)
 	srcC := filepath.Join(dir, "srcc.qcow2")
 	testutil.Run(t, "qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", raw, srcC)
 
@@ -80,6 +82,9 @@ func TestConvertImageInterop(t *testing.T) {
 		qemuArgs []string // qemu-img convert args to compare the output size with
 	}{
 		{name: "raw-default", src: raw},
+		{name: "sparse-raw", src: sparse},
+		{name: "sparse-raw-4k", src: sparse, opts: ConvertImageOptions{Create: CreateOptions{ClusterSize: 4096}}},
+		{name: "sparse-raw-2M-extl2", src: sparse, opts: ConvertImageOptions{Create: CreateOptions{ClusterSize: 2 << 20, ExtendedL2: true}}},
 		{name: "qcow2-default", src: srcQ},
 		{name: "from-compressed", src: srcC},
 		{name: "zlib", src: raw, opts: ConvertImageOptions{Compress: true}, qemuArgs: []string{"-c"}},
