@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/qcow2"
 )
 
 // benchInput returns a raw and a qcow2 image of size random bytes (every
@@ -41,28 +42,42 @@ func benchInput(b *testing.B, size int64) (raw, qcow string) {
 	return raw, qcow
 }
 
-// BenchmarkScan measures Scan of 1 GiB of random data (raw and qcow2)
-// beside sha256sum reading the same raw file, in one run:
+// BenchmarkScan measures Scan of 1 GiB of random data (raw and qcow2, with
+// and without the prefilter) beside sha256sum reading the same raw file, in
+// one run:
 //
 //	go test -run XXX -bench Scan -benchtime 3x ./dedup
 func BenchmarkScan(b *testing.B) {
 	testutil.NeedTool(b, "qemu-img", "sha256sum")
 	const size = 1 << 30
 	raw, qcow := benchInput(b, size)
-	for _, in := range []struct{ name, path string }{{"raw", raw}, {"qcow2", qcow}} {
-		b.Run("imgtool/"+in.name, func(b *testing.B) {
-			b.SetBytes(size)
-			b.ReportAllocs()
-			for b.Loop() {
-				rep, err := Scan(context.Background(), []string{in.path}, ScanOptions{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				if rep.Images.UniqueBytes != size {
-					b.Fatalf("unique %d", rep.Images.UniqueBytes)
-				}
+	// "twice" scans the raw image twice: half of the data is duplicate,
+	// which the prefilter must confirm with SHA-256 (and a re-read).
+	for _, in := range []struct {
+		name  string
+		paths []string
+	}{{"raw", []string{raw}}, {"qcow2", []string{qcow}}, {"raw-twice", []string{raw, raw}}} {
+		for _, noFilter := range []bool{false, true} {
+			name := "imgtool/" + in.name
+			if noFilter {
+				name += "/sha256-only"
+			} else {
+				name += "/prefilter"
 			}
-		})
+			b.Run(name, func(b *testing.B) {
+				b.SetBytes(size * int64(len(in.paths)))
+				b.ReportAllocs()
+				for b.Loop() {
+					rep, err := Scan(context.Background(), in.paths, ScanOptions{NoPrefilter: noFilter, Image: qcow2.Options{ForceShare: true}})
+					if err != nil {
+						b.Fatal(err)
+					}
+					if rep.Images.UniqueBytes != size {
+						b.Fatalf("unique %d", rep.Images.UniqueBytes)
+					}
+				}
+			})
+		}
 	}
 	b.Run("sha256sum/raw", func(b *testing.B) {
 		b.SetBytes(size)

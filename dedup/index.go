@@ -106,6 +106,24 @@ func (ix *chunkIndex) add(d *Digest, in int32) (seen, error) {
 	return r, nil
 }
 
+// insert adds d with entry e unless d is present.
+func (ix *chunkIndex) insert(d *Digest, e indexEntry) error {
+	s := &ix.shards[d[0]]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.m[*d]; ok {
+		return nil
+	}
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	if ix.max > 0 && ix.n >= ix.max {
+		return fmt.Errorf("%w: more than %d distinct chunks", ErrIndexFull, ix.max)
+	}
+	ix.n++
+	s.m[*d] = e
+	return nil
+}
+
 // len returns the number of distinct chunks.
 func (ix *chunkIndex) len() int64 {
 	ix.mu.Lock()

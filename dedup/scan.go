@@ -14,7 +14,6 @@ package dedup
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -53,6 +52,11 @@ type ScanOptions struct {
 	// per distinct chunk): the scan fails with ErrIndexFull beyond it.
 	// 0 means DefaultMaxChunks; -1 means no limit.
 	MaxChunks int64
+	// NoPrefilter hashes every image chunk with SHA-256. By default a
+	// cheap 64-bit hash (hash/maphash) is computed first and SHA-256 only
+	// for chunks whose cheap hash was seen before (see prefilter.go);
+	// BenchmarkScan measures both.
+	NoPrefilter bool
 	// Image opens images. The zero value opens read-only with locks and
 	// whole backing chains.
 	Image qcow2.Options
@@ -91,7 +95,9 @@ type ImageReport struct {
 	// SavedBytes is what dedup would save: DuplicateBytes.
 	SavedBytes int64 `json:"saved-bytes"`
 	// Chunks is the number of distinct non-zero chunks indexed, and
-	// IndexBytes the estimated index memory (BytesPerIndexEntry each).
+	// IndexBytes the estimated index memory: BytesPerIndexEntry per
+	// chunk, or with the prefilter BytesPerWeakEntry per chunk plus
+	// BytesPerIndexEntry per chunk that occurs more than once.
 	Chunks     int64          `json:"chunks"`
 	IndexBytes int64          `json:"index-bytes"`
 	Inputs     []ImageFigures `json:"inputs"`
@@ -257,6 +263,14 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 	}
 	seg := max(int64(segmentSize), cs)
 	ix := newChunkIndex(opts.maxChunks())
+	var adder chunkAdder = strongAdder{ix}
+	var pf *prefilter
+	if !opts.NoPrefilter {
+		// The strong index holds what occurs twice, the prefilter
+		// everything: both are bounded by MaxChunks.
+		pf = newPrefilter(imgs, ix, opts.maxChunks())
+		adder = pf
+	}
 	rep := &ImageReport{ChunkSize: cs}
 	bufs := sync.Pool{New: func() any { b := make([]byte, seg); return &b }}
 	zero := make([]byte, cs)
@@ -280,7 +294,7 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 						continue
 					}
 					n := min(seg, img.Size()-off)
-					st, err := scanSegment(img, off, n, cs, (*bp)[:n], zero, ix, int32(i))
+					st, err := scanSegment(img, off, n, cs, (*bp)[:n], zero, adder, int32(i))
 					if err != nil {
 						cancel(err)
 						continue
@@ -324,6 +338,9 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 	rep.SavedBytes = rep.DuplicateBytes
 	rep.Chunks = ix.len()
 	rep.IndexBytes = rep.Chunks * BytesPerIndexEntry
+	if pf != nil {
+		rep.Chunks, rep.IndexBytes = pf.stats()
+	}
 	return rep, nil
 }
 
@@ -331,7 +348,7 @@ type segStats struct{ zero, internal, shared, fresh int64 }
 
 // scanSegment hashes the chunks of [off, off+n) of img. Chunks the
 // metadata shows as zero or unallocated are not read.
-func scanSegment(img *qcow2.Image, off, n, cs int64, buf, zero []byte, ix *chunkIndex, in int32) (segStats, error) {
+func scanSegment(img *qcow2.Image, off, n, cs int64, buf, zero []byte, ix chunkAdder, in int32) (segStats, error) {
 	var st segStats
 	nchunks := (n + cs - 1) / cs
 	// needRead[k] says chunk k holds some data according to the metadata.
@@ -376,8 +393,7 @@ func scanSegment(img *qcow2.Image, off, n, cs int64, buf, zero []byte, ix *chunk
 				st.zero += int64(len(chunk))
 				continue
 			}
-			d := Digest(sha256.Sum256(chunk))
-			s, err := ix.add(&d, in)
+			s, err := ix.add(chunk, in, off+c)
 			if err != nil {
 				return st, err
 			}

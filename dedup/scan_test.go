@@ -127,9 +127,13 @@ func TestScanRawImages(t *testing.T) {
 	// The same image twice: everything of the second copy is shared.
 	paths = append(paths, paths[0])
 	contents = append(contents, contents[0])
-	for _, workers := range []int{1, 3} {
+	for _, tc := range []struct {
+		workers  int
+		noFilter bool
+	}{{1, false}, {3, false}, {1, true}, {3, true}} {
+		workers := tc.workers
 		var last, calls int64
-		rep, err := Scan(context.Background(), paths, ScanOptions{Workers: workers, Progress: func(done, total int64) {
+		rep, err := Scan(context.Background(), paths, ScanOptions{Workers: workers, NoPrefilter: tc.noFilter, Progress: func(done, total int64) {
 			if total != int64(2*sizes[0]+sizes[1]+sizes[2]) {
 				t.Errorf("progress total %d", total)
 			}
@@ -172,12 +176,18 @@ func TestScanQcow2Chain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	for _, noFilter := range []bool{false, true} {
+		rep, err := Scan(context.Background(), []string{top, base, raw}, ScanOptions{NoPrefilter: noFilter})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Chunk size: the larger cluster size of the two qcow2 images.
+		checkFigures(t, rep.Images, bruteForce([][]byte{content, baseContent, content}, 64<<10))
+	}
 	rep, err := Scan(context.Background(), []string{top, base, raw}, ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Chunk size: the larger cluster size of the two qcow2 images.
-	checkFigures(t, rep.Images, bruteForce([][]byte{content, baseContent, content}, 64<<10))
 	if rep.Images.Inputs[0].ChainDepth != 1 || rep.Images.Inputs[0].Format != "qcow2" || rep.Images.Inputs[2].Format != "raw" {
 		t.Errorf("inputs: %+v", rep.Images.Inputs)
 	}
@@ -269,4 +279,23 @@ func TestIndexMemory(t *testing.T) {
 		t.Errorf("%.1f bytes per entry, BytesPerIndexEntry says %d", per, BytesPerIndexEntry)
 	}
 	runtime.KeepAlive(ix)
+
+	runtime.GC()
+	runtime.ReadMemStats(&m0)
+	pf := newPrefilter(nil, newChunkIndex(0), 0)
+	var buf [8]byte
+	for i := range n {
+		binary.LittleEndian.PutUint64(buf[:], uint64(i))
+		if _, err := pf.add(buf[:], 0, int64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&m1)
+	per = float64(m1.HeapAlloc-m0.HeapAlloc) / n
+	t.Logf("%.1f bytes per prefilter entry (stated: %d)", per, BytesPerWeakEntry)
+	if per > 1.5*BytesPerWeakEntry || per < BytesPerWeakEntry/3 {
+		t.Errorf("%.1f bytes per prefilter entry, BytesPerWeakEntry says %d", per, BytesPerWeakEntry)
+	}
+	runtime.KeepAlive(pf)
 }
