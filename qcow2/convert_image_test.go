@@ -196,6 +196,23 @@ func TestConvertImageBacking(t *testing.T) {
 	}
 }
 
+// TestConvertImageEmpty converts images of size 0 and of one sector.
+func TestConvertImageEmpty(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img")
+	for _, size := range []string{"0", "512"} {
+		dir := t.TempDir()
+		src := filepath.Join(dir, "src.qcow2")
+		testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", src, size)
+		for _, c := range []bool{false, true} {
+			dst := filepath.Join(dir, "out.qcow2")
+			if err := ConvertImage(context.Background(), cvOpen(t, src), dst, ConvertImageOptions{Compress: c}); err != nil {
+				t.Fatal(err)
+			}
+			qemuSame(t, dst, src)
+		}
+	}
+}
+
 func TestConvertImageCancel(t *testing.T) {
 	dir := t.TempDir()
 	raw := writeRawFile(t, dir, "src.raw", mixedData(4, 4<<20))
