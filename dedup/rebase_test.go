@@ -1,6 +1,7 @@
 package dedup
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -233,5 +234,78 @@ func TestRebaseErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "base")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("a failed rebase left a base: %v", err)
+	}
+}
+
+// TestRebaseInterrupted cancels a rebase part way (after the base and some
+// images are done), checks that every image still reads as before and no
+// temporary file is left, and that a rerun finishes the job. The inputs
+// are raw images, which become qcow2 overlays.
+func TestRebaseInterrupted(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img")
+	dir := t.TempDir()
+	rng := rand.New(rand.NewPCG(11, 12))
+	common := make([]byte, 4<<20)
+	fillRandom(rng, common)
+	var imgs, origs []string
+	for i := range 4 {
+		b := bytes.Clone(common)
+		fillRandom(rng, b[i<<20:i<<20+64<<10])
+		p := filepath.Join(dir, fmt.Sprintf("d%d.img", i))
+		o := filepath.Join(dir, fmt.Sprintf("d%d.orig", i))
+		for _, f := range []string{p, o} {
+			if err := os.WriteFile(f, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		imgs, origs = append(imgs, p), append(origs, o)
+	}
+	base := filepath.Join(dir, "base.qcow2")
+	ctx, cancel := context.WithCancel(context.Background())
+	size := int64(len(common))
+	_, err := Rebase(ctx, base, imgs, RebaseOptions{Workers: 1, Progress: func(done, total int64) {
+		// Stop while the third image is being rewritten.
+		if done >= int64(len(imgs))*size+2*size+size/2 {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted rebase: %v", err)
+	}
+	rebased := 0
+	for i, p := range imgs {
+		testutil.Run(t, "qemu-img", "compare", "-q", origs[i], p)
+		if _, err := os.Stat(tempName(p)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("temporary file of %s left: %v", p, err)
+		}
+		img, err := qcow2.Open(p, qcow2.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img.BackingPath() != "" {
+			rebased++
+		}
+		img.Close()
+	}
+	if rebased != 2 {
+		t.Errorf("%d images rebased before the interruption, want 2", rebased)
+	}
+	res, err := Rebase(context.Background(), base, imgs, RebaseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ri := range res.Images {
+		want := "already"
+		if i >= 2 {
+			want = "rebased"
+		}
+		if ri.Status != want {
+			t.Errorf("%s: %s, want %s", ri.Path, ri.Status, want)
+		}
+		testutil.Run(t, "qemu-img", "compare", "-q", origs[i], ri.Path)
+		testutil.Run(t, "qemu-img", "check", "-q", ri.Path)
+		if ri.AfterBytes > 512<<10 {
+			t.Errorf("%s: overlay holds %d bytes", ri.Path, ri.AfterBytes)
+		}
 	}
 }
