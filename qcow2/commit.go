@@ -18,8 +18,9 @@ import (
 type CommitOptions struct {
 	// Base names the image of the backing chain to commit into (qemu-img
 	// commit -b); "" means the top image's backing file. A name is
-	// matched against the resolved backing paths of the chain (and as a
-	// file). As in qemu-img, giving Base implies Drop: images between
+	// matched, as a file, against the images of the chain: as given
+	// (relative to the working directory) or relative to the top
+	// image's directory. As in qemu-img, giving Base implies Drop: images between
 	// the top and Base no longer read correctly afterwards, and the top
 	// keeps its data so that it stays valid.
 	Base string
@@ -126,13 +127,24 @@ func commitBaseDepth(chain *Image, base string) (int, error) {
 		}
 		return 1, nil
 	}
-	fi, statErr := os.Stat(base)
+	// The name as given (relative to the working directory), else as a
+	// backing name is resolved (relative to the top image's directory).
+	var want []os.FileInfo
+	for _, p := range []string{base, combinePath(chain.Path(), base)} {
+		if fi, err := os.Stat(p); err == nil {
+			want = append(want, fi)
+		}
+	}
 	for d, l := 1, chain.Backing(); l != nil; d, l = d+1, l.Backing() {
 		if l.Path() == base {
 			return d, nil
 		}
-		if statErr == nil {
-			if li, err := os.Stat(l.Path()); err == nil && os.SameFile(fi, li) {
+		li, err := os.Stat(l.Path())
+		if err != nil {
+			continue
+		}
+		for _, fi := range want {
+			if os.SameFile(fi, li) {
 				return d, nil
 			}
 		}

@@ -101,6 +101,14 @@ func TestCommitCLI(t *testing.T) {
 			}
 		}
 	}
+	// -b names the base as the chain stores it (relative to FILE's
+	// directory); it implies -d.
+	if code, _, errs := runCmd("commit", "-q", "-b", "base.qcow2", top); code != 0 {
+		t.Fatalf("commit -b: exit %d %s", code, errs)
+	}
+	if code, out, _ := runCmd("compare", filepath.Join(dir, "base.qcow2"), want); code != 0 {
+		t.Errorf("base after commit -b: %s", out)
+	}
 	if code, _, errs := runCmd("commit", filepath.Join(dir, "base.qcow2")); code != 1 || !strings.Contains(errs, "no backing file") {
 		t.Errorf("commit of a base: exit %d %q", code, errs)
 	}
