@@ -1,9 +1,13 @@
 package qcow2
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
@@ -160,4 +164,40 @@ func TestCommitInterrupted(t *testing.T) {
 		}
 	}
 	cmSame(t, dir, before, "top.qcow2")
+}
+
+// TestCommitRefusesRunningQemu keeps the top image open in qemu-io (which
+// takes QEMU's write locks) while Commit runs.
+func TestCommitRefusesRunningQemu(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	cmChain(t, dir, "qcow2", "")
+	for _, held := range []string{"top.qcow2", "mid.qcow2"} {
+		cmd := exec.Command("qemu-io", "-f", "qcow2", filepath.Join(dir, held))
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// qemu-io has the image open once it answers a command.
+		io.WriteString(stdin, "read 0 512\n")
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() && !strings.Contains(sc.Text(), "read 512/512") {
+		}
+		err = Commit(context.Background(), filepath.Join(dir, "top.qcow2"), CommitOptions{})
+		stdin.Close()
+		io.Copy(io.Discard, stdout)
+		cmd.Wait()
+		if err == nil {
+			t.Errorf("commit succeeded while qemu-io holds %s", held)
+		} else {
+			t.Logf("refused while qemu-io holds %s: %v", held, err)
+		}
+	}
 }
