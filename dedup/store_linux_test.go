@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -18,9 +19,8 @@ import (
 // holds the content X as same (0644), mode (0755), xattr (with a
 // user.test xattr), owner (uid 1234, as root only), and other (Y); layer 2
 // holds X again as same2 (0644) and Y as other2.
-func storeWithLayers(t *testing.T) (*overlay.Store, map[string]string) {
+func storeWithLayers(t *testing.T, dir string) (*overlay.Store, map[string]string) {
 	t.Helper()
-	dir := t.TempDir()
 	x := bytes.Repeat([]byte("identical content "), 10000)
 	y := bytes.Repeat([]byte("other content "), 5000)
 	l1, l2 := filepath.Join(dir, "l1"), filepath.Join(dir, "l2")
@@ -78,7 +78,7 @@ func inode(t *testing.T, p string) uint64 {
 }
 
 func TestStoreDedupHardlink(t *testing.T) {
-	s, p := storeWithLayers(t)
+	s, p := storeWithLayers(t, t.TempDir())
 	ctx := context.Background()
 	dry, err := StoreDedup(ctx, s, StoreDedupOptions{DryRun: true})
 	if err != nil {
@@ -124,14 +124,65 @@ func TestStoreDedupHardlink(t *testing.T) {
 	}
 }
 
-// TestStoreDedupReflink clones where the file system can (btrfs, xfs); on
-// others reflink fails with ErrUnsupported and auto falls back to hard
-// links.
+// reflinkDir returns a directory on a file system that can reflink: an XFS
+// loop mount when running as root with mkfs.xfs (xfsprogs) installed, else
+// a plain temporary directory (which may or may not support FICLONE).
+func reflinkDir(t *testing.T) string {
+	dir := t.TempDir()
+	mkfs, err := exec.LookPath("mkfs.xfs")
+	if err != nil || os.Geteuid() != 0 {
+		t.Logf("no XFS loop mount (needs root and mkfs.xfs): testing in %s", dir)
+		return dir
+	}
+	img := filepath.Join(dir, "xfs.img")
+	mnt := filepath.Join(dir, "mnt")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 320<<20); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-m", "reflink=1", img).CombinedOutput(); err != nil {
+		t.Logf("mkfs.xfs: %v: %s", err, out)
+		return dir
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-o", "loop", img, mnt).CombinedOutput(); err != nil {
+		t.Logf("mount -o loop: %v: %s", err, out)
+		return dir
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", mnt).CombinedOutput(); err != nil {
+			t.Errorf("umount: %v: %s", err, out)
+		}
+	})
+	return mnt
+}
+
+// TestStoreDedupReflink clones where the file system can (XFS here when
+// possible); elsewhere reflink fails with ErrUnsupported and auto falls
+// back to hard links.
 func TestStoreDedupReflink(t *testing.T) {
-	s, p := storeWithLayers(t)
+	s, p := storeWithLayers(t, reflinkDir(t))
 	ctx := context.Background()
+	var statfs unix.Statfs_t
+	if err := unix.Statfs(s.Dir(), &statfs); err != nil {
+		t.Fatal(err)
+	}
+	free := func() int64 {
+		if err := unix.Statfs(s.Dir(), &statfs); err != nil {
+			t.Fatal(err)
+		}
+		return int64(statfs.Bavail) * statfs.Bsize
+	}
+	before := free()
 	res, err := StoreDedup(ctx, s, StoreDedupOptions{Method: LinkReflink})
 	if errors.Is(err, ErrUnsupported) {
+		if os.Getenv("IMGTOOL_REFLINK") == "require" {
+			t.Fatalf("reflink required: %v", err)
+		}
 		t.Logf("no reflinks here: %v", err)
 		res, err = StoreDedup(ctx, s, StoreDedupOptions{Method: LinkAuto})
 		if err != nil {
@@ -145,15 +196,42 @@ func TestStoreDedupReflink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Reflinks keep metadata per file, so every copy of X shares data.
-	if res.Reflinked < 4 {
-		t.Errorf("reflinked %+v", *res)
+	// XFS frees the blocks of unlinked inodes in the background.
+	grown := free() - before
+	for i := 0; i < 50 && grown < res.SavedBytes/2; i++ {
+		unix.Sync()
+		time.Sleep(40 * time.Millisecond)
+		grown = free() - before
+	}
+	t.Logf("%+v; free space grew by %d bytes", *res, grown)
+	// Reflinks keep metadata per file, so every copy of X and Y shares
+	// data: X has 4 or 5 names (d/owner as root), Y two.
+	want := int64(len(p) - 2)
+	if res.Reflinked != want || res.Linked != want || res.KeptApart != 0 || res.SavedBytes == 0 {
+		t.Errorf("result %+v, want %d reflinked", *res, want)
+	}
+	if grown < res.SavedBytes/2 {
+		t.Errorf("free space grew by %d bytes, saved-bytes says %d", grown, res.SavedBytes)
+	}
+	if inode(t, p["d/mode"]) == inode(t, p["d/same"]) {
+		t.Error("reflinked files share an inode")
 	}
 	var st unix.Stat_t
-	if err := unix.Lstat(p["d/mode"], &st); err != nil || st.Mode&0o777 != 0o755 {
-		t.Errorf("mode lost: %o %v", st.Mode, err)
+	if err := unix.Lstat(p["d/mode"], &st); err != nil || st.Mode&0o777 != 0o755 || st.Mtim.Sec != 1700000000 {
+		t.Errorf("metadata lost: mode %o mtime %d %v", st.Mode, st.Mtim.Sec, err)
 	}
 	if v, err := unix.Lgetxattr(p["d/xattr"], "user.test", make([]byte, 8)); err != nil || v != 1 {
 		t.Errorf("xattr lost: %v", err)
+	}
+	if p["d/owner"] != "" {
+		if err := unix.Lstat(p["d/owner"], &st); err != nil || st.Uid != 1234 {
+			t.Errorf("owner lost: %d %v", st.Uid, err)
+		}
+	}
+	a, _ := os.ReadFile(p["d/same"])
+	for _, name := range []string{"d/mode", "d/xattr", "e/same2"} {
+		if b, err := os.ReadFile(p[name]); err != nil || !bytes.Equal(a, b) {
+			t.Errorf("%s: content differs after reflink (%v)", name, err)
+		}
 	}
 }
