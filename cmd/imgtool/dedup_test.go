@@ -146,6 +146,24 @@ func TestStoreDedupCLI(t *testing.T) {
 		}
 	}
 	out.Reset()
+	if code := run([]string{"dedup", "scan", lay}, &out, &errb); code != 0 || !strings.Contains(out.String(), "layers: 2 distinct of 2 references") ||
+		!strings.Contains(out.String(), "files: 2 (429.7 KiB), 1 duplicates by content (214.8 KiB)") {
+		t.Errorf("dedup scan of a layout: exit %d:\n%s%s", code, out.String(), errb.String())
+	}
+	out.Reset()
+	if code := run([]string{"dedup", "scan", "--output", "json", lay}, &out, &errb); code != 0 {
+		t.Fatalf("dedup scan json: exit %d: %s", code, errb.String())
+	}
+	var scan struct {
+		Layouts struct {
+			DuplicateFiles int64 `json:"duplicate-files"`
+			TotalBytes     int64 `json:"total-bytes"`
+		} `json:"layouts"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &scan); err != nil || scan.Layouts.DuplicateFiles != 1 || scan.Layouts.TotalBytes == 0 {
+		t.Errorf("dedup scan json: %s (%v)", out.String(), err)
+	}
+	out.Reset()
 	if code := run([]string{"store", "dedup", "--store", store, "--output", "json"}, &out, &errb); code != 0 {
 		t.Fatalf("store dedup: exit %d: %s", code, errb.String())
 	}
