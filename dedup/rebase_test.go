@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/qcow2"
@@ -116,10 +117,13 @@ func rebaseProof(t *testing.T, n int, size int64) {
 	dir := t.TempDir()
 	imgs, origs := fleet(t, dir, n, size)
 	ctx := context.Background()
+	start := time.Now()
 	scan, err := Scan(ctx, imgs, ScanOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
+	el := time.Since(start)
+	t.Logf("scan of %d x %d bytes: %v (%.0f MB/s)", n, size, el, float64(scan.Images.TotalBytes)/el.Seconds()/1e6)
 	base := filepath.Join(dir, "base.qcow2")
 	res, err := Rebase(ctx, base, imgs, RebaseOptions{})
 	if err != nil {
