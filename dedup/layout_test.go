@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/layers"
 )
 
@@ -97,5 +98,38 @@ func TestScanLayouts(t *testing.T) {
 	}
 	if rep.Images == nil || rep.Layouts == nil || rep.Images.UniqueBytes != 512<<10 {
 		t.Errorf("mixed scan: %+v %+v", rep.Images, rep.Layouts)
+	}
+}
+
+// TestScanUmociLayout scans a layout written by umoci: image a has one
+// layer with two copies of X, image b adds a layer with a third copy.
+func TestScanUmociLayout(t *testing.T) {
+	testutil.NeedTool(t, "umoci")
+	dir := t.TempDir()
+	lay := filepath.Join(dir, "layout")
+	x := make([]byte, 1<<20)
+	fillRandom(rand.New(rand.NewPCG(8, 8)), x)
+	testutil.Run(t, "umoci", "init", "--layout", lay)
+	testutil.Run(t, "umoci", "new", "--image", lay+":a")
+	unpack := func(tag, bundle string, files map[string][]byte) {
+		testutil.Run(t, "umoci", "unpack", "--rootless", "--image", lay+":a", bundle)
+		writeFiles(t, filepath.Join(bundle, "rootfs"), files)
+		testutil.Run(t, "umoci", "repack", "--image", lay+":"+tag, bundle)
+	}
+	unpack("a", filepath.Join(dir, "b1"), map[string][]byte{"x.bin": x, "y.bin": x})
+	unpack("b", filepath.Join(dir, "b2"), map[string][]byte{"z.bin": x})
+	rep, err := Scan(context.Background(), []string{lay}, ScanOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rep.Layouts
+	if r.Images != 2 || r.Layers != 2 || r.LayerRefs != 3 {
+		t.Errorf("images %d layers %d refs %d, want 2 2 3", r.Images, r.Layers, r.LayerRefs)
+	}
+	if r.Files != 3 || r.DuplicateFiles != 2 || r.DuplicateFileBytes != int64(2*len(x)) {
+		t.Errorf("files %d, duplicates %d (%d bytes)", r.Files, r.DuplicateFiles, r.DuplicateFileBytes)
+	}
+	if r.DuplicateBytes < int64(len(x)) { // of 2 x 1 MiB
+		t.Errorf("duplicate chunk bytes %d", r.DuplicateBytes)
 	}
 }

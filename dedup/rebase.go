@@ -101,7 +101,7 @@ func Rebase(ctx context.Context, basePath string, images []string, opts RebaseOp
 			}
 		}
 	}()
-	seen := map[string]bool{}
+	var seen []os.FileInfo
 	for _, p := range images {
 		st, err := os.Stat(p)
 		if err != nil {
@@ -110,14 +110,12 @@ func Rebase(ctx context.Context, basePath string, images []string, opts RebaseOp
 		if baseErr == nil && os.SameFile(st, baseSt) {
 			return nil, fmt.Errorf("%w: %s is the base itself", ErrUnsupported, p)
 		}
-		key := fmt.Sprint(st.Sys())
-		if abs, err := filepath.Abs(p); err == nil {
-			key = abs
+		for _, other := range seen {
+			if os.SameFile(st, other) {
+				return nil, fmt.Errorf("dedup: rebase: %s given twice", p)
+			}
 		}
-		if seen[key] {
-			return nil, fmt.Errorf("dedup: rebase: %s given twice", p)
-		}
-		seen[key] = true
+		seen = append(seen, st)
 		img, err := qcow2.Open(p, iopts)
 		if err != nil {
 			return nil, fmt.Errorf("dedup: %w", err)
