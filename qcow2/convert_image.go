@@ -37,7 +37,8 @@ type ConvertImageOptions struct {
 	// when a backing file would show through with other content.
 	NoSparse bool
 	// Workers is the number of goroutines reading, comparing and
-	// compressing clusters. 0 means runtime.GOMAXPROCS(0).
+	// compressing clusters (and writing them). 0 means twice
+	// runtime.GOMAXPROCS(0).
 	Workers int
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
@@ -71,7 +72,10 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		return fmt.Errorf("qcow2: convert to %s: negative Workers", dst)
 	}
 	if opts.Workers == 0 {
-		opts.Workers = runtime.GOMAXPROCS(0)
+		// Reads and writes of cached data are CPU work inside syscalls;
+		// more goroutines than cores keep every core busy while some
+		// wait in the kernel (qemu-img keeps a pool of I/O threads too).
+		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	switch co.Format {
 	case FormatRaw:
