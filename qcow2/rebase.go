@@ -140,6 +140,7 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 		}
 		defer comp.close()
 	}
+	pk := &packer{}
 	type job struct {
 		off, n  int64
 		oldData bool
@@ -165,7 +166,7 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := rebaseRange(img, nb, j.off, j.n, j.oldData, oldBuf[:j.n], newBuf[:j.n], c); err != nil {
+				if err := rebaseRange(img, nb, j.off, j.n, j.oldData, oldBuf[:j.n], newBuf[:j.n], c, pk); err != nil {
 					fail(err)
 					continue
 				}
@@ -204,7 +205,7 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 // rebaseRange handles [off, off+n) of img, a range img does not allocate:
 // pieces (cut at img's cluster boundaries) whose old content differs
 // from the new backing's are written into img.
-func rebaseRange(img, nb *Image, off, n int64, oldData bool, oldBuf, newBuf []byte, c clusterCompressor) error {
+func rebaseRange(img, nb *Image, off, n int64, oldData bool, oldBuf, newBuf []byte, c clusterCompressor, pk *packer) error {
 	newData := false
 	if nb != nil && off < nb.Size() {
 		var err error
@@ -242,7 +243,7 @@ func rebaseRange(img, nb *Image, off, n int64, oldData bool, oldBuf, newBuf []by
 			return img.WriteZeroes(off+s, e-s)
 		}
 		if c != nil {
-			return img.w.writeCompressedRange(oldBuf[s:e], off+s, c)
+			return img.w.writeCompressedRange(oldBuf[s:e], off+s, c, pk)
 		}
 		_, err := img.WriteAt(oldBuf[s:e], off+s)
 		return err
@@ -284,9 +285,8 @@ func isZeroBytes(b []byte) bool {
 
 // writeCompressedRange writes whole guest clusters of data at off
 // compressed (partial clusters, and clusters that do not shrink, are
-// written normally). Each compressed cluster gets host space packed
-// after the previous one in the same host cluster when it fits.
-func (w *writer) writeCompressedRange(data []byte, off int64, c clusterCompressor) error {
+// written normally), packed through pk.
+func (w *writer) writeCompressedRange(data []byte, off int64, c clusterCompressor, pk *packer) error {
 	cs := w.cs()
 	img := w.img
 	for len(data) > 0 {
@@ -311,7 +311,7 @@ func (w *writer) writeCompressedRange(data []byte, off int64, c clusterCompresso
 			if _, err := img.WriteAt(data[:n], off); err != nil {
 				return err
 			}
-		} else if err := w.putCompressed(off>>w.cb(), out); err != nil {
+		} else if err := w.putCompressed(off>>w.cb(), out, pk); err != nil {
 			return err
 		}
 		data, off = data[n:], off+n
@@ -319,11 +319,20 @@ func (w *writer) writeCompressedRange(data []byte, off int64, c clusterCompresso
 	return nil
 }
 
+// packer remembers where the last compressed cluster ended, so that the
+// next one is packed behind it in the same host cluster, as QEMU packs
+// them. It is guarded by the writer's metadata mutex.
+type packer struct {
+	next int64 // free byte offset in a partly used host cluster, 0 if none
+}
+
 // putCompressed stores compressed bytes as guest cluster vc, which the
-// image does not allocate. Space comes from fresh host clusters (their
-// refcounts raised first); the data is written before the L2 entry is
-// set, so the usual flush ordering keeps the image consistent.
-func (w *writer) putCompressed(vc int64, out []byte) error {
+// image does not allocate. They go behind the previous compressed
+// cluster when they fit in its host cluster (whose refcount is raised
+// once more: one reference per entry), else at fresh host clusters.
+// Refcounts are raised before the data is written and the L2 entry set,
+// so the usual flush ordering keeps the image consistent.
+func (w *writer) putCompressed(vc int64, out []byte, pk *packer) error {
 	w.ops.RLock()
 	defer w.ops.RUnlock()
 	w.mu.Lock()
@@ -344,16 +353,31 @@ func (w *writer) putCompressed(vc int64, out []byte) error {
 		return err
 	}
 	size := int64(len(out))
-	clusters := (size + w.cs() - 1) >> w.cb()
-	host, err := w.rc.alloc(clusters)
-	if err != nil {
-		return w.fail(err)
+	cs := w.cs()
+	host := int64(0)
+	if off := pk.next; off != 0 && cs-off%cs >= size {
+		c := off >> w.cb()
+		if ref, err := w.rc.get(c); err == nil && ref >= 1 && ref < w.rc.maxVal {
+			if _, err := w.rc.add(c, 1); err != nil {
+				return w.fail(err)
+			}
+			host = off
+		}
+	}
+	if host == 0 {
+		if host, err = w.rc.alloc((size + cs - 1) >> w.cb()); err != nil {
+			return w.fail(err)
+		}
 	}
 	if err := w.meta.check(host, size, metaNone); err != nil {
 		return w.fail(err)
 	}
 	if err := writeFull(w.st, out, host); err != nil {
 		return w.fail(fmt.Errorf("qcow2: writing %s: %w", w.path, err))
+	}
+	pk.next = host + size
+	if pk.next%cs == 0 {
+		pk.next = 0
 	}
 	w.dataWritten = true
 	w.growFileSize()

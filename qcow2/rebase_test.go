@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -77,6 +78,12 @@ func TestRebaseAgainstQemu(t *testing.T) {
 				})
 				if !comp {
 					t.Error("rebase -c stored no compressed cluster")
+				}
+				a, _ := os.Stat(filepath.Join(ours, "top.qcow2"))
+				b, _ := os.Stat(filepath.Join(theirs, "top.qcow2"))
+				t.Logf("file size: imgtool -c %d, qemu-img %d", a.Size(), b.Size())
+				if a.Size() >= b.Size() {
+					t.Errorf("compressed rebase output is %d bytes, uncompressed %d", a.Size(), b.Size())
 				}
 			}
 			top.Close()
