@@ -92,7 +92,7 @@ type qemuCheck struct {
 
 func runQemuCheck(t *testing.T, path string, args ...string) (qemuCheck, int, string) {
 	t.Helper()
-	out, err := testutil.Exec("qemu-img", append(append([]string{"check", "--output=json"}, args...), path)...)
+	out, err := testutil.Exec("qemu-img", append(append([]string{"check", "-U", "--output=json"}, args...), path)...)
 	code := exitCodeOf(err)
 	var r qemuCheck
 	i := strings.Index(string(out), "{")

@@ -296,7 +296,7 @@ func runCrash(t *testing.T, wl crashWorkload, seed uint64) {
 			if err := os.WriteFile(post, ff.Image(keep, rng), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			out, err := testutil.Exec("qemu-img", "check", post)
+			out, err := testutil.Exec("qemu-img", "check", "-U", post)
 			code := exitCodeOf(err)
 			switch {
 			case code == 0 || code == 3:
@@ -315,7 +315,7 @@ func runCrash(t *testing.T, wl crashWorkload, seed uint64) {
 				if err := img.Close(); err != nil {
 					t.Fatal(err)
 				}
-				if out, err := testutil.Exec("qemu-img", "check", post); err != nil {
+				if out, err := testutil.Exec("qemu-img", "check", "-U", post); err != nil {
 					t.Fatalf("crash after %d writes: after repair on open, qemu-img check: %v\n%s", n, err, out)
 				}
 			}

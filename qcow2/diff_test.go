@@ -236,7 +236,7 @@ func runDifferential(t *testing.T, cfg diffConfig, seed uint64) {
 // qemuIORead reads guest bytes with qemu-io and decodes its hex dump.
 func qemuIORead(t *testing.T, path string, off, n int64) []byte {
 	t.Helper()
-	out := testutil.Run(t, "qemu-io", "-r", "-f", "qcow2", "-c", fmt.Sprintf("read -v %d %d", off, n), path)
+	out := testutil.Run(t, "qemu-io", "-r", "-U", "-f", "qcow2", "-c", fmt.Sprintf("read -v %d %d", off, n), path)
 	var b []byte
 	for _, line := range strings.Split(string(out), "\n") {
 		colon := strings.Index(line, ":")

@@ -1,8 +1,10 @@
 package qcow2
 
 import (
+	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
 )
@@ -24,7 +26,7 @@ func (img *Image) lockChain(opts *Options) error {
 		if !ok || f == nil {
 			continue
 		}
-		if _, err := imagelock.Acquire(f, imagelock.Reader); err != nil {
+		if _, err := acquireLock(f, imagelock.Reader); err != nil {
 			return fmt.Errorf("qcow2: %w", err)
 		}
 	}
@@ -40,4 +42,18 @@ func (img *Image) afterOpen(opts *Options) error {
 		}
 	}
 	return img.lockChain(opts)
+}
+
+// acquireLock takes image locks, retrying for a moment on a conflict: a
+// child process forked by this very process (os/exec elsewhere) shares
+// our open files until it execs, so a lock we just released can linger
+// briefly. A real holder is reported after about a quarter second.
+func acquireLock(f *os.File, mode imagelock.Mode) (*imagelock.Lock, error) {
+	for try := 0; ; try++ {
+		l, err := imagelock.Acquire(f, mode)
+		if err == nil || try == 8 || !errors.Is(err, imagelock.ErrLocked) {
+			return l, err
+		}
+		time.Sleep(time.Duration(try+1) * 5 * time.Millisecond)
+	}
 }

@@ -115,7 +115,7 @@ func TestCorruptBit(t *testing.T) {
 	if res.ExitCode() != 0 {
 		t.Fatalf("after repair: %+v\n%s", res, strings.Join(res.Messages, "\n"))
 	}
-	testutil.Run(t, "qemu-img", "check", p)
+	testutil.Run(t, "qemu-img", "check", "-U", p)
 	img, err = Open(p, Options{Writable: true})
 	if err != nil {
 		t.Fatalf("writable open after repair: %v", err)

@@ -35,7 +35,7 @@ func (img *Image) openWriterMode(opts *Options, forRepair bool) error {
 		return fmt.Errorf("qcow2: opening %s for writing: %w", img.path, err)
 	}
 	if !opts.ForceShare {
-		if _, err := imagelock.Acquire(f, imagelock.Writer); err != nil {
+		if _, err := acquireLock(f, imagelock.Writer); err != nil {
 			f.Close()
 			return fmt.Errorf("qcow2: cannot write %s: %w", img.path, err)
 		}

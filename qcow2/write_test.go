@@ -12,10 +12,14 @@ import (
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
-// qemuCheckClean runs qemu-img check and fails unless it exits 0.
+// qemuCheckClean runs qemu-img check and fails unless it exits 0. Tests
+// pass -U to the oracles for images this process has just closed: a child
+// that another test goroutine is forking shares our open files until it
+// execs, so a released lock can linger for a moment (locking itself is
+// tested in lock_test.go without -U).
 func qemuCheckClean(t *testing.T, path string) {
 	t.Helper()
-	out, err := testutil.Exec("qemu-img", "check", path)
+	out, err := testutil.Exec("qemu-img", "check", "-U", path)
 	if err != nil {
 		t.Fatalf("qemu-img check %s: %v\n%s", path, err, out)
 	}
@@ -24,7 +28,7 @@ func qemuCheckClean(t *testing.T, path string) {
 // qemuCompare fails unless qemu-img compare says the two are identical.
 func qemuCompare(t *testing.T, img, raw string) {
 	t.Helper()
-	out, err := testutil.Exec("qemu-img", "compare", "-f", "qcow2", "-F", "raw", img, raw)
+	out, err := testutil.Exec("qemu-img", "compare", "-U", "-f", "qcow2", "-F", "raw", img, raw)
 	if err != nil {
 		t.Fatalf("qemu-img compare %s %s: %v\n%s", img, raw, err, out)
 	}
