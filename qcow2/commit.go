@@ -29,7 +29,7 @@ type CommitOptions struct {
 	// so that it reads through to the base again.
 	Drop bool
 	// Workers is the number of goroutines copying data. 0 means
-	// runtime.GOMAXPROCS(0).
+	// twice runtime.GOMAXPROCS(0).
 	Workers int
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
@@ -54,7 +54,7 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 		return fmt.Errorf("qcow2: commit %s: negative Workers", path)
 	}
 	if opts.Workers == 0 {
-		opts.Workers = runtime.GOMAXPROCS(0)
+		opts.Workers = 2 * runtime.GOMAXPROCS(0) // cores stay busy while workers wait in the kernel
 	}
 	drop := opts.Drop || opts.Base != ""
 	// The top, locked: as a writer when it will be emptied, else as a

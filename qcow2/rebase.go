@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -29,7 +30,7 @@ type RebaseOptions struct {
 	// compression type (qemu-img rebase -c).
 	Compress bool
 	// Workers is the number of goroutines comparing clusters. 0 means
-	// runtime.GOMAXPROCS(0).
+	// twice runtime.GOMAXPROCS(0).
 	Workers int
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
@@ -51,7 +52,7 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 		return fmt.Errorf("qcow2: rebase %s: negative Workers", path)
 	}
 	if opts.Workers == 0 {
-		opts.Workers = runtime.GOMAXPROCS(0)
+		opts.Workers = 2 * runtime.GOMAXPROCS(0) // cores stay busy while workers wait in the kernel
 	}
 	if opts.Backing != "" {
 		if err := checkRefName(opts.Backing); err != nil {
@@ -174,9 +175,23 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 			}
 		}()
 	}
+	// When the new backing file is part of the old chain, ranges decided
+	// by it or below read the same before and after: skip them, as
+	// qemu-img does.
+	same := -1
+	if nb != nil {
+		if fi, err := os.Stat(nb.Path()); err == nil {
+			for d, l := 1, img.Backing(); l != nil; d, l = d+1, l.Backing() {
+				if li, err := os.Stat(l.Path()); err == nil && os.SameFile(fi, li) && l.Format() == nb.Format() {
+					same = d
+					break
+				}
+			}
+		}
+	}
 	walkErr := img.WalkExtents(0, size, func(e Extent) error {
-		if e.Depth == 0 && e.Kind != KindUnallocated {
-			advance(e.Length) // the image's own data does not change
+		if e.Depth == 0 && e.Kind != KindUnallocated || same > 0 && e.Depth >= same {
+			advance(e.Length) // content that does not change
 			return nil
 		}
 		oldData := e.Kind == KindData || e.Kind == KindCompressed
