@@ -69,7 +69,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, " backing_fmt=%s", opts.BackingFormat)
 		}
 	}
-	if opts.Size != 0 {
+	if fs.NArg() == 2 || opts.Size != 0 {
 		fmt.Fprintf(stdout, " size=%d", opts.Size)
 	}
 	fmt.Fprintln(stdout)
