@@ -88,8 +88,9 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	return nil
 }
 
-// chunk is one unit of convert work: guest bytes to copy.
-type chunk struct{ off, n int64 }
+// chunk is one unit of convert work: guest bytes to copy. host >= 0 is
+// where they lie in the top image's file when that file is mapped.
+type chunk struct{ off, n, host int64 }
 
 // convertInto copies the allocated content of src into w (already sized)
 // with parallel workers.
@@ -121,6 +122,17 @@ func convertInto(ctx context.Context, src *Image, w interface {
 		opts.Progress(0, size)
 	}
 
+	// Uncompressed data of the top image (of a raw image: all of it) is
+	// written straight from a read-only mapping of its file, without a
+	// copy into a buffer.
+	var mapped []byte
+	if src.w == nil && src.unreadable == nil {
+		if m, err := mapFile(src.f, src.fileSize); err == nil {
+			mapped = m
+			defer unmapFile(m)
+		}
+	}
+
 	work := make(chan chunk, 2*opts.Workers)
 	var (
 		wg       sync.WaitGroup
@@ -137,6 +149,17 @@ func convertInto(ctx context.Context, src *Image, w interface {
 			buf := make([]byte, opts.ChunkSize)
 			for c := range work {
 				if ctx.Err() != nil {
+					continue
+				}
+				if c.host >= 0 {
+					err := guardFault(src.path, func() error {
+						return writeSparse(w, mapped[c.host:c.host+c.n], c.off)
+					})
+					if err != nil {
+						fail(fmt.Errorf("qcow2: convert: %w", err))
+						continue
+					}
+					advance(c.n)
 					continue
 				}
 				b := buf[:c.n]
@@ -164,8 +187,13 @@ func convertInto(ctx context.Context, src *Image, w interface {
 		}
 		for off, end := e.Start, e.Start+e.Length; off < end; {
 			next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
+			host := int64(-1)
+			if h := e.HostOffset + off - e.Start; mapped != nil && e.Kind == KindData && e.Depth == 0 &&
+				e.HostOffset >= 0 && h+next-off <= int64(len(mapped)) {
+				host = h
+			}
 			select {
-			case work <- chunk{off, next - off}:
+			case work <- chunk{off, next - off, host}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
