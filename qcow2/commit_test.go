@@ -54,7 +54,7 @@ func cmSame(t *testing.T, a, b, name string) {
 	t.Helper()
 	pa, pb := filepath.Join(a, name), filepath.Join(b, name)
 	for _, p := range []string{pa, pb} {
-		if out, err := testutil.Exec("qemu-img", "check", p); err != nil && exitCodeOf(err) != 63 {
+		if out, err := testutil.Exec("qemu-img", "check", "-U", p); err != nil && exitCodeOf(err) != 63 {
 			t.Fatalf("qemu-img check %s: %v\n%s", p, err, out)
 		}
 	}
@@ -159,7 +159,7 @@ func TestCommitInterrupted(t *testing.T) {
 		t.Fatal("cancelled commit returned no error")
 	}
 	for _, n := range []string{"base.qcow2", "mid.qcow2", "top.qcow2"} {
-		if out, err := testutil.Exec("qemu-img", "check", filepath.Join(dir, n)); err != nil {
+		if out, err := testutil.Exec("qemu-img", "check", "-U", filepath.Join(dir, n)); err != nil {
 			t.Fatalf("qemu-img check %s: %v\n%s", n, err, out)
 		}
 	}

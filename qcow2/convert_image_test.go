@@ -54,7 +54,7 @@ func writeRawFile(t *testing.T, dir, name string, data []byte) string {
 // finds a and b identical.
 func qemuSame(t *testing.T, a, b string) {
 	t.Helper()
-	if out, err := testutil.Exec("qemu-img", "check", a); err != nil && !strings.Contains(string(out), "does not support checks") {
+	if out, err := testutil.Exec("qemu-img", "check", "-U", a); err != nil && !strings.Contains(string(out), "does not support checks") {
 		t.Fatalf("qemu-img check %s: %v\n%s", a, err, out)
 	}
 	if out, err := testutil.Exec("qemu-img", "compare", "-U", a, b); err != nil {

@@ -43,7 +43,7 @@ func TestConvertQcow2CLI(t *testing.T) {
 			t.Errorf("%v: compare exit %d %q %q", args, code, out, errs)
 		}
 		if _, err := testutil.Exec("qemu-img", "--version"); err == nil {
-			if out, err := testutil.Exec("qemu-img", "check", dst); err != nil {
+			if out, err := testutil.Exec("qemu-img", "check", "-U", dst); err != nil {
 				t.Errorf("%v: qemu-img check: %v\n%s", args, err, out)
 			}
 		}
@@ -96,7 +96,7 @@ func TestCommitCLI(t *testing.T) {
 		}
 		if _, err := testutil.Exec("qemu-img", "--version"); err == nil {
 			// mid.qcow2 has an internal snapshot and had to grow.
-			if out, err := testutil.Exec("qemu-img", "check", p); err != nil {
+			if out, err := testutil.Exec("qemu-img", "check", "-U", p); err != nil {
 				t.Errorf("qemu-img check %s: %v\n%s", p, err, out)
 			}
 		}
