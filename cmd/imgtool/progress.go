@@ -42,8 +42,7 @@ func newProgress(enabled bool, w io.Writer, description string) (update func(don
 		mu.Lock()
 		defer mu.Unlock()
 		if bar != nil {
-			bar.Finish() //nolint:errcheck
-			io.WriteString(w, "\n")
+			bar.Finish() //nolint:errcheck // clears the bar's line (OptionClearOnFinish)
 		}
 	}
 	return update, finish
