@@ -7,7 +7,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
 )
@@ -244,26 +243,7 @@ func copyRanges(ctx context.Context, src *Image, tgt commitTarget, workers int, 
 	defer cancel()
 	size := src.Size()
 	const unit = 1 << 20
-	var (
-		done     atomic.Int64
-		progMu   sync.Mutex
-		reported int64
-	)
-	advance := func(n int64) {
-		d := done.Add(n)
-		if progress == nil {
-			return
-		}
-		progMu.Lock()
-		if d > reported {
-			reported = d
-			progress(d, size)
-		}
-		progMu.Unlock()
-	}
-	if progress != nil {
-		progress(0, size)
-	}
+	advance := newProgressMeter(progress, size).add
 	jobs := make(chan copyJob, 2*workers)
 	var (
 		wg      sync.WaitGroup

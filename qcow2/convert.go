@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 // ConvertOptions configures ConvertRaw. The zero value uses GOMAXPROCS
@@ -101,26 +100,7 @@ func convertInto(ctx context.Context, src *Image, w interface {
 	defer cancel()
 	size := src.Size()
 
-	var (
-		progMu   sync.Mutex
-		done     atomic.Int64
-		reported int64
-	)
-	advance := func(n int64) {
-		d := done.Add(n)
-		if opts.Progress == nil {
-			return
-		}
-		progMu.Lock()
-		if d > reported {
-			reported = d
-			opts.Progress(d, size)
-		}
-		progMu.Unlock()
-	}
-	if opts.Progress != nil {
-		opts.Progress(0, size)
-	}
+	advance := newProgressMeter(opts.Progress, size).add
 
 	// Uncompressed data of the top image (of a raw image: all of it) is
 	// written straight from a read-only mapping of its file, without a

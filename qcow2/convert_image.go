@@ -13,7 +13,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
-	"sync/atomic"
 )
 
 // ConvertImageOptions configures ConvertImage. The zero value writes a
@@ -228,9 +227,7 @@ func (cv *converter) run(ctx context.Context) error {
 	cv.zero = make([]byte, cv.cs)
 	per := cv.jobClusters()
 	cv.bufs.New = func() any { b := make([]byte, per*cv.cs); return &b }
-	if cv.progress != nil {
-		cv.progress(0, size)
-	}
+	meter := newProgressMeter(cv.progress, size)
 
 	var comp compressorFactory
 	if cv.compress {
@@ -325,12 +322,9 @@ func (cv *converter) run(ctx context.Context) error {
 	}
 	ioCh := make(chan ioJob, cv.workers)
 	var (
-		ioWg    sync.WaitGroup
-		ioOnce  sync.Once
-		ioErr   error
-		ioDone  atomic.Int64
-		progMu  sync.Mutex
-		reached int64
+		ioWg   sync.WaitGroup
+		ioOnce sync.Once
+		ioErr  error
 	)
 	for range cv.workers {
 		ioWg.Add(1)
@@ -343,16 +337,8 @@ func (cv *converter) run(ctx context.Context) error {
 					}
 				}
 				cv.release(x.j)
-				if cv.progress != nil {
-					// Jobs finish out of order: report the bytes done.
-					d := ioDone.Add(x.j.n * cv.cs)
-					progMu.Lock()
-					if d = min(d, size); d > reached {
-						reached = d
-						cv.progress(d, size)
-					}
-					progMu.Unlock()
-				}
+				// Jobs finish out of order: the meter reports the bytes done.
+				meter.add(x.j.n * cv.cs)
 			}
 		}()
 	}
@@ -391,9 +377,7 @@ func (cv *converter) run(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if cv.progress != nil {
-		cv.progress(size, size)
-	}
+	meter.add(size) // the last cluster may be partial: report the end
 	return nil
 }
 

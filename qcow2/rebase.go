@@ -8,7 +8,6 @@ import (
 	"os"
 	"runtime"
 	"sync"
-	"sync/atomic"
 )
 
 // RebaseOptions configures Rebase. The zero value (with Backing set) is
@@ -113,26 +112,7 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 	size := img.Size()
 	cs := img.ClusterSize()
 	unit := max(cs, 1<<20)
-	var (
-		done     atomic.Int64
-		progMu   sync.Mutex
-		reported int64
-	)
-	advance := func(n int64) {
-		d := done.Add(n)
-		if opts.Progress == nil {
-			return
-		}
-		progMu.Lock()
-		if d > reported {
-			reported = d
-			opts.Progress(d, size)
-		}
-		progMu.Unlock()
-	}
-	if opts.Progress != nil {
-		opts.Progress(0, size)
-	}
+	advance := newProgressMeter(opts.Progress, size).add
 	var comp compressorFactory
 	if opts.Compress {
 		var err error
