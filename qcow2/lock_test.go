@@ -1,11 +1,8 @@
 package qcow2
 
 import (
-	"bufio"
 	"errors"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,7 +19,7 @@ func TestLockQemuHolds(t *testing.T) {
 	if err := Create(p, CreateOptions{Size: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
-	done := holdWithQemuIO(t, p)
+	done := testutil.HoldWithQemuIO(t, p)
 	defer done()
 	_, err := Open(p, Options{Writable: true})
 	if !errors.Is(err, imagelock.ErrLocked) || !strings.Contains(err.Error(), "qemu-io") {
@@ -121,38 +118,4 @@ func TestCorruptBit(t *testing.T) {
 		t.Fatalf("writable open after repair: %v", err)
 	}
 	img.Close()
-}
-
-// holdWithQemuIO starts qemu-io on path and returns once it has the image
-// open for writing (its first write completed).
-func holdWithQemuIO(t *testing.T, path string) func() {
-	t.Helper()
-	cmd := exec.Command("qemu-io", "-f", "qcow2", path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := func() {
-		stdin.Write([]byte("quit\n"))
-		stdin.Close()
-		cmd.Wait()
-	}
-	stdin.Write([]byte("write 0 512\n"))
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), "wrote") {
-			go io.Copy(io.Discard, stdout)
-			return done
-		}
-	}
-	done()
-	t.Fatal("qemu-io did not open the image")
-	return nil
 }

@@ -1,12 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -117,44 +114,10 @@ func TestWriteCLILockedByQemuIO(t *testing.T) {
 	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
 	in := filepath.Join(dir, "in")
 	os.WriteFile(in, []byte("data"), 0o644)
-	done := holdWithQemuIO(t, p)
+	done := testutil.HoldWithQemuIO(t, p)
 	defer done()
 	code, _, e := wrCmd(t, "write", p, "0", in)
 	if code == 0 || !strings.Contains(e, "qemu-io") {
 		t.Fatalf("imgtool write while qemu-io holds the image: exit %d, stderr %q", code, e)
 	}
-}
-
-// holdWithQemuIO starts qemu-io on path and returns once it has the image
-// open for writing (its first write completed).
-func holdWithQemuIO(t *testing.T, path string) func() {
-	t.Helper()
-	cmd := exec.Command("qemu-io", "-f", "qcow2", path)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := func() {
-		stdin.Write([]byte("quit\n"))
-		stdin.Close()
-		cmd.Wait()
-	}
-	stdin.Write([]byte("write 0 512\n"))
-	sc := bufio.NewScanner(stdout)
-	for sc.Scan() {
-		if strings.Contains(sc.Text(), "wrote") {
-			go io.Copy(io.Discard, stdout)
-			return done
-		}
-	}
-	done()
-	t.Fatal("qemu-io did not open the image")
-	return nil
 }

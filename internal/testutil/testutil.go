@@ -7,10 +7,13 @@
 package testutil
 
 import (
+	"bufio"
 	"bytes"
+	"io"
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -84,4 +87,45 @@ func Exec(name string, args ...string) ([]byte, error) {
 		return append(stdout.Bytes(), stderr.Bytes()...), err
 	}
 	return stdout.Bytes(), nil
+}
+
+// HoldWithQemuIO starts qemu-io on the qcow2 image at path, as a running
+// QEMU would hold it: open for writing, with QEMU's image locks. It returns
+// once qemu-io has completed a first write (so it has the image open) and
+// registers a cleanup that ends qemu-io; the returned function ends it
+// earlier. The test needs qemu-io (NeedTool).
+func HoldWithQemuIO(tb testing.TB, path string) (release func()) {
+	tb.Helper()
+	cmd := exec.Command("qemu-io", "-f", "qcow2", path)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			io.WriteString(stdin, "quit\n")
+			stdin.Close()
+			cmd.Wait()
+		})
+	}
+	tb.Cleanup(release)
+	io.WriteString(stdin, "write 0 512\n")
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "wrote") {
+			go io.Copy(io.Discard, stdout)
+			return release
+		}
+	}
+	release()
+	tb.Fatalf("qemu-io did not open %s for writing", path)
+	return nil
 }
