@@ -259,7 +259,7 @@ func runLayerApply(args []string, stdout, stderr io.Writer) error {
 	defer finish()
 	d, err := layers.Apply(context.Background(), &countReader{r: rc, total: size, update: update}, fs.Arg(1), opts)
 	if err != nil {
-		return err
+		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}
 	finish()
 	return printDescriptor(stdout, d, asJSON)
