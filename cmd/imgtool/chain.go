@@ -10,7 +10,6 @@ import (
 
 	"github.com/imgtool/imgtool/overlay"
 	"github.com/imgtool/imgtool/qcow2"
-	"github.com/spf13/pflag"
 )
 
 const chainUsage = `Usage: imgtool chain SUBCOMMAND [OPTIONS] ARGS...
@@ -40,28 +39,14 @@ the check that no process (a running VM) has the image open.
 
 // runChain dispatches imgtool chain init|add|vm|tree|rm|squash.
 func runChain(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, chainUsage)
-		return usagef("missing subcommand (init, add, vm, tree, rm or squash)")
-	}
-	switch args[0] {
-	case "init":
-		return runChainInit(args[1:], stdout, stderr)
-	case "add":
-		return runChainAdd(args[1:], stdout, stderr)
-	case "vm":
-		return runChainVM(args[1:], stdout, stderr)
-	case "tree", "ls":
-		return runChainTree(args[1:], stdout, stderr)
-	case "rm":
-		return runChainRm(args[1:], stdout, stderr)
-	case "squash":
-		return runChainSquash(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, chainUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want init, add, vm, tree, rm or squash)", args[0])
+	return dispatch(chainUsage, args, stdout, stderr,
+		subcommand{[]string{"init"}, runChainInit},
+		subcommand{[]string{"add"}, runChainAdd},
+		subcommand{[]string{"vm"}, runChainVM},
+		subcommand{[]string{"tree", "ls"}, runChainTree},
+		subcommand{[]string{"rm"}, runChainRm},
+		subcommand{[]string{"squash"}, runChainSquash},
+	)
 }
 
 func runChainInit(args []string, stdout, stderr io.Writer) error {

@@ -9,7 +9,6 @@ import (
 
 	"github.com/imgtool/imgtool/dedup"
 	"github.com/imgtool/imgtool/qcow2"
-	"github.com/spf13/pflag"
 )
 
 const dedupUsage = `Usage: imgtool dedup SUBCOMMAND [OPTIONS] ARGS...
@@ -28,22 +27,11 @@ See also 'imgtool store dedup' for the layer store.
 
 // runDedup dispatches imgtool dedup scan|rebase|sparsify.
 func runDedup(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, dedupUsage)
-		return usagef("missing subcommand (scan, rebase or sparsify)")
-	}
-	switch args[0] {
-	case "scan":
-		return runDedupScan(args[1:], stdout, stderr)
-	case "rebase":
-		return runDedupRebase(args[1:], stdout, stderr)
-	case "sparsify":
-		return runDedupSparsify(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, dedupUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want scan, rebase or sparsify)", args[0])
+	return dispatch(dedupUsage, args, stdout, stderr,
+		subcommand{[]string{"scan"}, runDedupScan},
+		subcommand{[]string{"rebase"}, runDedupRebase},
+		subcommand{[]string{"sparsify"}, runDedupSparsify},
+	)
 }
 
 func dedupJSON(w io.Writer, v any) error {

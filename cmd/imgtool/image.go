@@ -13,7 +13,6 @@ import (
 
 	"github.com/imgtool/imgtool/layers"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/spf13/pflag"
 )
 
 const imageUsage = `Usage: imgtool image SUBCOMMAND [OPTIONS] ARGS...
@@ -34,24 +33,12 @@ Run 'imgtool image SUBCOMMAND --help' for the options of one.
 
 // runImage dispatches imgtool image build|unpack|ls.
 func runImage(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, imageUsage)
-		return usagef("missing subcommand (build, unpack, ls or verify)")
-	}
-	switch args[0] {
-	case "build":
-		return runImageBuild(args[1:], stdout, stderr)
-	case "unpack":
-		return runImageUnpack(args[1:], stdout, stderr)
-	case "ls", "list":
-		return runImageLs(args[1:], stdout, stderr)
-	case "verify":
-		return runImageVerify(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, imageUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want build, unpack, ls or verify)", args[0])
+	return dispatch(imageUsage, args, stdout, stderr,
+		subcommand{[]string{"build"}, runImageBuild},
+		subcommand{[]string{"unpack"}, runImageUnpack},
+		subcommand{[]string{"ls", "list"}, runImageLs},
+		subcommand{[]string{"verify"}, runImageVerify},
+	)
 }
 
 // parsePlatform parses OS/ARCH[/VARIANT].

@@ -15,7 +15,6 @@ import (
 
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
-	"github.com/spf13/pflag"
 )
 
 const layerUsage = `Usage: imgtool layer SUBCOMMAND [OPTIONS] ARGS...
@@ -36,22 +35,11 @@ Run 'imgtool layer SUBCOMMAND --help' for the options of one.
 
 // runLayer dispatches imgtool layer create|apply|ls.
 func runLayer(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, layerUsage)
-		return usagef("missing subcommand (create, apply or ls)")
-	}
-	switch args[0] {
-	case "create":
-		return runLayerCreate(args[1:], stdout, stderr)
-	case "apply":
-		return runLayerApply(args[1:], stdout, stderr)
-	case "ls", "list":
-		return runLayerLs(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, layerUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want create, apply or ls)", args[0])
+	return dispatch(layerUsage, args, stdout, stderr,
+		subcommand{[]string{"create"}, runLayerCreate},
+		subcommand{[]string{"apply"}, runLayerApply},
+		subcommand{[]string{"ls", "list"}, runLayerLs},
+	)
 }
 
 // layerJSON is the --output json form of a layer descriptor.

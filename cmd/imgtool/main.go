@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/spf13/pflag"
@@ -199,4 +200,38 @@ func outputFormat(v string) (json bool, err error) {
 		return true, nil
 	}
 	return false, usagef("--output must be human or json, not %q", v)
+}
+
+// subcommand is one SUBCOMMAND of a command group (imgtool layer create,
+// imgtool store gc, ...). The first name is the one help shows; the
+// others are aliases.
+type subcommand struct {
+	names []string
+	run   func(args []string, stdout, stderr io.Writer) error
+}
+
+// dispatch runs the subcommand of a group that args[0] names. Without a
+// subcommand it prints usage to stderr and fails; with -h, --help or help
+// it prints usage to stdout.
+func dispatch(usage string, args []string, stdout, stderr io.Writer, subs ...subcommand) error {
+	names := make([]string, len(subs))
+	for i, s := range subs {
+		names[i] = s.names[0]
+	}
+	list := strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usagef("missing subcommand (%s)", list)
+	}
+	switch args[0] {
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return pflag.ErrHelp
+	}
+	for _, s := range subs {
+		if slices.Contains(s.names, args[0]) {
+			return s.run(args[1:], stdout, stderr)
+		}
+	}
+	return usagef("unknown subcommand %q (want %s)", args[0], list)
 }

@@ -33,22 +33,11 @@ Run 'imgtool rootfs SUBCOMMAND --help' for the options of one.
 
 // runRootfs dispatches imgtool rootfs mount|umount|commit.
 func runRootfs(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, rootfsUsage)
-		return usagef("missing subcommand (mount, umount or commit)")
-	}
-	switch args[0] {
-	case "mount":
-		return runRootfsMount(args[1:], stdout, stderr)
-	case "umount", "unmount":
-		return runRootfsUmount(args[1:], stdout, stderr)
-	case "commit":
-		return runRootfsCommit(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, rootfsUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want mount, umount or commit)", args[0])
+	return dispatch(rootfsUsage, args, stdout, stderr,
+		subcommand{[]string{"mount"}, runRootfsMount},
+		subcommand{[]string{"umount", "unmount"}, runRootfsUmount},
+		subcommand{[]string{"commit"}, runRootfsCommit},
+	)
 }
 
 // rootfsStoreFlag adds --store to fs.

@@ -9,7 +9,6 @@ import (
 
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/overlay"
-	"github.com/spf13/pflag"
 )
 
 const storeUsage = `Usage: imgtool store SUBCOMMAND [OPTIONS] ARGS...
@@ -33,24 +32,12 @@ ignores the pins.
 
 // runStore dispatches imgtool store ls|gc|unpack.
 func runStore(args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		fmt.Fprint(stderr, storeUsage)
-		return usagef("missing subcommand (ls, gc or unpack)")
-	}
-	switch args[0] {
-	case "ls", "list":
-		return runStoreLs(args[1:], stdout, stderr)
-	case "gc":
-		return runStoreGC(args[1:], stdout, stderr)
-	case "unpack":
-		return runStoreUnpack(args[1:], stdout, stderr)
-	case "dedup":
-		return runStoreDedup(args[1:], stdout, stderr)
-	case "-h", "--help", "help":
-		fmt.Fprint(stdout, storeUsage)
-		return pflag.ErrHelp
-	}
-	return usagef("unknown subcommand %q (want ls, gc, unpack or dedup)", args[0])
+	return dispatch(storeUsage, args, stdout, stderr,
+		subcommand{[]string{"ls", "list"}, runStoreLs},
+		subcommand{[]string{"gc"}, runStoreGC},
+		subcommand{[]string{"unpack"}, runStoreUnpack},
+		subcommand{[]string{"dedup"}, runStoreDedup},
+	)
 }
 
 func runStoreLs(args []string, stdout, stderr io.Writer) error {
