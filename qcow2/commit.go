@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sync"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
 )
@@ -239,76 +238,50 @@ func copyAbove(ctx context.Context, chain *Image, depth int, tgt commitTarget, w
 // copyRanges walks the extents of src and, for each one pick selects,
 // writes its guest content (or zeroes, when pick says so) to tgt.
 func copyRanges(ctx context.Context, src *Image, tgt commitTarget, workers int, progress func(done, total int64), pick func(Extent) (sel, zero bool)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	size := src.Size()
 	const unit = 1 << 20
 	advance := newProgressMeter(progress, size).add
-	jobs := make(chan copyJob, 2*workers)
-	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		first   error
-	)
-	fail := func(err error) { errOnce.Do(func() { first = err; cancel() }) }
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, unit)
-			for j := range jobs {
-				if ctx.Err() != nil {
-					continue
-				}
-				if j.zero {
-					if err := tgt.WriteZeroes(j.off, j.n); err != nil {
-						fail(err)
-					}
-					advance(j.n)
-					continue
-				}
-				b := buf[:j.n]
-				if err := readGuestAt(src, b, j.off); err != nil {
-					fail(err)
-					continue
-				}
-				if _, err := tgt.WriteAt(b, j.off); err != nil {
-					fail(err)
-					continue
+	worker := func() func(copyJob) error {
+		buf := make([]byte, unit)
+		return func(j copyJob) error {
+			if j.zero {
+				if err := tgt.WriteZeroes(j.off, j.n); err != nil {
+					return err
 				}
 				advance(j.n)
+				return nil
 			}
-		}()
-	}
-	walkErr := src.WalkExtents(0, size, func(e Extent) error {
-		sel, zero := pick(e)
-		if !sel {
-			advance(e.Length)
+			b := buf[:j.n]
+			if err := readGuestAt(src, b, j.off); err != nil {
+				return err
+			}
+			if _, err := tgt.WriteAt(b, j.off); err != nil {
+				return err
+			}
+			advance(j.n)
 			return nil
 		}
-		for off, end := e.Start, e.Start+e.Length; off < end; {
-			next := min(end, (off/unit+1)*unit)
-			if zero {
-				next = end
+	}
+	return runPool(ctx, workers, worker, func(ctx context.Context, emit func(copyJob) error) error {
+		return src.WalkExtents(0, size, func(e Extent) error {
+			sel, zero := pick(e)
+			if !sel {
+				advance(e.Length)
+				return nil
 			}
-			select {
-			case jobs <- copyJob{off, next - off, zero}:
-			case <-ctx.Done():
-				return ctx.Err()
+			for off, end := e.Start, e.Start+e.Length; off < end; {
+				next := min(end, (off/unit+1)*unit)
+				if zero {
+					next = end
+				}
+				if err := emit(copyJob{off, next - off, zero}); err != nil {
+					return err
+				}
+				off = next
 			}
-			off = next
-		}
-		return nil
+			return nil
+		})
 	})
-	close(jobs)
-	wg.Wait()
-	if first != nil {
-		return first
-	}
-	if walkErr != nil {
-		return walkErr
-	}
-	return ctx.Err()
 }
 
 // makeEmpty unallocates every cluster of the image, so that it reads

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"sync"
 )
 
 // ConvertOptions configures ConvertRaw. The zero value uses GOMAXPROCS
@@ -96,8 +95,6 @@ type chunk struct{ off, n, host int64 }
 func convertInto(ctx context.Context, src *Image, w interface {
 	WriteAt([]byte, int64) (int, error)
 }, opts ConvertOptions) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	size := src.Size()
 
 	advance := newProgressMeter(opts.Progress, size).add
@@ -113,83 +110,55 @@ func convertInto(ctx context.Context, src *Image, w interface {
 		}
 	}
 
-	work := make(chan chunk, 2*opts.Workers)
-	var (
-		wg       sync.WaitGroup
-		errOnce  sync.Once
-		firstErr error
-	)
-	fail := func(err error) {
-		errOnce.Do(func() { firstErr = err; cancel() })
-	}
-	for range opts.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, opts.ChunkSize)
-			for c := range work {
-				if ctx.Err() != nil {
-					continue
-				}
-				if c.host >= 0 {
-					err := guardFault(src.path, func() error {
-						return writeSparse(w, mapped[c.host:c.host+c.n], c.off)
-					})
-					if err != nil {
-						fail(fmt.Errorf("qcow2: convert: %w", err))
-						continue
-					}
-					advance(c.n)
-					continue
-				}
-				b := buf[:c.n]
-				if _, err := src.ReadAt(b, c.off); err != nil {
-					fail(err)
-					continue
-				}
-				if err := writeSparse(w, b, c.off); err != nil {
-					fail(fmt.Errorf("qcow2: convert: %w", err))
-					continue
+	worker := func() func(chunk) error {
+		buf := make([]byte, opts.ChunkSize)
+		return func(c chunk) error {
+			if c.host >= 0 {
+				err := guardFault(src.path, func() error {
+					return writeSparse(w, mapped[c.host:c.host+c.n], c.off)
+				})
+				if err != nil {
+					return fmt.Errorf("qcow2: convert: %w", err)
 				}
 				advance(c.n)
+				return nil
 			}
-		}()
-	}
-
-	// Walk the extents and cut data into chunks aligned to ChunkSize.
-	walkErr := src.WalkExtents(0, size, func(e Extent) error {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if e.Kind != KindData && e.Kind != KindCompressed {
-			advance(e.Length)
+			b := buf[:c.n]
+			if _, err := src.ReadAt(b, c.off); err != nil {
+				return err
+			}
+			if err := writeSparse(w, b, c.off); err != nil {
+				return fmt.Errorf("qcow2: convert: %w", err)
+			}
+			advance(c.n)
 			return nil
 		}
-		for off, end := e.Start, e.Start+e.Length; off < end; {
-			next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
-			host := int64(-1)
-			if h := e.HostOffset + off - e.Start; mapped != nil && e.Kind == KindData && e.Depth == 0 &&
-				e.HostOffset >= 0 && h+next-off <= int64(len(mapped)) {
-				host = h
-			}
-			select {
-			case work <- chunk{off, next - off, host}:
-			case <-ctx.Done():
+	}
+	// Walk the extents and cut data into chunks aligned to ChunkSize.
+	return runPool(ctx, opts.Workers, worker, func(ctx context.Context, emit func(chunk) error) error {
+		return src.WalkExtents(0, size, func(e Extent) error {
+			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			off = next
-		}
-		return nil
+			if e.Kind != KindData && e.Kind != KindCompressed {
+				advance(e.Length)
+				return nil
+			}
+			for off, end := e.Start, e.Start+e.Length; off < end; {
+				next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
+				host := int64(-1)
+				if h := e.HostOffset + off - e.Start; mapped != nil && e.Kind == KindData && e.Depth == 0 &&
+					e.HostOffset >= 0 && h+next-off <= int64(len(mapped)) {
+					host = h
+				}
+				if err := emit(chunk{off, next - off, host}); err != nil {
+					return err
+				}
+				off = next
+			}
+			return nil
+		})
 	})
-	close(work)
-	wg.Wait()
-	if firstErr != nil {
-		return firstErr
-	}
-	if walkErr != nil {
-		return walkErr
-	}
-	return ctx.Err()
 }
 
 var zeroBlock [sparseBlock]byte

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-	"sync"
 )
 
 // RebaseOptions configures Rebase. The zero value (with Backing set) is
@@ -107,8 +106,6 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 // rebaseCopy copies into img every range it does not allocate whose
 // content differs between its current backing chain and nb (nil: zeros).
 func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	size := img.Size()
 	cs := img.ClusterSize()
 	unit := max(cs, 1<<20)
@@ -126,34 +123,20 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 		off, n  int64
 		oldData bool
 	}
-	jobs := make(chan job, 2*opts.Workers)
-	var (
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		first   error
-	)
-	fail := func(err error) { errOnce.Do(func() { first = err; cancel() }) }
-	for range opts.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			oldBuf := make([]byte, unit)
-			newBuf := make([]byte, unit)
-			var c clusterCompressor
-			if comp != nil {
-				c = comp.get()
+	worker := func() func(job) error {
+		oldBuf := make([]byte, unit)
+		newBuf := make([]byte, unit)
+		var c clusterCompressor
+		if comp != nil {
+			c = comp.get()
+		}
+		return func(j job) error {
+			if err := rebaseRange(img, nb, j.off, j.n, j.oldData, oldBuf[:j.n], newBuf[:j.n], c, pk); err != nil {
+				return err
 			}
-			for j := range jobs {
-				if ctx.Err() != nil {
-					continue
-				}
-				if err := rebaseRange(img, nb, j.off, j.n, j.oldData, oldBuf[:j.n], newBuf[:j.n], c, pk); err != nil {
-					fail(err)
-					continue
-				}
-				advance(j.n)
-			}
-		}()
+			advance(j.n)
+			return nil
+		}
 	}
 	// When the new backing file is part of the old chain, ranges decided
 	// by it or below read the same before and after: skip them, as
@@ -169,32 +152,23 @@ func rebaseCopy(ctx context.Context, img, nb *Image, opts RebaseOptions) error {
 			}
 		}
 	}
-	walkErr := img.WalkExtents(0, size, func(e Extent) error {
-		if e.Depth == 0 && e.Kind != KindUnallocated || same > 0 && e.Depth >= same {
-			advance(e.Length) // content that does not change
-			return nil
-		}
-		oldData := e.Kind == KindData || e.Kind == KindCompressed
-		for off, end := e.Start, e.Start+e.Length; off < end; {
-			next := min(end, (off/unit+1)*unit)
-			select {
-			case jobs <- job{off, next - off, oldData}:
-			case <-ctx.Done():
-				return ctx.Err()
+	return runPool(ctx, opts.Workers, worker, func(ctx context.Context, emit func(job) error) error {
+		return img.WalkExtents(0, size, func(e Extent) error {
+			if e.Depth == 0 && e.Kind != KindUnallocated || same > 0 && e.Depth >= same {
+				advance(e.Length) // content that does not change
+				return nil
 			}
-			off = next
-		}
-		return nil
+			oldData := e.Kind == KindData || e.Kind == KindCompressed
+			for off, end := e.Start, e.Start+e.Length; off < end; {
+				next := min(end, (off/unit+1)*unit)
+				if err := emit(job{off, next - off, oldData}); err != nil {
+					return err
+				}
+				off = next
+			}
+			return nil
+		})
 	})
-	close(jobs)
-	wg.Wait()
-	if first != nil {
-		return first
-	}
-	if walkErr != nil {
-		return walkErr
-	}
-	return ctx.Err()
 }
 
 // rebaseRange handles [off, off+n) of img, a range img does not allocate:
