@@ -155,10 +155,7 @@ type chainTreeEntry struct {
 func runChainTree(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("chain tree", "[--output human|json] DIR", stderr)
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

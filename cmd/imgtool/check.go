@@ -18,10 +18,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks")
 	format := fs.StringP("format", "f", "", "image format; probed when omitted")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

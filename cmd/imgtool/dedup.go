@@ -54,10 +54,7 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 	chunk := fs.String("chunk-size", "", "image chunk size (default: the largest cluster size, 64 KiB for raw)")
 	forceShare := fs.BoolP("force-share", "U", false, "open images without taking image locks")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -110,10 +107,7 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 	forceShare := fs.BoolP("force-share", "U", false, "open images without taking image locks")
 	output := fs.String("output", "human", "output format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -165,10 +159,7 @@ func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dedup sparsify", "[-p] IMG", stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -216,10 +207,7 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	dry := fs.BoolP("dry-run", "n", false, "report what would be shared, change nothing")
 	output := fs.String("output", "human", "output format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

@@ -85,10 +85,7 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 	tmp := fs.String("tmpdir", "", "`DIR` for the scratch tree that directory layers are diffed against (default: $TMPDIR)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -157,10 +154,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&ao.SkipDevices, "skip-devices", false, "skip device nodes when they may not be created (not root) instead of failing")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -201,10 +195,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 func runImageLs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image ls", "DIR", stderr)
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -248,10 +239,7 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 func runImageVerify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image verify", "DIR", stderr)
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

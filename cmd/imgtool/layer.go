@@ -70,10 +70,7 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 	out := fs.StringP("output-file", "o", "", "write the blob to FILE (- for standard output)")
 	output := fs.String("output", "human", "report format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -222,10 +219,7 @@ func runLayerApply(args []string, stdout, stderr io.Writer) error {
 	expect := fs.String("expect-digest", "", "fail unless the blob has this digest")
 	output := fs.String("output", "human", "report format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -269,10 +263,7 @@ type entryJSON struct {
 func runLayerLs(args []string, stdout, stderr io.Writer) error {
 	flags := newFlagSet("layer ls", "LAYER", stderr)
 	output := flags.String("output", "human", "format: human or json")
-	if err := parseFlags(flags, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(flags, args, output)
 	if err != nil {
 		return err
 	}

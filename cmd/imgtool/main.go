@@ -235,3 +235,12 @@ func dispatch(usage string, args []string, stdout, stderr io.Writer, subs ...sub
 	}
 	return usagef("unknown subcommand %q (want %s)", args[0], list)
 }
+
+// parseFlagsOutput parses args and then validates the --output flag that
+// output points at, the pair of steps every reporting command starts with.
+func parseFlagsOutput(fs *pflag.FlagSet, args []string, output *string) (json bool, err error) {
+	if err := parseFlags(fs, args); err != nil {
+		return false, err
+	}
+	return outputFormat(*output)
+}

@@ -13,10 +13,7 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

@@ -16,10 +16,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	format := fs.StringP("format", "f", "", "SRC format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open SRC without taking image locks")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

@@ -86,10 +86,7 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -133,10 +130,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 	store := rootfsStoreFlag(fs)
 	rm := fs.Bool("rm", false, "remove the container: its upper dir (or, in copy mode, the copied tree) and its record")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -172,10 +166,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

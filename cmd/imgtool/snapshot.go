@@ -17,10 +17,7 @@ func runSnapshot(args []string, stdout, stderr io.Writer) error {
 	del := fs.StringP("delete", "d", "", "delete snapshot NAME (or ID)")
 	output := fs.String("output", "human", "output format for -l: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (-l only)")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}

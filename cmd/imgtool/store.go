@@ -44,10 +44,7 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stderr)
 	store := rootfsStoreFlag(fs)
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -116,10 +113,7 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "ignore image pins: keep only the layers of containers")
 	dry := fs.BoolP("dry-run", "n", false, "report what would be removed, remove nothing")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
@@ -157,10 +151,7 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	asJSON, err := outputFormat(*output)
+	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
