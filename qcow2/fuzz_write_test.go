@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"bytes"
+	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -111,7 +112,7 @@ func FuzzWriteOps(f *testing.F) {
 }
 
 func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"0", "512", "64K", "1.5G", "2T", "1E", "7b", "-1", "", "9999999999999999999"} {
+	for _, s := range []string{"0", "512", "64K", "1.5G", "2T", "1E", "7b", "-1", "", "9999999999999999999", "8E", "8.0E", "8192P", "9223372036854775807", "7.999999999999999E"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -122,4 +123,17 @@ func FuzzParseSize(f *testing.F) {
 		var o CreateOptions
 		ParseCreateOptions(&o, s) //nolint:errcheck // must not panic
 	})
+}
+
+func TestParseSizeOverflow(t *testing.T) {
+	for _, s := range []string{"8E", "8.0E", "8192P", "16E", "9223372036854775808"} {
+		if v, err := ParseSize(s); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", s, v)
+		}
+	}
+	for s, want := range map[string]int64{"7E": 7 << 60, "8191P": 8191 << 50, "9223372036854775807": math.MaxInt64, "1.5K": 1536} {
+		if v, err := ParseSize(s); err != nil || v != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, v, err, want)
+		}
+	}
 }

@@ -37,13 +37,13 @@ func ParseSize(s string) (int64, error) {
 		t = t[:len(t)-1]
 	}
 	if v, err := strconv.ParseInt(t, 10, 64); err == nil {
-		if v < 0 || float64(v)*mult > math.MaxInt64 {
+		if v < 0 || v > math.MaxInt64/int64(mult) {
 			return 0, fmt.Errorf("invalid size %q", s)
 		}
 		return v * int64(mult), nil
 	}
 	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || math.IsNaN(f) || f*mult > math.MaxInt64 {
+	if err != nil || f < 0 || math.IsNaN(f) || f*mult >= math.MaxInt64 {
 		return 0, fmt.Errorf("invalid size %q", s)
 	}
 	return int64(f * mult), nil
