@@ -1,15 +1,14 @@
 package qcow2
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 
-	"github.com/klauspost/compress/flate"
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/imgtool/imgtool/internal/inflate"
 )
 
 // decompressor turns compressed clusters back into clusters. It is safe
@@ -20,7 +19,7 @@ type decompressor struct {
 	clusterSize int64
 	clusters    sync.Pool // *[]byte of clusterSize
 	inputs      sync.Pool // *[]byte of up to 2*clusterSize
-	inflaters   sync.Pool // *inflater
+	inflaters   sync.Pool // *inflate.Decoder
 	last        lastCluster
 	zstdOnce    sync.Once
 	zdec        *zstd.Decoder
@@ -64,11 +63,6 @@ func (d *decompressor) forget() {
 	d.last.mu.Lock()
 	d.last.entry = 0
 	d.last.mu.Unlock()
-}
-
-type inflater struct {
-	r   io.ReadCloser
-	src bytes.Reader
 }
 
 func newDecompressor(kind uint8, clusterSize int64) *decompressor {
@@ -121,19 +115,12 @@ func (d *decompressor) decompress(out, src []byte) error {
 }
 
 func (d *decompressor) inflate(out, src []byte) error {
-	inf, _ := d.inflaters.Get().(*inflater)
-	if inf == nil {
-		inf = &inflater{}
-		inf.src.Reset(src)
-		inf.r = flate.NewReader(&inf.src)
-	} else {
-		inf.src.Reset(src)
-		if err := inf.r.(flate.Resetter).Reset(&inf.src, nil); err != nil {
-			return err
-		}
+	dec, _ := d.inflaters.Get().(*inflate.Decoder)
+	if dec == nil {
+		dec = new(inflate.Decoder)
 	}
-	_, err := io.ReadFull(inf.r, out)
-	d.inflaters.Put(inf)
+	err := dec.Decode(out, src)
+	d.inflaters.Put(dec)
 	if err != nil {
 		return fmt.Errorf("deflate: %w", err)
 	}
