@@ -353,9 +353,10 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 		buf = be.AppendUint32(buf, e.Type)
 		buf = be.AppendUint32(buf, uint32(len(e.Data)))
 		buf = append(buf, e.Data...)
-		for len(buf)%8 != 0 {
-			buf = append(buf, 0)
-		}
+		// Pad the data, not the file offset: a v3 header_length need
+		// not be a multiple of 8, and readers step over each
+		// extension's data rounded up to 8 bytes.
+		buf = append(buf, make([]byte, -len(e.Data)&7)...)
 	}
 	buf = append(buf, 0, 0, 0, 0, 0, 0, 0, 0) // end of extensions
 	if h.BackingFile != "" {
