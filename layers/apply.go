@@ -3,8 +3,10 @@ package layers
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -36,8 +38,9 @@ type ApplyOptions struct {
 	Limits Limits
 	// ExpectDigest and ExpectDiffID, when set, are checked against the
 	// digests computed while streaming; a mismatch is ErrDigestMismatch.
-	// The check happens at the end of the blob: on mismatch dir holds the
-	// partly applied, untrusted layer.
+	// The check happens at the end of the blob: on mismatch an existing
+	// dir holds the partly applied, untrusted layer (a dir that Apply
+	// created is removed, as on every failure).
 	ExpectDigest, ExpectDiffID digest.Digest
 	// AllowDevices permits creating char and block devices. nil means:
 	// when running as root.
@@ -52,7 +55,8 @@ type ApplyOptions struct {
 
 // Apply reads a layer blob (tar, tar+gzip or tar+zstd, detected by its
 // magic) and applies it onto the directory dir, which is created if
-// missing. It returns the digest and diffID computed while streaming.
+// missing (and then removed again if Apply fails). It returns the digest
+// and diffID computed while streaming.
 //
 // Every path is resolved inside dir (openat2 RESOLVE_IN_ROOT: symlinks in
 // the tree act as if dir were "/", so nothing outside dir is ever written,
@@ -70,12 +74,21 @@ type ApplyOptions struct {
 //
 // Apply is safe to call concurrently on different directories. It needs
 // Linux >= 5.6.
-func Apply(ctx context.Context, blob io.Reader, dir string, opts ApplyOptions) (Descriptor, error) {
+func Apply(ctx context.Context, blob io.Reader, dir string, opts ApplyOptions) (_ Descriptor, err error) {
 	if err := validateIDMaps(opts.UIDMap, "uid"); err != nil {
 		return Descriptor{}, err
 	}
 	if err := validateIDMaps(opts.GIDMap, "gid"); err != nil {
 		return Descriptor{}, err
+	}
+	if _, statErr := os.Lstat(dir); errors.Is(statErr, fs.ErrNotExist) {
+		// A directory made here is removed again if the blob turns
+		// out bad, so a failed apply leaves nothing behind.
+		defer func() {
+			if err != nil {
+				os.RemoveAll(dir)
+			}
+		}()
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Descriptor{}, fmt.Errorf("layers: apply: %w", err)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -255,3 +256,33 @@ func paxRecord(k, v string) string {
 }
 
 func digestOf(s string) digest.Digest { return digest.Digest(s) }
+
+// TestApplyFailureRemovesCreatedDir: a bad blob leaves no directory
+// behind when Apply made it, and leaves an existing directory in place.
+func TestApplyFailureRemovesCreatedDir(t *testing.T) {
+	garbage := bytes.Repeat([]byte("not a tar "), 100)
+	fresh := filepath.Join(t.TempDir(), "new")
+	if _, err := Apply(context.Background(), bytes.NewReader(garbage), fresh, ApplyOptions{}); err == nil {
+		t.Fatal("garbage blob applied")
+	}
+	if _, err := os.Lstat(fresh); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("directory left behind: %v", err)
+	}
+	// A digest mismatch is found only after extraction.
+	blob := tartest.Tar(tartest.File("f", "data"))
+	bad := ApplyOptions{ExpectDigest: digest.Digest("sha256:" + strings.Repeat("0", 64))}
+	if _, err := Apply(context.Background(), bytes.NewReader(blob), fresh, bad); !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("err = %v, want ErrDigestMismatch", err)
+	}
+	if _, err := os.Lstat(fresh); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("directory left behind after digest mismatch: %v", err)
+	}
+	existing := t.TempDir()
+	os.WriteFile(filepath.Join(existing, "keep"), []byte("x"), 0o644)
+	if _, err := Apply(context.Background(), bytes.NewReader(garbage), existing, ApplyOptions{}); err == nil {
+		t.Fatal("garbage blob applied")
+	}
+	if _, err := os.Stat(filepath.Join(existing, "keep")); err != nil {
+		t.Fatalf("existing directory damaged: %v", err)
+	}
+}
