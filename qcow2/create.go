@@ -59,6 +59,10 @@ type CreateOptions struct {
 	UnsafeBacking bool
 	// Overwrite replaces an existing file; by default Create refuses.
 	Overwrite bool
+	// Progress, if set, is called as preallocation proceeds with the
+	// bytes of guest done and in all. Only full preallocation, which
+	// writes every cluster, reports.
+	Progress func(done, total int64)
 }
 
 // defaultClusterSize is qemu-img's default cluster size.
@@ -145,7 +149,7 @@ func Create(path string, opts CreateOptions) error {
 		return fmt.Errorf("qcow2: creating %s: %w", path, err)
 	}
 	if opts.Format == FormatQcow2 && opts.Preallocation != "" && opts.Preallocation != PreallocOff {
-		if err := preallocate(tmpName, opts.Preallocation == PreallocFull); err != nil {
+		if err := preallocate(tmpName, opts.Preallocation == PreallocFull, opts.Progress); err != nil {
 			return fmt.Errorf("qcow2: creating %s: preallocating: %w", path, err)
 		}
 	}
@@ -163,6 +167,9 @@ func createRaw(f *os.File, opts *CreateOptions) error {
 			n := min(int64(len(buf)), opts.Size-off)
 			if _, err := f.WriteAt(buf[:n], off); err != nil {
 				return err
+			}
+			if opts.Progress != nil {
+				opts.Progress(off+n, opts.Size)
 			}
 		}
 	}
@@ -321,20 +328,21 @@ func writeEmptyQcow2(f *os.File, h *Header) error {
 }
 
 // preallocate opens the new image and allocates every L2 table and data
-// cluster (full: data clusters are written with zeros).
-func preallocate(path string, full bool) error {
+// cluster (full: data clusters are written with zeros, and progress, if
+// set, hears of it).
+func preallocate(path string, full bool, progress func(done, total int64)) error {
 	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: true})
 	if err != nil {
 		return err
 	}
-	perr := img.w.preallocate(full)
+	perr := img.w.preallocate(full, progress)
 	if err := img.Close(); perr == nil {
 		perr = err
 	}
 	return perr
 }
 
-func (w *writer) preallocate(full bool) error {
+func (w *writer) preallocate(full bool, progress func(done, total int64)) error {
 	img := w.img
 	w.ops.Lock()
 	defer w.ops.Unlock()
@@ -375,6 +383,9 @@ func (w *writer) preallocate(full bool) error {
 				if err := writeFull(w.st, zero[:k], off); err != nil {
 					return err
 				}
+			}
+			if progress != nil {
+				progress(min((first+n)*w.cs(), img.size), img.size)
 			}
 		}
 		w.dataWritten = true

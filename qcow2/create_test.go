@@ -155,3 +155,25 @@ func TestWriteCompressed(t *testing.T) {
 		})
 	}
 }
+
+func TestCreateFullPreallocationProgress(t *testing.T) {
+	for _, f := range []Format{FormatQcow2, FormatRaw} {
+		var last, total int64
+		calls := 0
+		path := filepath.Join(t.TempDir(), "full."+string(f))
+		err := Create(path, CreateOptions{Format: f, Size: 5<<20 + 512, Preallocation: PreallocFull, ClusterSize: 512,
+			Progress: func(done, tot int64) {
+				if done < last || done > tot {
+					t.Errorf("%s: progress %d/%d after %d", f, done, tot, last)
+				}
+				last, total = done, tot
+				calls++
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if calls == 0 || last != total || total != 5<<20+512 {
+			t.Errorf("%s: %d calls, last %d/%d", f, calls, last, total)
+		}
+	}
+}

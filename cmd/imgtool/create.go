@@ -9,7 +9,7 @@ import (
 
 // runCreate implements `imgtool create`, as qemu-img create.
 func runCreate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("create", "[-f qcow2|raw] [-b|--backing FILE] [-F|--backing-format FMT] [-o k=v,...] [-u] FILE [SIZE]", stderr)
+	fs := newFlagSet("create", "[-f qcow2|raw] [-b|--backing FILE] [-F|--backing-format FMT] [-o k=v,...] [-u] [-p] FILE [SIZE]", stderr)
 	format := fs.StringP("format", "f", "qcow2", "image format: qcow2 or raw")
 	backing := fs.StringP("backing", "b", "", "backing file (relative names are relative to FILE's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "backing file format (qcow2 or raw); probed when omitted")
@@ -22,6 +22,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 	prealloc := fs.String("preallocation", "", "preallocation: off (default), metadata or full")
 	compat := fs.String("compat", "", "qcow2 version: 1.1 (default, v3) or 0.10 (v2)")
 	overwrite := fs.Bool("overwrite", false, "replace FILE if it exists (by default create refuses)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr (full preallocation)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -73,5 +74,8 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, " size=%d", opts.Size)
 	}
 	fmt.Fprintln(stdout)
+	update, finish := newProgress(*progress, stderr, "preallocating")
+	defer finish()
+	opts.Progress = update
 	return qcow2.Create(path, opts)
 }
