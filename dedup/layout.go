@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
@@ -141,11 +142,24 @@ type layoutScan struct {
 	chunks *chunkIndex
 	mu     sync.Mutex
 	files  map[Digest]*fileEntry
+	// held counts the chunk references and file entries kept in memory
+	// until the end of the scan; like the chunk index, they are bounded
+	// by MaxChunks (limit; 0: none).
+	held  atomic.Int64
+	limit int64
+}
+
+// hold accounts for one more chunk reference or file entry.
+func (st *layoutScan) hold() error {
+	if n := st.held.Add(1); st.limit > 0 && n > st.limit {
+		return fmt.Errorf("%w: more than %d chunks and files held by a layout scan", ErrIndexFull, st.limit)
+	}
+	return nil
 }
 
 func scanLayouts(ctx context.Context, dirs []string, lays []*layoutLayer, images, refs int, opts ScanOptions, prog *progress) (*LayoutReport, error) {
 	rep := &LayoutReport{Layouts: len(dirs), Images: images, Layers: len(lays), LayerRefs: refs}
-	st := &layoutScan{chunks: newChunkIndex(opts.maxChunks()), files: map[Digest]*fileEntry{}}
+	st := &layoutScan{chunks: newChunkIndex(opts.maxChunks()), files: map[Digest]*fileEntry{}, limit: opts.maxChunks()}
 	// Per layer: the digests and sizes of its chunks, kept to compute
 	// the shared bytes once all layers are indexed (40 bytes a chunk).
 	type chunkRef struct {
@@ -173,6 +187,9 @@ func scanLayouts(ctx context.Context, dirs []string, lays []*layoutLayer, images
 				f.Layout, f.Digest, f.Images = ll.layout.Dir(), ll.desc.Digest, ll.images
 				var refs []chunkRef
 				emit := func(chunk []byte) error {
+					if err := st.hold(); err != nil {
+						return err
+					}
 					if isZero(chunk) {
 						refs = append(refs, chunkRef{n: int64(len(chunk)), zero: true})
 						return nil
@@ -312,6 +329,9 @@ func (st *layoutScan) readLayer(ctx context.Context, ll *layoutLayer, f *LayerFi
 		h.Sum(d[:0])
 		fds = append(fds, d)
 		f.Files++
+		if err := st.hold(); err != nil {
+			return nil, err
+		}
 		st.mu.Lock()
 		e := st.files[d]
 		if e == nil {

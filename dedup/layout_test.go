@@ -2,6 +2,7 @@ package dedup
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -98,6 +99,15 @@ func TestScanLayouts(t *testing.T) {
 	}
 	if rep.Images == nil || rep.Layouts == nil || rep.Images.UniqueBytes != 512<<10 {
 		t.Errorf("mixed scan: %+v %+v", rep.Images, rep.Layouts)
+	}
+	// The chunk references and file entries a layout scan keeps are
+	// bounded by MaxChunks, as the index is: r.Chunks distinct chunks
+	// fit, but not the references and files on top of them.
+	if _, err := Scan(ctx, []string{lay}, ScanOptions{MaxChunks: r.Chunks + 1}); !errors.Is(err, ErrIndexFull) {
+		t.Errorf("scan with MaxChunks %d: %v, want ErrIndexFull", r.Chunks+1, err)
+	}
+	if _, err := Scan(ctx, []string{lay}, ScanOptions{MaxChunks: -1}); err != nil {
+		t.Errorf("unlimited scan: %v", err)
 	}
 }
 

@@ -50,7 +50,9 @@ type ScanOptions struct {
 	Workers int
 	// MaxChunks bounds the index (and so the memory, BytesPerIndexEntry
 	// per distinct chunk): the scan fails with ErrIndexFull beyond it.
-	// 0 means DefaultMaxChunks; -1 means no limit.
+	// A layout scan also keeps every chunk reference and file digest
+	// until the end (about 50 bytes each); their count is bounded by
+	// MaxChunks too. 0 means DefaultMaxChunks; -1 means no limit.
 	MaxChunks int64
 	// NoPrefilter hashes every image chunk with SHA-256. By default a
 	// cheap 64-bit hash (hash/maphash) is computed first and SHA-256 only
