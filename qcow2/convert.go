@@ -21,6 +21,11 @@ type ConvertOptions struct {
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
+	// NoSparse makes the output fully allocated, as qemu-img convert
+	// -S 0 (or -o preallocation=full) does for raw output: the file's
+	// blocks are reserved with fallocate, or, where the filesystem
+	// can't, every byte is written, zeros included.
+	NoSparse bool
 }
 
 // sparseBlock is the granularity of zero detection in ConvertRaw: a block
@@ -42,8 +47,8 @@ func (o *ConvertOptions) validate() error {
 }
 
 // ConvertRaw writes the guest content of src to dst as a raw image. The
-// output is sparse: unallocated and zero ranges, and 4 KiB blocks that
-// read as zeros, stay holes. Data is read and compressed clusters are
+// output is sparse unless opts.NoSparse: unallocated and zero ranges, and
+// 4 KiB blocks that read as zeros, stay holes. Data is read and compressed clusters are
 // decompressed by parallel workers. dst is written as a temporary file in
 // its directory, synced, and renamed over dst only on success; on error
 // or cancellation dst is untouched.
@@ -68,7 +73,13 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	if err := tmp.Truncate(size); err != nil {
 		return fmt.Errorf("qcow2: convert: %w", err)
 	}
-	if err := convertInto(ctx, src, tmp, opts); err != nil {
+	zeroFill := false
+	if opts.NoSparse {
+		// Reserved blocks read as zeros, so data can still skip its
+		// zero blocks; without fallocate, every zero is written.
+		zeroFill = fallocate(tmp, size) != nil
+	}
+	if err := convertInto(ctx, src, tmp, opts, zeroFill); err != nil {
 		return err
 	}
 	if err := tmp.Sync(); err != nil {
@@ -87,14 +98,32 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 }
 
 // chunk is one unit of convert work: guest bytes to copy. host >= 0 is
-// where they lie in the top image's file when that file is mapped.
+// where they lie in the top image's file when that file is mapped;
+// zeroChunk marks a range to fill with zeros.
 type chunk struct{ off, n, host int64 }
 
+const zeroChunk = -2
+
+// zeroBuf clears b and returns it.
+func zeroBuf(b []byte) []byte {
+	clear(b)
+	return b
+}
+
+// writeDense writes b at off in full, zeros included.
+func writeDense(w interface {
+	WriteAt([]byte, int64) (int, error)
+}, b []byte, off int64) error {
+	_, err := w.WriteAt(b, off)
+	return err
+}
+
 // convertInto copies the allocated content of src into w (already sized)
-// with parallel workers.
+// with parallel workers. zeroFill writes zeros over the ranges that read
+// as zeros too, instead of leaving holes.
 func convertInto(ctx context.Context, src *Image, w interface {
 	WriteAt([]byte, int64) (int, error)
-}, opts ConvertOptions) error {
+}, opts ConvertOptions, zeroFill bool) error {
 	size := src.Size()
 
 	advance := newProgressMeter(opts.Progress, size).add
@@ -110,12 +139,23 @@ func convertInto(ctx context.Context, src *Image, w interface {
 		}
 	}
 
+	write := writeSparse
+	if zeroFill {
+		write = writeDense
+	}
 	worker := func() func(chunk) error {
 		buf := make([]byte, opts.ChunkSize)
 		return func(c chunk) error {
+			if c.host == zeroChunk {
+				if err := writeDense(w, zeroBuf(buf[:c.n]), c.off); err != nil {
+					return fmt.Errorf("qcow2: convert: %w", err)
+				}
+				advance(c.n)
+				return nil
+			}
 			if c.host >= 0 {
 				err := guardFault(src.path, func() error {
-					return writeSparse(w, mapped[c.host:c.host+c.n], c.off)
+					return write(w, mapped[c.host:c.host+c.n], c.off)
 				})
 				if err != nil {
 					return fmt.Errorf("qcow2: convert: %w", err)
@@ -127,7 +167,7 @@ func convertInto(ctx context.Context, src *Image, w interface {
 			if _, err := src.ReadAt(b, c.off); err != nil {
 				return err
 			}
-			if err := writeSparse(w, b, c.off); err != nil {
+			if err := write(w, b, c.off); err != nil {
 				return fmt.Errorf("qcow2: convert: %w", err)
 			}
 			advance(c.n)
@@ -140,14 +180,17 @@ func convertInto(ctx context.Context, src *Image, w interface {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if e.Kind != KindData && e.Kind != KindCompressed {
+			data := e.Kind == KindData || e.Kind == KindCompressed
+			if !data && !zeroFill {
 				advance(e.Length)
 				return nil
 			}
 			for off, end := e.Start, e.Start+e.Length; off < end; {
 				next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
 				host := int64(-1)
-				if h := e.HostOffset + off - e.Start; mapped != nil && e.Kind == KindData && e.Depth == 0 &&
+				if h := e.HostOffset + off - e.Start; !data {
+					host = zeroChunk
+				} else if mapped != nil && e.Kind == KindData && e.Depth == 0 &&
 					e.HostOffset >= 0 && h+next-off <= int64(len(mapped)) {
 					host = h
 				}

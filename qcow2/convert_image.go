@@ -84,12 +84,11 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 			return fmt.Errorf("%w: compressed raw images (-c needs -O qcow2)", ErrUnsupportedFeature)
 		case co.BackingFile != "":
 			return fmt.Errorf("%w: a raw image cannot have a backing file", ErrUnsupportedFeature)
-		case opts.NoSparse:
-			return fmt.Errorf("%w: fully allocated raw output (-S 0)", ErrUnsupportedFeature)
-		case co.Preallocation != "" && co.Preallocation != PreallocOff:
-			return fmt.Errorf("%w: preallocated raw output", ErrUnsupportedFeature)
+		case co.Preallocation != "" && co.Preallocation != PreallocOff && co.Preallocation != PreallocFull:
+			return fmt.Errorf("%w: preallocation %q for raw output (off or full)", ErrUnsupportedFeature, co.Preallocation)
 		}
-		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress})
+		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress,
+			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull})
 	case FormatQcow2:
 	default:
 		return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)

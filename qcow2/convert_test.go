@@ -1,10 +1,12 @@
 package qcow2
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,5 +90,97 @@ func TestConvertRawCancel(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
 		t.Errorf("cancelled convert left %d entries", len(ents))
+	}
+}
+
+// rangeWriter records what is written where, for convertInto.
+type rangeWriter struct {
+	mu      sync.Mutex
+	buf     []byte
+	written []bool
+}
+
+func (w *rangeWriter) WriteAt(p []byte, off int64) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	copy(w.buf[off:], p)
+	for i := range p {
+		w.written[off+int64(i)] = true
+	}
+	return len(p), nil
+}
+
+// TestConvertRawNoSparse: -S 0 output is fully allocated and equal to
+// the sparse output; without fallocate every byte, zeros included, is
+// written.
+func TestConvertRawNoSparse(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.qcow2")
+	if err := Create(src, CreateOptions{Size: 4 << 20, ClusterSize: 4096}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(src, Options{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 4<<20)
+	for i := range 300 << 10 {
+		data[1<<20+i] = byte(i*7 + 1)
+	}
+	clear(data[1<<20+64<<10 : 1<<20+72<<10]) // a zero block inside data
+	if _, err := img.WriteAt(data[1<<20:1<<20+300<<10], 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.WriteZeroes(3<<20, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	img, err = Open(src, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	for _, noSparse := range []bool{false, true} {
+		dst := filepath.Join(dir, fmt.Sprintf("out-%v.raw", noSparse))
+		if err := ConvertRaw(context.Background(), img, dst, ConvertOptions{NoSparse: noSparse}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(dst)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("NoSparse %v: content differs (%v)", noSparse, err)
+		}
+		f, err := os.Open(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		alloc, ok := allocatedSize(f)
+		f.Close()
+		if ok && noSparse && alloc < int64(len(data)) {
+			t.Errorf("-S 0 output occupies %d bytes, want >= %d", alloc, len(data))
+		}
+		if ok && !noSparse && alloc >= int64(len(data)) {
+			t.Errorf("sparse output occupies %d bytes", alloc)
+		}
+	}
+	// The fallback without fallocate: zeros are written too.
+	for _, zeroFill := range []bool{false, true} {
+		w := &rangeWriter{buf: make([]byte, len(data)), written: make([]bool, len(data))}
+		if err := convertInto(context.Background(), img, w, ConvertOptions{Workers: 2, ChunkSize: 64 << 10}, zeroFill); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(w.buf, data) {
+			t.Fatalf("zeroFill %v: content differs", zeroFill)
+		}
+		unwritten := 0
+		for _, b := range w.written {
+			if !b {
+				unwritten++
+			}
+		}
+		if zeroFill && unwritten != 0 || !zeroFill && unwritten < 3<<20 {
+			t.Errorf("zeroFill %v: %d bytes not written", zeroFill, unwritten)
+		}
 	}
 }
