@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"os"
 	"runtime"
-
-	"github.com/imgtool/imgtool/internal/imagelock"
 )
 
 // CommitOptions configures Commit. The zero value commits the top image
@@ -164,59 +162,17 @@ type commitTarget interface {
 // QEMU's writer lock: a qcow2 base with its own backing chain (for
 // copy-on-write of partial clusters), a raw base directly.
 func openCommitTarget(l *Image) (commitTarget, error) {
-	if l.Format() == FormatQcow2 {
-		img, err := Open(l.Path(), Options{Format: FormatQcow2, Writable: true})
-		if err != nil {
-			return nil, err
-		}
-		return qcowTarget{img}, nil
-	}
-	f, err := os.OpenFile(l.Path(), os.O_RDWR, 0)
+	img, err := Open(l.Path(), Options{Format: l.Format(), Writable: true})
 	if err != nil {
 		return nil, err
 	}
-	if _, err := imagelock.Acquire(f, imagelock.Writer); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("cannot write %s: %w", l.Path(), err)
-	}
-	return &rawTarget{f: f, size: l.Size()}, nil
+	return qcowTarget{img}, nil
 }
 
+// qcowTarget is a writable Image (qcow2 or raw) whose Resize only grows.
 type qcowTarget struct{ *Image }
 
 func (t qcowTarget) Resize(size int64) error { return t.Image.Resize(size, false) }
-
-// rawTarget writes a raw image file.
-type rawTarget struct {
-	f    *os.File
-	size int64
-}
-
-func (t *rawTarget) WriteAt(p []byte, off int64) (int, error) { return t.f.WriteAt(p, off) }
-func (t *rawTarget) Size() int64                              { return t.size }
-func (t *rawTarget) Flush() error                             { return t.f.Sync() }
-func (t *rawTarget) Close() error                             { return t.f.Close() }
-
-func (t *rawTarget) Resize(size int64) error {
-	if err := t.f.Truncate(size); err != nil {
-		return err
-	}
-	t.size = size
-	return nil
-}
-
-func (t *rawTarget) WriteZeroes(off, n int64) error {
-	zero := make([]byte, min(n, 1<<20))
-	for n > 0 {
-		k := min(n, int64(len(zero)))
-		if _, err := t.f.WriteAt(zero[:k], off); err != nil {
-			return err
-		}
-		off += k
-		n -= k
-	}
-	return nil
-}
 
 // copyJob is a guest range for a copy worker.
 type copyJob struct {

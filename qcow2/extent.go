@@ -252,11 +252,12 @@ const (
 // rawStatus reports data and holes of a raw file. Without wantZero the
 // whole file is data. Past the end of the file is a hole.
 func (img *Image) rawStatus(off, n int64, wantZero bool) (subType, int64, int64, error) {
-	if off >= img.fileSize {
+	fileSize := img.fileSizeNow() // a writable image's file grows into its last sector
+	if off >= fileSize {
 		return subZeroAlloc, off, n, nil
 	}
 	if !wantZero {
-		return subNormal, off, min(n, img.fileSize-off), nil
+		return subNormal, off, min(n, fileSize-off), nil
 	}
 	data, err := img.f.Seek(off, seekData)
 	if err != nil {
@@ -264,17 +265,17 @@ func (img *Image) rawStatus(off, n int64, wantZero bool) (subType, int64, int64,
 			return subZeroAlloc, off, n, nil // trailing hole
 		}
 		// No SEEK_DATA support: everything is data.
-		return subNormal, off, min(n, img.fileSize-off), nil
+		return subNormal, off, min(n, fileSize-off), nil
 	}
 	if data > off {
 		return subZeroAlloc, off, min(n, data-off), nil
 	}
 	hole, err := img.f.Seek(off, seekHole)
 	if err != nil {
-		return subNormal, off, min(n, img.fileSize-off), nil
+		return subNormal, off, min(n, fileSize-off), nil
 	}
 	l := hole - off
-	if hole >= img.fileSize && l%512 != 0 {
+	if hole >= fileSize && l%512 != 0 {
 		// Like QEMU, a data extent ending in a partial sector at the end
 		// of the file covers the whole sector.
 		l += 512 - l%512

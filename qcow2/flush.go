@@ -20,6 +20,9 @@ import (
 // (set before the first allocation) makes the next writable open rebuild
 // them. Safe for concurrent use.
 func (img *Image) Flush() error {
+	if img.rw != nil {
+		return img.rw.flush()
+	}
 	w := img.w
 	if w == nil {
 		return nil

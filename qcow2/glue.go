@@ -32,6 +32,9 @@ func (img *Image) fileSizeNow() int64 {
 	if w := img.w; w != nil {
 		return w.fileSize.Load()
 	}
+	if rw := img.rw; rw != nil {
+		return rw.fileSize.Load()
+	}
 	return img.fileSize
 }
 

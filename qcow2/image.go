@@ -10,7 +10,9 @@
 // an io.WriterAt (with Flush, WriteZeroes and Discard): writes allocate
 // clusters and copy the rest of a cluster from the backing chain, and
 // metadata reaches the disk in QEMU's order, so that a crash can only
-// leak clusters. Check and CheckFile compare refcounts with references
+// leak clusters. A raw image opened writable is written in place, as by
+// QEMU's raw driver: it does not grow on write, WriteZeroes and Discard
+// punch holes, and Resize truncates the file. Check and CheckFile compare refcounts with references
 // like qemu-img check and repair them; CreateSnapshot, ApplySnapshot,
 // DeleteSnapshot and Resize change the image as qemu-img snapshot and
 // resize do. Opening takes QEMU-compatible image locks.
@@ -60,8 +62,9 @@ type Options struct {
 	// (nbd:, http://, ...) are refused before it is asked.
 	CheckReference func(Reference) error
 	// Writable opens the top image for writing (WriteAt, Flush,
-	// WriteZeroes, Discard, snapshots, resize), taking QEMU's writer lock
-	// on it. Default false: read-only.
+	// WriteZeroes, Discard, snapshots, resize; a raw image has no
+	// snapshots), taking QEMU's writer lock on it. Backing images stay
+	// read-only. Default false: read-only.
 	Writable bool
 	// ForceShare skips image locking (qemu-img -U): reads proceed even
 	// while another process writes the image. Default false: take
@@ -102,6 +105,9 @@ func (o *Options) validate() error {
 // parallel. WriteZeroes and Discard wait for and exclude other writes.
 // CreateSnapshot, ApplySnapshot, DeleteSnapshot, Resize and Check rewrite
 // tables: they exclude writes, and the caller must not read concurrently.
+// A writable raw image runs WriteAt, WriteZeroes, Discard and Flush
+// concurrently (overlapping ranges land in an unspecified order); Resize
+// excludes them.
 type Image struct {
 	path     string
 	f        *os.File
@@ -127,7 +133,8 @@ type Image struct {
 	backingFmt   Format
 	depth        int // 0 for the top image
 	decompressor *decompressor
-	w            *writer // write state (write.go); nil unless Options.Writable
+	w            *writer    // qcow2 write state (write.go); nil unless Options.Writable
+	rw           *rawWriter // raw write state (raw_write.go); nil unless Options.Writable
 
 	refOnce   sync.Once
 	refErr    error

@@ -19,7 +19,7 @@ func (img *Image) lockChain(opts *Options) error {
 		return nil
 	}
 	for l := img; l != nil; l = l.backing {
-		if l == img && img.w != nil {
+		if l == img && (img.w != nil || img.rw != nil) {
 			continue
 		}
 		f, ok := any(l.f).(*os.File)

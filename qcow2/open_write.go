@@ -14,6 +14,9 @@ import (
 // refcounts of an image left dirty by lazy refcounts, and clears
 // autoclear features it does not maintain.
 func (img *Image) openWriter(opts *Options) error {
+	if img.format == FormatRaw {
+		return img.openRawWriter(opts)
+	}
 	return img.openWriterMode(opts, false)
 }
 
@@ -159,6 +162,9 @@ func snapshotEntrySize(s *Snapshot) int64 {
 // closeWriter flushes everything, clears the dirty bit of a lazy
 // refcounts image and closes the write file. Called by Close.
 func (img *Image) closeWriter() error {
+	if img.rw != nil {
+		return img.rw.close()
+	}
 	w := img.w
 	if w == nil {
 		return nil

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 )
 
@@ -18,6 +17,9 @@ var ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
 // like QEMU, images with internal snapshots can grow but not shrink. It waits
 // for and excludes writes; the caller must not read concurrently.
 func (img *Image) Resize(size int64, shrink bool) error {
+	if img.rw != nil {
+		return img.rw.resize(img, size, shrink)
+	}
 	w, err := img.writerOrErr()
 	if err != nil {
 		return err
@@ -159,33 +161,12 @@ func (w *writer) shrink(size, need int64) error {
 	return w.writeRefcounts()
 }
 
-// ResizeFile resizes the image at path: qcow2 through Resize, raw by
-// truncating the file (shrinking a raw file needs shrink too).
+// ResizeFile resizes the image at path through Resize: a qcow2 image in
+// its metadata, a raw one by truncating the file (shrinking either needs
+// shrink). It takes QEMU's writer lock unless opts.ForceShare.
 func ResizeFile(path string, size int64, shrink bool, opts Options) error {
 	opts.Writable = true
 	opts.NoBacking = true
-	probe, err := Open(path, Options{Format: opts.Format, NoBacking: true, ForceShare: true})
-	if err != nil {
-		return err
-	}
-	format := probe.Format()
-	cur := probe.Size()
-	probe.Close()
-	if format == FormatRaw {
-		if size < cur && !shrink {
-			return fmt.Errorf("qcow2: %s: shrinking from %d to %d bytes needs the shrink option", path, cur, size)
-		}
-		f, err := os.OpenFile(path, os.O_RDWR, 0)
-		if err != nil {
-			return fmt.Errorf("qcow2: %w", err)
-		}
-		defer f.Close()
-		if err := f.Truncate(size); err != nil {
-			return fmt.Errorf("qcow2: resizing %s: %w", path, err)
-		}
-		return f.Sync()
-	}
-	opts.Format = FormatQcow2
 	img, err := Open(path, opts)
 	if err != nil {
 		return err

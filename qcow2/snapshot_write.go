@@ -41,6 +41,9 @@ func (w *writer) exclusive(fn func() error) error {
 }
 
 func (img *Image) writerOrErr() (*writer, error) {
+	if img.rw != nil {
+		return nil, fmt.Errorf("%w: %s is a raw image (only qcow2 has internal snapshots)", ErrUnsupportedFeature, img.path)
+	}
 	if img.w == nil {
 		return nil, fmt.Errorf("%w: %s", ErrReadOnly, img.path)
 	}

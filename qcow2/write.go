@@ -96,7 +96,11 @@ func (w *writer) fail(err error) error {
 // length inside the guest size; they allocate clusters and copy the rest
 // of a cluster from the backing chain as needed. Data reaches the disk
 // on Flush or Close. Safe for concurrent use with other reads and writes.
+// A raw image writes p to its file at off (raw_write.go).
 func (img *Image) WriteAt(p []byte, off int64) (int, error) {
+	if img.rw != nil {
+		return img.rw.writeAt(img, p, off)
+	}
 	w := img.w
 	if w == nil {
 		return 0, fmt.Errorf("%w: %s", ErrReadOnly, img.path)

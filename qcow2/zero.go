@@ -26,6 +26,9 @@ func (img *Image) Discard(off, n int64) error {
 }
 
 func (img *Image) zeroOrDiscard(off, n int64, discard bool) error {
+	if img.rw != nil {
+		return img.rw.zeroOrDiscard(img, off, n, discard)
+	}
 	w := img.w
 	if w == nil {
 		return fmt.Errorf("%w: %s", ErrReadOnly, img.path)

@@ -121,3 +121,39 @@ func TestWriteCLILockedByQemuIO(t *testing.T) {
 		t.Fatalf("imgtool write while qemu-io holds the image: exit %d, stderr %q", code, e)
 	}
 }
+
+// TestWriteCLIRaw: imgtool write works on a raw image, as qemu-io does;
+// qemu-io reads the data back, and a write past the end fails.
+func TestWriteCLIRaw(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "r.raw")
+	if code, _, e := wrCmd(t, "create", "-f", "raw", p, "1M"); code != 0 {
+		t.Fatalf("create raw: %d %s", code, e)
+	}
+	testutil.Run(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 0 1M", p)
+	in := filepath.Join(dir, "in")
+	os.WriteFile(in, bytes.Repeat([]byte{0xab}, 10001), 0o644)
+	if code, _, e := wrCmd(t, "write", p, "1001", in); code != 0 {
+		t.Fatalf("write: %d %s", code, e)
+	}
+	if code, _, e := wrCmd(t, "write", "--zero", p, "64K", "128K"); code != 0 {
+		t.Fatalf("write --zero: %d %s", code, e)
+	}
+	if code, _, e := wrCmd(t, "write", "--discard", p, "512K", "64K"); code != 0 {
+		t.Fatalf("write --discard: %d %s", code, e)
+	}
+	testutil.Run(t, "qemu-io", "-f", "raw",
+		"-c", "read -P 0x77 0 1001",
+		"-c", "read -P 0xab 1001 10001",
+		"-c", "read -P 0x77 11002 54534",
+		"-c", "read -P 0 64k 128k",
+		"-c", "read -P 0x77 192k 320k",
+		"-c", "read -P 0x77 576k 448k", p)
+	if code, _, e := wrCmd(t, "write", p, "1048570", in); code == 0 || !strings.Contains(e, "outside the image") {
+		t.Fatalf("write past the end: exit %d, stderr %q", code, e)
+	}
+	if fi, _ := os.Stat(p); fi.Size() != 1<<20 {
+		t.Fatalf("raw image grew to %d bytes", fi.Size())
+	}
+}

@@ -96,7 +96,14 @@ func Exec(name string, args ...string) ([]byte, error) {
 // earlier. The test needs qemu-io (NeedTool).
 func HoldWithQemuIO(tb testing.TB, path string) (release func()) {
 	tb.Helper()
-	cmd := exec.Command("qemu-io", "-f", "qcow2", path)
+	return HoldWithQemuIOFormat(tb, path, "qcow2")
+}
+
+// HoldWithQemuIOFormat is HoldWithQemuIO for an image of the given format
+// ("qcow2", "raw"). The first write puts 0xcd into bytes 0..511.
+func HoldWithQemuIOFormat(tb testing.TB, path, format string) (release func()) {
+	tb.Helper()
+	cmd := exec.Command("qemu-io", "-f", format, path)
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		tb.Fatal(err)
