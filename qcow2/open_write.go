@@ -24,7 +24,9 @@ func (img *Image) openWriter(opts *Options) error {
 // and leaves a dirty one alone (the caller is about to check it).
 func (img *Image) openWriterMode(opts *Options, forRepair bool) error {
 	if img.format != FormatQcow2 {
-		return fmt.Errorf("%w: writing %s images (only qcow2 is writable)", ErrUnsupportedFeature, img.format)
+		// Raw images are writable (openRawWriter); only qcow2 has
+		// metadata to repair.
+		return fmt.Errorf("%w: repairing %s images", ErrUnsupportedFeature, img.format)
 	}
 	if img.unreadable != nil {
 		return fmt.Errorf("%w: cannot write %s: %v", ErrUnsupportedFeature, img.path, img.unreadable)
