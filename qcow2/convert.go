@@ -130,9 +130,10 @@ func convertInto(ctx context.Context, src *Image, w interface {
 
 	// Uncompressed data of the top image (of a raw image: all of it) is
 	// written straight from a read-only mapping of its file, without a
-	// copy into a buffer.
+	// copy into a buffer; not for a writable image, whose file can shrink
+	// under the mapping.
 	var mapped []byte
-	if src.w == nil && src.unreadable == nil {
+	if src.w == nil && src.rw == nil && src.unreadable == nil {
 		if m, err := mapFile(src.f, src.fileSize); err == nil {
 			mapped = m
 			defer unmapFile(m)

@@ -14,7 +14,7 @@ import (
 func runWrite(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("write", "[--zero|--discard] FILE OFFSET [INPUT|-|LENGTH]", stderr)
 	zero := fs.Bool("zero", false, "make LENGTH bytes at OFFSET read as zeros")
-	discard := fs.Bool("discard", false, "discard LENGTH bytes at OFFSET (whole clusters)")
+	discard := fs.Bool("discard", false, "discard LENGTH bytes at OFFSET (qcow2: whole clusters only; raw: a hole is punched)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
