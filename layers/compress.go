@@ -184,9 +184,42 @@ func classifyDecodeError(err error, cnt *int64) error {
 	return &CorruptError{Stream: "compressed", Offset: *cnt, Err: err}
 }
 
-// newCompressor returns a writer compressing into w. Close flushes it (and
-// does not close w).
-func newCompressor(c Compression, w io.Writer, concurrency int) (io.WriteCloser, error) {
+// Compression levels, on the scale of the gzip and zstd command-line
+// tools. See CreateOptions.Level.
+const (
+	DefaultGzipLevel = 5
+	DefaultZstdLevel = 3
+	MaxGzipLevel     = 9
+	MaxZstdLevel     = 22
+)
+
+// compressionLevel validates a CreateOptions.Level for c and returns it
+// with 0 replaced by the default of c.
+func compressionLevel(c Compression, level int) (int, error) {
+	maxLevel := 0
+	switch c {
+	case Gzip:
+		maxLevel = MaxGzipLevel
+		if level == 0 {
+			level = DefaultGzipLevel
+		}
+	case Zstd:
+		maxLevel = MaxZstdLevel
+		if level == 0 {
+			level = DefaultZstdLevel
+		}
+	case None:
+		return 0, nil
+	}
+	if level < 1 || level > maxLevel {
+		return 0, fmt.Errorf("%w: %v level %d (want 1 to %d)", ErrUnsupported, c, level, maxLevel)
+	}
+	return level, nil
+}
+
+// newCompressor returns a writer compressing into w at level (validated by
+// compressionLevel). Close flushes it (and does not close w).
+func newCompressor(c Compression, w io.Writer, concurrency, level int) (io.WriteCloser, error) {
 	if concurrency <= 0 {
 		concurrency = runtime.GOMAXPROCS(0)
 	}
@@ -194,15 +227,18 @@ func newCompressor(c Compression, w io.Writer, concurrency int) (io.WriteCloser,
 	case None:
 		return nopWriteCloser{w}, nil
 	case Gzip:
-		return newParallelGzip(w, concurrency), nil
+		return newParallelGzip(w, concurrency, level), nil
 	case Zstd:
 		// Concurrent blocks split the input at fixed job boundaries, so
 		// the output does not depend on the concurrency as long as it is
 		// at least 2 (1 disables the job split and changes the bytes).
+		// The zstd levels map onto klauspost's four encoders as
+		// zstd.EncoderLevelFromZstd says (1-2 fastest, 3-5 default,
+		// 6-9 better, 10+ best), with its default 8 MiB window.
 		return zstd.NewWriter(w,
 			zstd.WithEncoderConcurrency(max(2, concurrency)),
 			zstd.WithConcurrentBlocks(true),
-			zstd.WithEncoderLevel(zstd.SpeedDefault))
+			zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(level)))
 	}
 	return nil, fmt.Errorf("%w: %v", ErrUnsupported, c)
 }
@@ -224,6 +260,7 @@ const gzipBlockSize = 1 << 20
 // typical layers. It is not safe for concurrent use.
 type parallelGzip struct {
 	w      io.Writer
+	level  int
 	cur    []byte
 	order  chan *gzJob // jobs in stream order, to the writer goroutine
 	sem    chan struct{}
@@ -242,9 +279,10 @@ type gzJob struct {
 	done chan struct{}
 }
 
-func newParallelGzip(w io.Writer, n int) *parallelGzip {
+func newParallelGzip(w io.Writer, n, level int) *parallelGzip {
 	z := &parallelGzip{
 		w:     w,
+		level: level,
 		order: make(chan *gzJob, 2*n),
 		sem:   make(chan struct{}, n),
 		done:  make(chan struct{}),
@@ -316,7 +354,7 @@ func (z *parallelGzip) flushBlock() {
 	go func() {
 		defer func() { <-z.sem; close(j.done) }()
 		j.out.Grow(len(j.in)/2 + 64)
-		zw, err := gzip.NewWriterLevel(&j.out, gzip.DefaultCompression)
+		zw, err := gzip.NewWriterLevel(&j.out, z.level)
 		if err == nil {
 			_, err = zw.Write(j.in)
 		}

@@ -12,7 +12,7 @@ import (
 func gzipParallel(t *testing.T, data []byte, conc int) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	w, err := newCompressor(Gzip, &buf, conc)
+	w, err := newCompressor(Gzip, &buf, conc, DefaultGzipLevel)
 	must(t, err)
 	_, err = w.Write(data)
 	must(t, err)

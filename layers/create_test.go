@@ -4,8 +4,10 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -78,6 +80,76 @@ func TestCreateReproducible(t *testing.T) {
 		if filepath.Dir(trimSlash(a)) == filepath.Dir(trimSlash(b)) && trimSlash(a) >= trimSlash(b) {
 			t.Errorf("entries not sorted: %q before %q", a, b)
 		}
+	}
+}
+
+// TestCreateLevelsReproducible: a zstd layer big enough for several
+// concurrent encoder jobs (16 MiB each at level 1, 32 MiB at 3) has the
+// same bytes whatever the concurrency; levels change the blob but not the
+// tar (diffID); bad levels are refused.
+func TestCreateLevelsReproducible(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 7))
+	block := make([]byte, 0, 64<<10)
+	for len(block) < cap(block)-16 {
+		block = fmt.Appendf(block, "%x ", r.Uint32()%4096)
+	}
+	tree := func(size int) string {
+		dir := t.TempDir()
+		data := make([]byte, 0, size+len(block))
+		for i := 0; len(data) < size; i++ {
+			data = fmt.Appendf(data, "%d\n", i)
+			data = append(data, block[r.IntN(len(block)/2):]...)
+		}
+		must(t, os.WriteFile(filepath.Join(dir, "f"), data[:size], 0o644))
+		return dir
+	}
+	epoch := time.Unix(1600000000, 0)
+	create := func(src string, c Compression, level, conc int) Descriptor {
+		blob, d := createBytes(t, src, CreateOptions{Compression: c, Level: level, Concurrency: conc, SourceDateEpoch: &epoch})
+		got, err := List(context.Background(), bytes.NewReader(blob), nil, Limits{})
+		must(t, err)
+		if got != d {
+			t.Errorf("%v level %d: List says %+v, Create said %+v", c, level, got, d)
+		}
+		return d
+	}
+
+	big := tree(34 << 20)
+	for _, level := range []int{0, 1} {
+		first := create(big, Zstd, level, 1)
+		if d := create(big, Zstd, level, 3); d != first {
+			t.Errorf("zstd level %d: concurrency 3 gave %+v, concurrency 1 gave %+v", level, d, first)
+		}
+	}
+
+	small := tree(1 << 20)
+	descs := make(map[string]Descriptor)
+	for _, tc := range []struct {
+		c     Compression
+		level int
+	}{{Zstd, 0}, {Zstd, 1}, {Zstd, 3}, {Zstd, 7}, {Gzip, 0}, {Gzip, 1}, {Gzip, 5}, {Gzip, 9}} {
+		descs[fmt.Sprintf("%v%d", tc.c, tc.level)] = create(small, tc.c, tc.level, 2)
+	}
+	if descs["zstd0"] != descs["zstd3"] || descs["gzip0"] != descs["gzip5"] {
+		t.Errorf("level 0 is not the default level: zstd %+v vs %+v, gzip %+v vs %+v", descs["zstd0"], descs["zstd3"], descs["gzip0"], descs["gzip5"])
+	}
+	for _, k := range []string{"zstd1", "zstd7", "gzip1", "gzip9"} {
+		if descs[k].DiffID != descs["zstd3"].DiffID {
+			t.Errorf("%s: diffID %s differs from level 3's %s", k, descs[k].DiffID, descs["zstd3"].DiffID)
+		}
+	}
+	if descs["zstd1"].Size <= descs["zstd3"].Size || descs["gzip1"].Size <= descs["gzip9"].Size {
+		t.Errorf("lower levels should compress less: zstd %d vs %d, gzip %d vs %d",
+			descs["zstd1"].Size, descs["zstd3"].Size, descs["gzip1"].Size, descs["gzip9"].Size)
+	}
+	for _, bad := range []CreateOptions{{Compression: Zstd, Level: 23}, {Compression: Zstd, Level: -1}, {Compression: Gzip, Level: 10}} {
+		_, err := Create(context.Background(), io.Discard, small, bad)
+		if !errors.Is(err, ErrUnsupported) {
+			t.Errorf("%v level %d: err %v, want ErrUnsupported", bad.Compression, bad.Level, err)
+		}
+	}
+	if _, err := Create(context.Background(), io.Discard, small, CreateOptions{Compression: None, Level: 5}); err != nil {
+		t.Errorf("a level without compression: %v (it is ignored)", err)
 	}
 }
 
