@@ -20,7 +20,7 @@ import (
 const layerUsage = `Usage: imgtool layer SUBCOMMAND [OPTIONS] ARGS...
 
 Subcommands:
-  create  [--from LOWERDIR] [--upper] [--compression gzip|zstd|none] -o FILE DIR
+  create  [--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] -o FILE DIR
           write a reproducible layer blob of DIR (or of its difference from
           LOWERDIR; with --upper, DIR is an overlayfs upper dir)
   apply   [--overlay] LAYER DIR
@@ -63,10 +63,11 @@ func printDescriptor(w io.Writer, d layers.Descriptor, asJSON bool) error {
 }
 
 func runLayerCreate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] -o FILE DIR", stderr)
+	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] -o FILE DIR", stderr)
 	from := fs.String("from", "", "make the layer the difference from the tree LOWERDIR to DIR")
 	upper := fs.Bool("upper", false, "DIR is an overlayfs upper dir (whiteout devices and opaque xattrs); --from names its lower tree")
 	comp := fs.String("compression", "gzip", "gzip, zstd or none")
+	level := fs.Int("level", 0, "compression level: gzip 1-9 (default 5), zstd 1-22 (default 3; 1 is about 1.4x cheaper for ~5% bigger blobs)")
 	out := fs.StringP("output-file", "o", "", "write the blob to FILE (- for standard output)")
 	output := fs.String("output", "human", "report format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
@@ -88,7 +89,7 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	opts := layers.CreateOptions{Compression: c, Lower: *from, OverlayUpper: *upper, SourceDateEpoch: epoch}
+	opts := layers.CreateOptions{Compression: c, Level: *level, Lower: *from, OverlayUpper: *upper, SourceDateEpoch: epoch}
 	update, finish := newProgress(*progress, stderr, "creating")
 	defer finish()
 	report := stdout

@@ -92,3 +92,37 @@ func TestLayerCLI(t *testing.T) {
 		}
 	}
 }
+
+func TestLayerCreateLevel(t *testing.T) {
+	dir := t.TempDir()
+	tree := filepath.Join(dir, "tree")
+	if err := os.MkdirAll(tree, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "f"), bytes.Repeat([]byte("imgtool layer level "), 5000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sizes := map[string]int64{}
+	for _, level := range []string{"1", "19"} {
+		out := filepath.Join(dir, "l"+level+".tar.zst")
+		var stdout, stderr bytes.Buffer
+		if code := run([]string{"layer", "create", "--compression", "zstd", "--level", level, "-o", out, tree}, &stdout, &stderr); code != 0 {
+			t.Fatalf("level %s: exit %d: %s", level, code, stderr.String())
+		}
+		fi, err := os.Stat(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes[level] = fi.Size()
+	}
+	if sizes["19"] >= sizes["1"] {
+		t.Errorf("level 19 blob (%d bytes) not smaller than level 1 (%d)", sizes["19"], sizes["1"])
+	}
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"layer", "create", "--compression", "zstd", "--level", "30", "-o", filepath.Join(dir, "bad"), tree}, &stdout, &stderr); code == 0 {
+		t.Error("level 30 accepted")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bad")); err == nil {
+		t.Error("blob written for a refused level")
+	}
+}
