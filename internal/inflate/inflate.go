@@ -192,8 +192,12 @@ func build(main []uint32, sub []uint32, lens []uint8, bits uint, strict bool, ki
 	if left > 0 && (strict || maxLen > 1) {
 		return sub, errIncomplete
 	}
-	for i := range main {
-		main[i] = flagBad
+	if left > 0 {
+		// An incomplete code leaves bit patterns that are no code;
+		// a complete one overwrites every main entry below.
+		for i := range main {
+			main[i] = flagBad
+		}
 	}
 	var next [16]uint32
 	code := uint32(0)
@@ -265,17 +269,19 @@ func build(main []uint32, sub []uint32, lens []uint8, bits uint, strict bool, ki
 // window, so much of a cluster is literals) then takes one lookup per
 // two bytes.
 func pairLiterals(main *[1 << litlenBits]uint32) {
-	single := *main
-	for i, e := range single {
+	// Downwards, so that main[i>>n1] (at most i) still holds its single
+	// entry when entry i reads it.
+	for i := len(main) - 1; i >= 0; i-- {
+		e := main[i]
 		n1 := e & 15
 		if e&(flagSub|flagBad|flagLen) != 0 {
 			continue
 		}
+		e2 := main[uint32(i)>>n1]
 		main[i] = 1<<28 | n1<<24 | e
 		if n1 >= litlenBits {
 			continue
 		}
-		e2 := single[uint32(i)>>n1]
 		n2 := e2 & 15
 		if e2&(flagSub|flagBad|flagLen) != 0 || n1+n2 > litlenBits {
 			continue
@@ -440,9 +446,9 @@ func decodeBlock(dst []byte, out int, r *bitReader, lmain *[1 << litlenBits]uint
 	}
 decode:
 	for out < len(dst) {
-		// Refill to >= 56 bits: enough for a length code (15), its
-		// extra bits (5), a distance code (15) and its extra bits (13).
-		if nbits < 48 {
+		// Make sure of a few literal lookups. A short match leaves
+		// enough, so most matches are followed by no refill here.
+		if nbits < 32 {
 			if in+8 <= len(src) {
 				bitbuf |= binary.LittleEndian.Uint64(src[in:]) << nbits
 				in += int(63-nbits) >> 3
@@ -479,15 +485,23 @@ decode:
 			}
 			continue
 		}
+		// Refill to >= 56 bits: enough for a length code (15), its
+		// extra bits (5), a distance code (15) and its extra bits
+		// (13). Refilling adds bits above the ones e was looked up
+		// with, so e stays valid.
 		if nbits < 48 {
-			// Refilling adds bits above the ones e was looked up
-			// with, so e stays valid.
-			if in+8 > len(src) {
-				continue // the slow refill at the top
+			if in+8 <= len(src) {
+				bitbuf |= binary.LittleEndian.Uint64(src[in:]) << nbits
+				in += int(63-nbits) >> 3
+				nbits |= 56
+			} else {
+				r.bitbuf, r.nbits, r.in = bitbuf, nbits, in
+				ok := r.refill()
+				bitbuf, nbits, in = r.bitbuf, r.nbits, r.in
+				if !ok {
+					return out, ErrTruncated
+				}
 			}
-			bitbuf |= binary.LittleEndian.Uint64(src[in:]) << nbits
-			in += int(63-nbits) >> 3
-			nbits |= 56
 		}
 		if e&(flagSub|flagBad) != 0 {
 			if e&flagBad != 0 {
