@@ -467,3 +467,18 @@ func (r *refcounts) writeTable() (bool, error) {
 
 // tableClusters returns the size of the (new) table in clusters.
 func (r *refcounts) tableClusters() int64 { return int64(len(r.table)) * 8 >> r.cb }
+
+// releaseRange drops one reference from each cluster that the n bytes at
+// off (a metadata table being replaced) occupy. n == 0 releases nothing.
+// The caller writes the refcounts.
+func (w *writer) releaseRange(off, n int64) error {
+	if n <= 0 {
+		return nil
+	}
+	for c := off >> w.cb(); c <= (off+n-1)>>w.cb(); c++ {
+		if _, err := w.rc.add(c, -1); err != nil {
+			return err
+		}
+	}
+	return nil
+}

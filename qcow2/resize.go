@@ -97,12 +97,8 @@ func (w *writer) growL1(need, size int64) error {
 		l1[i].Store(img.l1Get(i))
 	}
 	w.l1.Store(&l1)
-	if oldN > 0 {
-		for c := oldOff >> w.cb(); c <= (oldOff+oldN*8-1)>>w.cb(); c++ {
-			if _, err := w.rc.add(c, -1); err != nil {
-				return err
-			}
-		}
+	if err := w.releaseRange(oldOff, oldN*8); err != nil {
+		return err
 	}
 	return w.writeRefcounts()
 }

@@ -175,12 +175,8 @@ func (w *writer) writeSnapshotTable(snaps []Snapshot) error {
 		return err
 	}
 	w.img.snapshots = snaps
-	if oldSize > 0 {
-		for c := oldOff >> w.cb(); c <= (oldOff+oldSize-1)>>w.cb(); c++ {
-			if _, err := w.rc.add(c, -1); err != nil {
-				return err
-			}
-		}
+	if err := w.releaseRange(oldOff, oldSize); err != nil {
+		return err
 	}
 	return w.writeRefcounts()
 }
@@ -291,13 +287,8 @@ func (img *Image) DeleteSnapshot(name string) error {
 		if err := w.addTree(l1, -1); err != nil {
 			return err
 		}
-		if s.L1Size > 0 {
-			off := int64(s.L1TableOffset)
-			for c := off >> w.cb(); c <= (off+int64(s.L1Size)*8-1)>>w.cb(); c++ {
-				if _, err := w.rc.add(c, -1); err != nil {
-					return err
-				}
-			}
+		if err := w.releaseRange(int64(s.L1TableOffset), int64(s.L1Size)*8); err != nil {
+			return err
 		}
 		if err := w.writeRefcounts(); err != nil {
 			return err
@@ -382,10 +373,8 @@ func (img *Image) ApplySnapshot(name string) error {
 		if err := w.addTree(oldL1, -1); err != nil {
 			return err
 		}
-		for c := oldTableOff >> w.cb(); c < oldTableOff>>w.cb()+oldTableClusters; c++ {
-			if _, err := w.rc.add(c, -1); err != nil {
-				return err
-			}
+		if err := w.releaseRange(oldTableOff, oldTableClusters<<w.cb()); err != nil {
+			return err
 		}
 		if err := w.writeRefcounts(); err != nil {
 			return err
