@@ -10,6 +10,7 @@ import (
 
 	"github.com/imgtool/imgtool/overlay"
 	"github.com/imgtool/imgtool/qcow2"
+	"github.com/spf13/pflag"
 )
 
 const chainUsage = `Usage: imgtool chain SUBCOMMAND [OPTIONS] ARGS...
@@ -93,13 +94,7 @@ func runChainAdd(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usagef("expected DIR NAME, got %d arguments", fs.NArg())
-	}
-	if *from == "" {
-		return usagef("--from PARENT is required")
-	}
-	c, err := overlay.OpenChainDir(fs.Arg(0))
+	c, err := openChainFromArgs(fs, *from, "PARENT")
 	if err != nil {
 		return err
 	}
@@ -119,13 +114,7 @@ func runChainVM(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usagef("expected DIR NAME, got %d arguments", fs.NArg())
-	}
-	if *from == "" {
-		return usagef("--from LEVEL is required")
-	}
-	c, err := overlay.OpenChainDir(fs.Arg(0))
+	c, err := openChainFromArgs(fs, *from, "LEVEL")
 	if err != nil {
 		return err
 	}
@@ -134,6 +123,36 @@ func runChainVM(args []string, stdout, stderr io.Writer) error {
 	}
 	p, _ := c.ImagePath(fs.Arg(1))
 	fmt.Fprintf(stdout, "chain %s: VM image %s added on %s: %s\n", fs.Arg(0), fs.Arg(1), *from, p)
+	return nil
+}
+
+// openChainArgs checks for the DIR NAME arguments of chain rm and squash
+// and opens the chain directory DIR.
+func openChainArgs(fs *pflag.FlagSet) (*overlay.ChainDir, error) {
+	if err := chainDirNameArgs(fs); err != nil {
+		return nil, err
+	}
+	return overlay.OpenChainDir(fs.Arg(0))
+}
+
+// openChainFromArgs is openChainArgs for chain add and vm, which also
+// require --from: from is its value and meta names it in the error
+// (PARENT, LEVEL). The argument count is checked first.
+func openChainFromArgs(fs *pflag.FlagSet, from, meta string) (*overlay.ChainDir, error) {
+	if err := chainDirNameArgs(fs); err != nil {
+		return nil, err
+	}
+	if from == "" {
+		return nil, usagef("--from %s is required", meta)
+	}
+	return overlay.OpenChainDir(fs.Arg(0))
+}
+
+// chainDirNameArgs checks that fs has exactly the two arguments DIR NAME.
+func chainDirNameArgs(fs *pflag.FlagSet) error {
+	if fs.NArg() != 2 {
+		return usagef("expected DIR NAME, got %d arguments", fs.NArg())
+	}
 	return nil
 }
 
@@ -243,10 +262,7 @@ func runChainRm(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usagef("expected DIR NAME, got %d arguments", fs.NArg())
-	}
-	c, err := overlay.OpenChainDir(fs.Arg(0))
+	c, err := openChainArgs(fs)
 	if err != nil {
 		return err
 	}
@@ -263,10 +279,7 @@ func runChainSquash(args []string, stdout, stderr io.Writer) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usagef("expected DIR NAME, got %d arguments", fs.NArg())
-	}
-	c, err := overlay.OpenChainDir(fs.Arg(0))
+	c, err := openChainArgs(fs)
 	if err != nil {
 		return err
 	}

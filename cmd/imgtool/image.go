@@ -161,11 +161,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return usagef("want DIR[:TAG] and TARGET, got %d arguments", fs.NArg())
 	}
-	ref, err := layers.ParseImageRef(fs.Arg(0))
-	if err != nil {
-		return usagef("%v", err)
-	}
-	plat, err := parsePlatform(*platform)
+	ref, plat, err := parseImageArg(fs.Arg(0), *platform)
 	if err != nil {
 		return err
 	}
@@ -199,10 +195,7 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want one DIR argument, got %d", fs.NArg())
-	}
-	l, err := layers.OpenLayout(fs.Arg(0))
+	l, err := openLayoutArg(fs)
 	if err != nil {
 		return err
 	}
@@ -243,10 +236,7 @@ func runImageVerify(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want one DIR argument, got %d", fs.NArg())
-	}
-	l, err := layers.OpenLayout(fs.Arg(0))
+	l, err := openLayoutArg(fs)
 	if err != nil {
 		return err
 	}

@@ -93,21 +93,12 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return usagef("want DIR:TAG and TARGET, got %d arguments", fs.NArg())
 	}
-	ref, err := layers.ParseImageRef(fs.Arg(0))
-	if err != nil {
-		return usagef("%v", err)
-	}
-	plat, err := parsePlatform(*platform)
-	if err != nil {
-		return err
-	}
-	s, err := rootfsOpenStore(*store)
+	s, ref, iopts, err := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
 	if err != nil {
 		return err
 	}
 	c, st, err := s.Mount(context.Background(), ref, fs.Arg(1),
-		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode},
-		overlay.ImageOptions{Platform: plat, Progress: rootfsProgress(*progress, stderr)})
+		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode}, iopts)
 	if errors.Is(err, overlay.ErrMountUnsupported) {
 		return fmt.Errorf("%w\nhint: where overlayfs cannot be mounted, 'imgtool rootfs mount --copy' makes a flattened copy instead", err)
 	}

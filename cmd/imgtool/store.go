@@ -7,7 +7,6 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/overlay"
 )
 
@@ -158,19 +157,11 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("want one DIR:TAG argument, got %d", fs.NArg())
 	}
-	ref, err := layers.ParseImageRef(fs.Arg(0))
-	if err != nil {
-		return usagef("%v", err)
-	}
-	plat, err := parsePlatform(*platform)
+	s, ref, iopts, err := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
 	if err != nil {
 		return err
 	}
-	s, err := rootfsOpenStore(*store)
-	if err != nil {
-		return err
-	}
-	st, err := s.Unpack(context.Background(), ref, overlay.ImageOptions{Platform: plat, Progress: rootfsProgress(*progress, stderr)})
+	st, err := s.Unpack(context.Background(), ref, iopts)
 	if err != nil {
 		return err
 	}
