@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -26,15 +25,26 @@ type ConvertOptions struct {
 	// blocks are reserved with fallocate, or, where the filesystem
 	// can't, every byte is written, zeros included.
 	NoSparse bool
+	// SparseSize is the granularity of zero detection (qemu-img
+	// convert -S): an aligned block of this many zero bytes is left as
+	// a hole; a shorter run of zeros is written. A multiple of 512; 0
+	// means 4 KiB.
+	SparseSize int64
 }
 
-// sparseBlock is the granularity of zero detection in ConvertRaw: a block
-// of this many zero bytes is left as a hole in the output.
+// sparseBlock is the default granularity of zero detection in
+// ConvertRaw.
 const sparseBlock = 4096
 
 func (o *ConvertOptions) validate() error {
 	if o.Workers < 0 || o.ChunkSize < 0 {
 		return fmt.Errorf("qcow2: negative Workers or ChunkSize in ConvertOptions")
+	}
+	if o.SparseSize < 0 || o.SparseSize%512 != 0 {
+		return fmt.Errorf("qcow2: sparse size %d is not a multiple of 512", o.SparseSize)
+	}
+	if o.SparseSize == 0 {
+		o.SparseSize = sparseBlock
 	}
 	if o.Workers == 0 {
 		o.Workers = runtime.GOMAXPROCS(0)
@@ -140,7 +150,15 @@ func convertInto(ctx context.Context, src *Image, w interface {
 		}
 	}
 
-	write := writeSparse
+	block := opts.SparseSize
+	if block <= 0 {
+		block = sparseBlock
+	}
+	write := func(w interface {
+		WriteAt([]byte, int64) (int, error)
+	}, b []byte, off int64) error {
+		return writeSparse(w, b, off, block)
+	}
 	if zeroFill {
 		write = writeDense
 	}
@@ -205,13 +223,12 @@ func convertInto(ctx context.Context, src *Image, w interface {
 	})
 }
 
-var zeroBlock [sparseBlock]byte
-
-// writeSparse writes b at off, skipping 4 KiB-aligned blocks of zeros so
-// that they stay holes, and coalescing non-zero blocks into single writes.
+// writeSparse writes b at off, skipping blocks of zeros (block bytes,
+// aligned to guest offsets) so that they stay holes, and coalescing the
+// other blocks into single writes.
 func writeSparse(w interface {
 	WriteAt([]byte, int64) (int, error)
-}, b []byte, off int64) error {
+}, b []byte, off, block int64) error {
 	start := -1 // start of pending non-zero run in b
 	i := 0
 	flush := func(end int) error {
@@ -223,9 +240,8 @@ func writeSparse(w interface {
 		return err
 	}
 	for i < len(b) {
-		// Blocks are aligned to guest offsets.
-		n := min(len(b)-i, sparseBlock-int((off+int64(i))%sparseBlock))
-		if bytes.Equal(b[i:i+n], zeroBlock[:n]) {
+		n := min(len(b)-i, int(block-(off+int64(i))%block))
+		if isZeroBytes(b[i : i+n]) {
 			if err := flush(i); err != nil {
 				return err
 			}

@@ -36,6 +36,10 @@ type ConvertImageOptions struct {
 	// a cluster of zeros stays unallocated, or becomes a zero cluster
 	// when a backing file would show through with other content.
 	NoSparse bool
+	// SparseSize is the zero-detection granularity of raw output
+	// (qemu-img -S; see ConvertOptions). qcow2 output detects zeros per
+	// cluster.
+	SparseSize int64
 	// Workers is the number of goroutines reading, comparing and
 	// compressing clusters (and writing them). 0 means twice
 	// runtime.GOMAXPROCS(0).
@@ -88,7 +92,7 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 			return fmt.Errorf("%w: preallocation %q for raw output (off or full)", ErrUnsupportedFeature, co.Preallocation)
 		}
 		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress,
-			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull})
+			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull, SparseSize: opts.SparseSize})
 	case FormatQcow2:
 	default:
 		return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)

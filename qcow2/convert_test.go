@@ -184,3 +184,51 @@ func TestConvertRawNoSparse(t *testing.T) {
 		}
 	}
 }
+
+// TestConvertRawSparseSize: -S sets how long an aligned run of zeros
+// must be to stay a hole, as in qemu-img.
+func TestConvertRawSparseSize(t *testing.T) {
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src.raw")
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = 1
+	}
+	clear(data[64<<10 : 80<<10])   // 16 KiB of zeros: a hole at 4 KiB, data at 64 KiB
+	clear(data[512<<10 : 768<<10]) // 256 KiB of zeros: a hole either way
+	if err := os.WriteFile(src, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(src, Options{Format: FormatRaw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	alloc := map[int64]int64{}
+	for _, s := range []int64{0, 64 << 10} {
+		dst := filepath.Join(dir, fmt.Sprintf("out-%d.raw", s))
+		if err := ConvertRaw(context.Background(), img, dst, ConvertOptions{SparseSize: s}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(dst)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("-S %d: content differs (%v)", s, err)
+		}
+		f, _ := os.Open(dst)
+		a, ok := allocatedSize(f)
+		f.Close()
+		if !ok {
+			t.Skip("no allocation figures here")
+		}
+		alloc[s] = a
+	}
+	if want := int64(1<<20 - 16<<10 - 256<<10); alloc[0] > want {
+		t.Errorf("-S 4k: %d bytes allocated, want <= %d", alloc[0], want)
+	}
+	if alloc[64<<10] < alloc[0]+16<<10 {
+		t.Errorf("-S 64k allocated %d bytes, -S 4k %d: the 16 KiB run should be written", alloc[64<<10], alloc[0])
+	}
+	if err := ConvertRaw(context.Background(), img, filepath.Join(dir, "bad"), ConvertOptions{SparseSize: 1000}); err == nil {
+		t.Error("-S 1000 accepted")
+	}
+}

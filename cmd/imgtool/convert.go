@@ -19,7 +19,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	options := fs.StringArrayP("options", "o", nil, "qemu-img create options for the output: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt")
 	backing := fs.StringP("backing", "B", "", "make DST an overlay of this file, storing only clusters that differ from it (relative names are relative to DST's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
-	sparse := fs.StringP("sparse-size", "S", "4k", "zero runs of this size stay sparse; 0 writes every cluster")
+	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 writes every cluster")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
 	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates)")
@@ -54,7 +54,11 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("-S: %v", err)
 	}
+	if s%512 != 0 {
+		return usagef("-S: %s is not a multiple of 512", *sparse)
+	}
 	opts.NoSparse = s == 0
+	opts.SparseSize = s
 	src, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	if err != nil {
 		return err
