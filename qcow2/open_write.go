@@ -35,21 +35,31 @@ func (img *Image) openWriterMode(opts *Options, forRepair bool) error {
 	if h.IncompatibleFeatures&IncompatCorrupt != 0 && !forRepair {
 		return fmt.Errorf("%w: %s is marked corrupt; repair it first (imgtool check -r all)", ErrReadOnly, img.path)
 	}
-	f, err := os.OpenFile(img.path, os.O_RDWR, 0)
+	f, err := img.openForWriting(opts)
 	if err != nil {
-		return fmt.Errorf("qcow2: opening %s for writing: %w", img.path, err)
-	}
-	if !opts.ForceShare {
-		if _, err := acquireLock(f, imagelock.Writer); err != nil {
-			f.Close()
-			return fmt.Errorf("qcow2: cannot write %s: %w", img.path, err)
-		}
+		return err
 	}
 	if err := img.attachWriter(osStorage{f}, forRepair); err != nil {
 		f.Close()
 		return err
 	}
 	return nil
+}
+
+// openForWriting opens img's file read-write with QEMU's writer lock
+// (unless opts.ForceShare); the lock goes with the descriptor.
+func (img *Image) openForWriting(opts *Options) (*os.File, error) {
+	f, err := os.OpenFile(img.path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("qcow2: opening %s for writing: %w", img.path, err)
+	}
+	if !opts.ForceShare {
+		if _, err := acquireLock(f, imagelock.Writer); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("qcow2: cannot write %s: %w", img.path, err)
+		}
+	}
+	return f, nil
 }
 
 // attachWriter sets up the writer on storage st, which holds the same

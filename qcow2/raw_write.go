@@ -7,8 +7,6 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
-
-	"github.com/imgtool/imgtool/internal/imagelock"
 )
 
 // rawWriter is the write half of a raw Image opened with
@@ -39,15 +37,9 @@ type rawWriter struct {
 // openRawWriter makes the raw image img writable: it opens the file
 // read-write and takes QEMU's writer lock unless opts.ForceShare.
 func (img *Image) openRawWriter(opts *Options) error {
-	f, err := os.OpenFile(img.path, os.O_RDWR, 0)
+	f, err := img.openForWriting(opts)
 	if err != nil {
-		return fmt.Errorf("qcow2: opening %s for writing: %w", img.path, err)
-	}
-	if !opts.ForceShare {
-		if _, err := acquireLock(f, imagelock.Writer); err != nil {
-			f.Close()
-			return fmt.Errorf("qcow2: cannot write %s: %w", img.path, err)
-		}
+		return err
 	}
 	// The size as of now, under the lock (the file may have changed
 	// since it was probed).
