@@ -72,7 +72,7 @@ func Create(ctx context.Context, w io.Writer, dir string, opts CreateOptions) (D
 	}
 	level, err := compressionLevel(opts.Compression, opts.Level)
 	if err != nil {
-		return Descriptor{}, fmt.Errorf("layers: create: %w", err)
+		return Descriptor{}, err // "layers: unsupported: zstd level 30 (want 1 to 22)"
 	}
 	st, err := os.Lstat(dir)
 	if err != nil {
