@@ -7,5 +7,8 @@ import (
 	"os"
 )
 
-// fallocate is not available here; callers write zeros instead.
+// fallocate and punchHole are not implemented outside Linux: callers
+// write zeros instead.
 func fallocate(*os.File, int64) error { return errors.ErrUnsupported }
+
+func punchHole(*os.File, int64, int64) error { return errors.ErrUnsupported }
