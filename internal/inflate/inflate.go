@@ -475,6 +475,11 @@ decode:
 			}
 			e = lmain[bitbuf&(1<<litlenBits-1)]
 		}
+		if out == len(dst) {
+			// Full: e must not be consumed (a match would take bits
+			// a complete stream need not have).
+			break
+		}
 		if e&(flagSub|flagBad|flagLen) == 0 {
 			// Room for one byte at most.
 			if out < len(dst) {
