@@ -5,8 +5,9 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
-	"path/filepath"
 	"strings"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // ErrExists is returned by Create when the target exists and
@@ -58,7 +59,12 @@ type CreateOptions struct {
 	// Size must be given, and BackingFormat is recorded only if set.
 	UnsafeBacking bool
 	// Overwrite replaces an existing file; by default Create refuses.
+	// An existing file that another process (or an open image of this
+	// one) holds is refused with an atomicfile.LockError either way.
 	Overwrite bool
+	// Sync is the durability of the new file: atomicfile.Durable (the
+	// default) or atomicfile.NoSync (qemu-img -t unsafe).
+	Sync atomicfile.Sync
 	// Progress, if set, is called as preallocation proceeds with the
 	// bytes of guest done and in all. Only full preallocation, which
 	// writes every cluster, reports.
@@ -68,8 +74,11 @@ type CreateOptions struct {
 // defaultClusterSize is qemu-img's default cluster size.
 const defaultClusterSize = 64 << 10
 
-// Create writes a new, empty image at path. The file is built under a
-// temporary name in the same directory and renamed into place.
+// Create writes a new, empty image at path. The file is built as an
+// unnamed (or temporary) file in the same directory and put in place
+// whole (see internal/atomicfile): a symlink at path is written through,
+// a new file gets mode 0666 minus the umask and a replaced one keeps its
+// mode.
 func Create(path string, opts CreateOptions) error {
 	if opts.Format == "" {
 		opts.Format = FormatQcow2
@@ -110,53 +119,44 @@ func Create(path string, opts CreateOptions) error {
 		}
 		b.Close()
 	}
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	tmp, err := atomicfile.Create(path, atomicfile.Options{Sync: opts.Sync})
 	if err != nil {
 		return fmt.Errorf("qcow2: creating %s: %w", path, err)
 	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
+	defer tmp.Abort()
+	if err := fillNew(tmp.File, tmp.TempPath(), path, &opts); err != nil {
+		return err
+	}
+	if err := tmp.Commit(); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	return nil
+}
+
+// fillNew writes a new, empty image of opts into the empty file f, which
+// can be reopened at reopen; path names the image in messages.
+func fillNew(f *os.File, reopen, path string, opts *CreateOptions) error {
 	switch opts.Format {
 	case FormatRaw:
-		if err := createRaw(tmp, &opts); err != nil {
+		if err := createRaw(f, opts); err != nil {
 			return fmt.Errorf("qcow2: creating %s: %w", path, err)
 		}
 	case FormatQcow2:
-		h, err := createHeader(&opts)
+		h, err := createHeader(opts)
 		if err != nil {
 			return fmt.Errorf("qcow2: creating %s: %w", path, err)
 		}
-		if err := writeEmptyQcow2(tmp, h); err != nil {
+		if err := writeEmptyQcow2(f, h); err != nil {
 			return fmt.Errorf("qcow2: creating %s: %w", path, err)
 		}
 	default:
 		return fmt.Errorf("%w: creating %s images", ErrUnsupportedFeature, opts.Format)
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
-	}
-	if err := os.Chmod(tmpName, 0o644); err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
-	}
 	if opts.Format == FormatQcow2 && opts.Preallocation != "" && opts.Preallocation != PreallocOff {
-		if err := preallocate(tmpName, opts.Preallocation == PreallocFull, opts.Progress); err != nil {
+		if err := preallocate(reopen, opts.Preallocation == PreallocFull, opts.Progress); err != nil {
 			return fmt.Errorf("qcow2: creating %s: preallocating: %w", path, err)
 		}
 	}
-	if err := os.Rename(tmpName, path); err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
-	}
-	ok = true
 	return nil
 }
 
