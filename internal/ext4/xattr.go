@@ -103,8 +103,8 @@ func aclToExt4(v []byte) ([]byte, error) {
 	return out, nil
 }
 
-func entrySize(x xattr) int  { return (16 + len(x.name) + 3) &^ 3 }
-func valueSize(x xattr) int  { return (len(x.value) + 3) &^ 3 }
+func entrySize(x xattr) int { return (16 + len(x.name) + 3) &^ 3 }
+func valueSize(x xattr) int { return (len(x.value) + 3) &^ 3 }
 func xattrsSize(xs []xattr) int {
 	n := 4 // terminating zero
 	for _, x := range xs {
