@@ -26,6 +26,9 @@ Subcommands:
           list the tags of a layout with digests, platforms and sizes
   verify  DIR
           re-hash every blob reachable from the tags and recompute diffIDs
+  disk    [--size SIZE] [--cluster-size N] [-p] DIR:TAG OUTDIR
+          build an ext4 VM disk as a qcow2 chain, one level per layer
+          (named by ChainID), and print the top image's path
 
 A layout reference is DIR[:TAG]; TAG defaults to latest.
 Run 'imgtool image SUBCOMMAND --help' for the options of one.
@@ -38,6 +41,7 @@ func runImage(args []string, stdout, stderr io.Writer) error {
 		subcommand{[]string{"unpack"}, runImageUnpack},
 		subcommand{[]string{"ls", "list"}, runImageLs},
 		subcommand{[]string{"verify"}, runImageVerify},
+		subcommand{[]string{"disk"}, runImageDisk},
 	)
 }
 

@@ -404,6 +404,9 @@ func (f *FS) setAttrs(in *inode, hdr *tar.Header) error {
 		return fmt.Errorf("%w: uid/gid %d/%d", ErrUnsupported, hdr.Uid, hdr.Gid)
 	}
 	in.mode = in.mode&sIFMT | uint16(hdr.Mode&0o7777)
+	if in.mode&sIFMT == sIFLNK {
+		in.mode = sIFLNK | 0o777 // as Linux makes every symlink
+	}
 	in.uid, in.gid = uint32(hdr.Uid), uint32(hdr.Gid)
 	in.mtime = hdr.ModTime.Unix()
 	in.mtimeNsec = uint32(hdr.ModTime.Nanosecond())

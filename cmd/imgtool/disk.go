@@ -1,0 +1,54 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/imgtool/imgtool/overlay/vmdisk"
+	"github.com/imgtool/imgtool/qcow2"
+)
+
+// runImageDisk is imgtool image disk: an OCI image as an ext4 qcow2 chain,
+// one level per layer.
+func runImageDisk(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image disk", "DIR[:TAG] OUTDIR", stderr)
+	sizeStr := fs.String("size", "16G", "virtual disk `SIZE` (fixed, so images sharing layers share levels)")
+	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
+	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	asJSON, err := parseFlagsOutput(fs, args, output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want DIR[:TAG] and OUTDIR, got %d arguments", fs.NArg())
+	}
+	size, err := qcow2.ParseSize(*sizeStr)
+	if err != nil {
+		return usagef("--size: %v", err)
+	}
+	ref, plat, err := parseImageArg(fs.Arg(0), *platform)
+	if err != nil {
+		return err
+	}
+	update, finish := newProgress(*progress, stderr, "building disk")
+	opts := vmdisk.Options{Size: size, ClusterSize: *cluster, Platform: plat}
+	if *progress {
+		opts.Progress = func(p vmdisk.Progress) { update(p.Bytes, -1) }
+	}
+	res, err := vmdisk.Build(context.Background(), ref, fs.Arg(1), opts)
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintln(stdout, res.Top)
+	return nil
+}

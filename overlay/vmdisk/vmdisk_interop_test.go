@@ -1,0 +1,214 @@
+package vmdisk
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/internal/treecmp"
+	"github.com/imgtool/imgtool/layers"
+)
+
+type tarEntry struct {
+	hdr  tar.Header
+	data []byte
+}
+
+func writeTar(t testing.TB, path string, entries []tarEntry) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, e := range entries {
+		h := e.hdr
+		if h.Typeflag == tar.TypeReg {
+			h.Size = int64(len(e.data))
+		}
+		if h.ModTime.IsZero() {
+			h.ModTime = time.Unix(1700000000, 123456789)
+		}
+		h.Format = tar.FormatPAX
+		if err := tw.WriteHeader(&h); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write(e.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func dirE(name string) tarEntry {
+	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755}}
+}
+func fileE(name string, mode int64, data []byte) tarEntry {
+	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Uid: 1000, Gid: 1000}, data: data}
+}
+
+// testImage writes four layer tars and builds the images k1, k2, k3 (the
+// first 1, 2, 3 layers) and other (layers 1, 2 and a different third)
+// into an OCI layout.
+func testImage(t testing.TB) string {
+	dir := t.TempDir()
+	big := bytes.Repeat([]byte("0123456789abcdef"), 100000)
+	sparse := make([]byte, 10<<20)
+	copy(sparse[1<<20:], "in the middle")
+	copy(sparse[len(sparse)-5:], "tail!")
+	l1 := []tarEntry{
+		dirE("etc/"), fileE("etc/passwd", 0o644, []byte("root:x:0:0\n")),
+		dirE("bin/"), fileE("bin/big", 0o4755, big),
+		fileE("bin/sparse", 0o600, sparse),
+		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "bin/biglink", Linkname: "bin/big"}},
+		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/fast", Linkname: "big", Mode: 0o777}},
+		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/slow", Linkname: strings.Repeat("x/", 60) + "big", Mode: 0o777}},
+		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev-null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev-big", Mode: 0o660, Devmajor: 259, Devminor: 70000}},
+		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
+			"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+			"SCHILY.xattr.user.small":          "v"}}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
+			"SCHILY.xattr.user.big": strings.Repeat("y", 1000)}}},
+		dirE("opq/"), fileE("opq/old", 0o644, []byte("old")), dirE("opq/sub/"), fileE("opq/sub/x", 0o644, []byte("x")),
+		fileE("gone", 0o644, []byte("gone")),
+		dirE("many/"),
+	}
+	for i := 0; i < 10000; i++ {
+		l1 = append(l1, fileE(fmt.Sprintf("many/file-with-a-longish-name-%05d", i), 0o644, []byte(fmt.Sprint(i))))
+	}
+	l2 := []tarEntry{
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone"}},
+		dirE("opq/"),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq"}},
+		fileE("opq/new", 0o644, []byte("new")),
+		fileE("etc/passwd", 0o600, []byte("root:x:0:0:changed\n")),
+		dirE("many/"),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "many/.wh.file-with-a-longish-name-00007"}},
+	}
+	for i := 0; i < 2000; i++ {
+		l2 = append(l2, fileE(fmt.Sprintf("many/added-%05d", i), 0o644, []byte("a")))
+	}
+	l3 := []tarEntry{
+		dirE("bin/"),
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bin/.wh.big"}},
+		fileE("new-in-3", 0o644, bytes.Repeat([]byte{7}, 5000)),
+	}
+	l4 := []tarEntry{fileE("other", 0o644, []byte("another third layer"))}
+	var paths []string
+	for i, l := range [][]tarEntry{l1, l2, l3, l4} {
+		p := filepath.Join(dir, fmt.Sprintf("l%d.tar", i+1))
+		writeTar(t, p, l)
+		paths = append(paths, p)
+	}
+	layout := filepath.Join(dir, "oci")
+	epoch := time.Unix(1700000000, 0)
+	for tag, ls := range map[string][]string{
+		"k1": paths[:1], "k2": paths[:2], "k3": paths[:3], "other": {paths[0], paths[1], paths[3]},
+	} {
+		if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: ls, Tag: tag, SourceDateEpoch: &epoch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return layout
+}
+
+// TestDiskInterop builds the chain of a 3-layer image and checks each
+// level: e2fsck -fn clean, and (as root) its loop mount equal to umoci raw
+// unpack of the image cut at that layer. A second image sharing the first
+// two layers gets byte-identical first two levels.
+func TestDiskInterop(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "e2fsck")
+	layout := testImage(t)
+	work := t.TempDir()
+	ctx := context.Background()
+	opts := Options{Size: 256 << 20}
+	res, err := Build(ctx, layers.ImageRef{Dir: layout, Tag: "k3"}, filepath.Join(work, "disk"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Levels) != 3 || res.Top != res.Levels[2].Path {
+		t.Fatalf("result %+v", res)
+	}
+	root := os.Geteuid() == 0
+	for k, lv := range res.Levels {
+		t.Logf("level %d: %s file %d bytes, data %d bytes, %d data + %d metadata blocks",
+			k, filepath.Base(lv.Path), lv.FileSize, lv.DataBytes, lv.DataBlocks, lv.MetaBlocks)
+		raw := filepath.Join(work, fmt.Sprintf("level%d.raw", k))
+		testutil.Run(t, "qemu-img", "convert", "-O", "raw", lv.Path, raw)
+		if out, err := exec.Command("e2fsck", "-fn", raw).CombinedOutput(); err != nil {
+			t.Fatalf("e2fsck -fn level %d: %v\n%s", k, err, out)
+		}
+		if !root {
+			continue
+		}
+		testutil.NeedTool(t, "umoci")
+		want := filepath.Join(work, fmt.Sprintf("umoci%d", k))
+		testutil.Run(t, "umoci", "raw", "unpack", "--image", fmt.Sprintf("%s:k%d", layout, k+1), want)
+		mnt := filepath.Join(work, fmt.Sprintf("mnt%d", k))
+		if err := os.Mkdir(mnt, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		testutil.Run(t, "mount", "-o", "loop,ro", raw, mnt)
+		got, gerr := treecmp.Snapshot(mnt, treecmp.Options{NoDirMtime: true})
+		exec.Command("umount", mnt).Run()
+		if gerr != nil {
+			t.Fatal(gerr)
+		}
+		delete(got, "lost+found")
+		exp, err := treecmp.Snapshot(want, treecmp.Options{NoDirMtime: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := treecmp.Diff(exp, got); d != nil {
+			t.Fatalf("level %d differs from umoci raw unpack:\n%s", k, strings.Join(d[:min(len(d), 20)], "\n"))
+		}
+	}
+	if !root {
+		testutil.NeedRoot(t)
+	}
+
+	res2, err := Build(ctx, layers.ImageRef{Dir: layout, Tag: "other"}, filepath.Join(work, "disk2"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k := 0; k < 3; k++ {
+		a, _ := os.ReadFile(res.Levels[k].Path)
+		b, _ := os.ReadFile(res2.Levels[k].Path)
+		same := bytes.Equal(a, b) && filepath.Base(res.Levels[k].Path) == filepath.Base(res2.Levels[k].Path)
+		if same != (k < 2) {
+			t.Errorf("level %d: identical=%v, want %v", k, same, k < 2)
+		}
+	}
+}
+
+// TestDiskTooLarge: an image larger than --size is a clear error and
+// leaves no OUTDIR.
+func TestDiskTooLarge(t *testing.T) {
+	layout := testImage(t)
+	out := filepath.Join(t.TempDir(), "disk")
+	_, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "k1"}, out, Options{Size: 16 << 20})
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("err = %v, want ErrTooLarge", err)
+	}
+	if _, serr := os.Stat(out); !os.IsNotExist(serr) {
+		t.Fatalf("%s left behind (%v)", out, serr)
+	}
+	ents, _ := os.ReadDir(filepath.Dir(out))
+	if len(ents) != 0 {
+		t.Fatalf("temporary files left: %v", ents)
+	}
+	t.Log(err)
+}
