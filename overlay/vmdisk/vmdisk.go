@@ -17,10 +17,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/imgtool/imgtool/internal/ext4"
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/qcow2"
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/identity"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
