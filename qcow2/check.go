@@ -117,9 +117,9 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 	if extL2 {
 		words = 2
 	}
-	compShift := 62 - (ck.cb - 8)
-	for i, e := range l1 {
-		l2Off := int64(e & hostOffsetMask)
+	for i, raw := range l1 {
+		e := l1Entry(raw)
+		l2Off := e.l2Offset()
 		if l2Off == 0 {
 			continue
 		}
@@ -140,7 +140,7 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 		}
 		next := int64(0)
 		for j := int64(0); j < int64(len(l2))/words; j++ {
-			entry := l2[j*words]
+			entry := l2Entry(l2[j*words])
 			var bitmap uint64
 			if extL2 {
 				bitmap = l2[j*words+1]
@@ -148,8 +148,8 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 			entryOff := l2Off + j*8*words
 			guestCluster := int64(i)*(int64(len(l2))/words) + j
 			_ = guestCluster
-			if entry&entryCompressed != 0 {
-				if entry&entryCopied != 0 {
+			if entry.compressed() {
+				if entry.copied() {
 					ck.msg("ERROR: cluster %d: copied flag must never be set for compressed clusters", entry>>ck.cb)
 					ck.res.Corruptions++
 				}
@@ -157,10 +157,9 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 					ck.msg("ERROR compressed cluster %d with a non-zero subcluster bitmap %#x", j, bitmap)
 					ck.res.Corruptions++
 				}
-				desc := entry &^ (entryCopied | entryCompressed)
-				off := int64(desc & (1<<compShift - 1))
-				sectors := int64(desc>>compShift) + 1
-				ck.inc(off&^511, sectors*512)
+				off, size := entry.compressedLocation(ck.cb)
+				start := off &^ 511
+				ck.inc(start, off+size-start)
 				if active {
 					ck.res.AllocatedClusters++
 					ck.res.CompressedClusters++
@@ -168,9 +167,9 @@ func (ck *checker) walkL1(l1Off int64, l1Size int64, active bool) error {
 				}
 				continue
 			}
-			host := int64(entry & hostOffsetMask)
+			host := entry.host()
 			if extL2 {
-				if bitmap&(bitmap>>32)&bitmapAllocMask != 0 || (host == 0 && bitmap&bitmapAllocMask != 0) {
+				if bitmapInvalid(host, bitmap) {
 					ck.msg("ERROR invalid subcluster bitmap %#x in L2 entry at %#x", bitmap, entryOff)
 					ck.res.Corruptions++
 				}
@@ -319,7 +318,7 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 	perBlock := ck.cs * 8 >> order
 	blockOK := make([]bool, len(reftable))
 	for i, e := range reftable {
-		off := int64(e & refTableOffsetMask)
+		off := refTableEntry(e).blockOffset()
 		if off == 0 {
 			continue
 		}
@@ -340,7 +339,7 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 	}
 	for i, e := range reftable {
 		if blockOK[i] {
-			c := int64(e&refTableOffsetMask) >> ck.cb
+			c := refTableEntry(e).blockOffset() >> ck.cb
 			if ck.ref[c] != 1 {
 				ck.msg("ERROR refcount block %d refcount=%d", i, ck.ref[c])
 				res.Corruptions++
@@ -359,12 +358,12 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 			if cached == nil {
 				cached = make([]byte, ck.cs)
 			}
-			if err := readFull(rd, cached, int64(reftable[idx]&refTableOffsetMask)); err != nil {
+			if err := readFull(rd, cached, refTableEntry(reftable[idx]).blockOffset()); err != nil {
 				return 0, err
 			}
 			cachedIdx = idx
 		}
-		return refcountEntry(cached, order, c%perBlock), nil
+		return getRefcount(cached, order, c%perBlock), nil
 	}
 
 	// Compare.
@@ -403,8 +402,9 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 	if img.extL2 {
 		words = 2
 	}
-	for i, e := range l1 {
-		l2Off := int64(e & hostOffsetMask)
+	for i, raw := range l1 {
+		e := l1Entry(raw)
+		l2Off := e.l2Offset()
 		if l2Off == 0 || l2Off&(ck.cs-1) != 0 || l2Off+ck.cs > size {
 			continue
 		}
@@ -412,7 +412,7 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 		if err != nil {
 			continue
 		}
-		if (rcnt == 1) != (e&entryCopied != 0) {
+		if (rcnt == 1) != e.copied() {
 			ck.msg("ERROR OFLAG_COPIED L2 cluster: l1_index=%d l1_entry=%x refcount=%d", i, e, rcnt)
 			res.Corruptions++
 		}
@@ -422,16 +422,16 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 			continue
 		}
 		for j := int64(0); j < int64(len(l2))/words; j++ {
-			entry := l2[j*words]
-			host := int64(entry & hostOffsetMask)
-			if entry&entryCompressed != 0 || host == 0 || host&(ck.cs-1) != 0 {
+			entry := l2Entry(l2[j*words])
+			host := entry.host()
+			if entry.compressed() || host == 0 || host&(ck.cs-1) != 0 {
 				continue
 			}
 			rcnt, err := ck.stored(host >> ck.cb)
 			if err != nil {
 				continue
 			}
-			if (rcnt == 1) != (entry&entryCopied != 0) {
+			if (rcnt == 1) != entry.copied() {
 				ck.msg("ERROR OFLAG_COPIED data cluster: l2_entry=%x refcount=%d", entry, rcnt)
 				res.Corruptions++
 			}
@@ -461,7 +461,7 @@ func (ck *checker) countBitmaps(b *BitmapsExt) {
 			ck.inc(tableOff, tableSize*8)
 			if tab, err := ck.readTable(tableOff, tableSize*8); err == nil {
 				for _, e := range tab {
-					if off := int64(e & hostOffsetMask); off != 0 {
+					if off := l1Entry(e).l2Offset(); off != 0 {
 						ck.inc(off, ck.cs)
 					}
 				}

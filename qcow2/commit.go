@@ -260,7 +260,7 @@ func (w *writer) makeEmpty(ctx context.Context) error {
 		if err := ctx.Err(); err != nil {
 			return errors.Join(err, w.flushLocked())
 		}
-		if img.l1Get(l1i)&hostOffsetMask == 0 {
+		if img.l1Get(l1i).l2Offset() == 0 {
 			continue
 		}
 		t, err := w.writableL2(l1i)
@@ -269,7 +269,7 @@ func (w *writer) makeEmpty(ctx context.Context) error {
 		}
 		changed := false
 		for k := int64(0); k < int64(len(t.entries)); k += w.entryWords() {
-			e := t.entries[k]
+			e := l2Entry(t.entries[k])
 			var bm uint64
 			if img.extL2 {
 				bm = t.entries[k+1]

@@ -30,13 +30,13 @@ type decompressor struct {
 // L2 descriptor (host offset and size), for reads of part of a cluster.
 type lastCluster struct {
 	mu    sync.Mutex
-	entry uint64 // 0: empty
+	entry l2Entry // 0: empty
 	buf   *[]byte
 }
 
 // cached copies cluster bytes from offset in into dst if the cluster with
 // L2 descriptor entry is cached.
-func (d *decompressor) cached(entry uint64, dst []byte, in int64) (int, bool) {
+func (d *decompressor) cached(entry l2Entry, dst []byte, in int64) (int, bool) {
 	d.last.mu.Lock()
 	defer d.last.mu.Unlock()
 	if d.last.entry != entry || d.last.buf == nil {
@@ -47,7 +47,7 @@ func (d *decompressor) cached(entry uint64, dst []byte, in int64) (int, bool) {
 
 // remember makes buf (a decompressed cluster) the cached one; the cache
 // owns it from now on.
-func (d *decompressor) remember(entry uint64, buf *[]byte) {
+func (d *decompressor) remember(entry l2Entry, buf *[]byte) {
 	d.last.mu.Lock()
 	old := d.last.buf
 	d.last.entry, d.last.buf = entry, buf

@@ -274,16 +274,11 @@ func writeEmptyQcow2(f *os.File, h *Header) error {
 		cb:       h.ClusterBits,
 		cs:       cs,
 		order:    h.RefcountOrder,
-		width:    1 << h.RefcountOrder,
+		maxVal:   refcountMax(h.RefcountOrder),
 		perBlock: cs * 8 >> h.RefcountOrder,
 		blocks:   map[int64]*refBlock{},
 		tableOff: cs,
 		table:    make([]uint64, cs/8),
-	}
-	if rc.width == 64 {
-		rc.maxVal = ^uint64(0)
-	} else {
-		rc.maxVal = 1<<rc.width - 1
 	}
 	// Cluster 0: header; 1: refcount table; 2: first refcount block.
 	rc.blocks[0] = &refBlock{data: make([]byte, cs), dirty: true}
@@ -365,7 +360,7 @@ func (w *writer) preallocate(full bool, progress func(done, total int64)) error 
 		}
 		for i := range n {
 			k := i * w.entryWords()
-			t.entries[k] = uint64(host+i*w.cs()) | entryCopied
+			t.entries[k] = uint64(dataEntry(host + i*w.cs()))
 			if img.extL2 {
 				if backing {
 					t.entries[k+1] = 0

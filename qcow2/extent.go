@@ -191,7 +191,7 @@ func (img *Image) layerStatus(off, n int64, wantZero bool) (subType, int64, int6
 	for pos < end {
 		vc := pos >> cb
 		l1i := vc >> img.l2Bits
-		if l1i >= img.l1Len() || img.l1Get(l1i)&hostOffsetMask == 0 {
+		if l1i >= img.l1Len() || img.l1Get(l1i).l2Offset() == 0 {
 			if !same(subUnallocated, -1) {
 				break
 			}
@@ -202,12 +202,12 @@ func (img *Image) layerStatus(off, n int64, wantZero bool) (subType, int64, int6
 		var bitmap uint64
 		if !ok {
 			var err error
-			if entry, bitmap, err = img.l2EntrySlow(vc); err != nil {
+			if entry, bitmap, err = img.lookupSlow(vc); err != nil {
 				return 0, 0, 0, err
 			}
 		}
 		cstart := vc << cb
-		if !img.extL2 || entry&entryCompressed != 0 || (entry&hostOffsetMask == 0 && bitmap == 0) {
+		if !img.extL2 || entry.compressed() || (entry.host() == 0 && bitmap == 0) {
 			t, h, err := img.classify(vc, entry, bitmap, 0)
 			if err != nil {
 				return 0, 0, 0, err

@@ -143,7 +143,7 @@ func (w *writer) writeL2L1() error {
 		buf := make([]byte, w.cs())
 		for _, l1i := range keys {
 			t := w.dirtyL2[l1i]
-			off := int64(img.l1Get(l1i) & hostOffsetMask)
+			off := img.l1Get(l1i).l2Offset()
 			for i, e := range t.entries {
 				binary.BigEndian.PutUint64(buf[i*8:], e)
 			}
@@ -182,7 +182,7 @@ func (w *writer) writeL1() error {
 	n := img.l1Len()
 	buf := make([]byte, n*8)
 	for i := range n {
-		binary.BigEndian.PutUint64(buf[i*8:], img.l1Get(i))
+		binary.BigEndian.PutUint64(buf[i*8:], uint64(img.l1Get(i)))
 	}
 	off := int64(img.hdr.L1TableOffset)
 	if err := w.meta.check(off, int64(len(buf)), metaL1); err != nil {

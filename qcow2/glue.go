@@ -13,17 +13,17 @@ func (img *Image) l1Len() int64 {
 }
 
 // l1Get returns active L1 entry i (i < l1Len()).
-func (img *Image) l1Get(i int64) uint64 {
+func (img *Image) l1Get(i int64) l1Entry {
 	if w := img.w; w != nil {
-		return (*w.l1.Load())[i].Load()
+		return l1Entry((*w.l1.Load())[i].Load())
 	}
-	return img.l1[i]
+	return l1Entry(img.l1[i])
 }
 
 // l1Set stores active L1 entry i; only the writer calls it, with its
 // metadata mutex held.
-func (img *Image) l1Set(i int64, v uint64) {
-	(*img.w.l1.Load())[i].Store(v)
+func (img *Image) l1Set(i int64, v l1Entry) {
+	(*img.w.l1.Load())[i].Store(uint64(v))
 }
 
 // fileSizeNow returns the size of the image file, which grows while the

@@ -51,7 +51,6 @@ const (
 	maxRefcountOrder         = 6
 	v2HeaderLength           = 72
 	v3MinHeaderLength        = 104
-	hostOffsetMask           = 0x00fffffffffffe00 // bits 9..55 of L1 and standard L2 entries
 	maxHostOffset      int64 = 1 << 56
 )
 

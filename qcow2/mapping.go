@@ -8,14 +8,6 @@ import (
 	"sync/atomic"
 )
 
-// Bits of L1 and L2 entries.
-const (
-	entryCopied     = 1 << 63
-	entryCompressed = 1 << 62
-	entryZero       = 1 << 0
-	bitmapAllocMask = 0xffffffff
-)
-
 // subType is the state of one (sub)cluster, as QEMU classifies it.
 type subType uint8
 
@@ -28,34 +20,34 @@ const (
 	subCompressed                      // compressed cluster
 )
 
-// l2Entry returns the L2 descriptor and subcluster bitmap (0 without
+// lookup returns the L2 descriptor and subcluster bitmap (0 without
 // extended L2) of guest cluster vc. An unallocated L2 table yields 0, 0.
 // This is the hot path: a cached table costs one atomic load.
-func (img *Image) l2Entry(vc int64) (entry, bitmap uint64, err error) {
+func (img *Image) lookup(vc int64) (entry l2Entry, bitmap uint64, err error) {
 	if e, ok := img.cachedEntry(vc); ok {
 		return e, 0, nil
 	}
-	return img.l2EntrySlow(vc)
+	return img.lookupSlow(vc)
 }
 
 // cachedEntry returns the standard L2 entry of guest cluster vc if its
 // table is cached: one atomic load and an index, small enough to inline
 // into the extent walk.
-func (img *Image) cachedEntry(vc int64) (uint64, bool) {
+func (img *Image) cachedEntry(vc int64) (l2Entry, bool) {
 	t := img.l2.slots[vc>>img.l2Bits].Load()
 	if t == nil || img.extL2 {
 		return 0, false
 	}
 	// Atomic: the writer updates standard entries of its own tables in
 	// place (an atomic load is a plain load on common CPUs).
-	return atomic.LoadUint64(&t.entries[vc&img.l2Mask]), true
+	return l2Entry(atomic.LoadUint64(&t.entries[vc&img.l2Mask])), true
 }
 
-// l2EntrySlow is l2Entry for extended L2 entries and on a cache miss (it
+// lookupSlow is lookup for extended L2 entries and on a cache miss (it
 // loads the table).
 //
 //go:noinline
-func (img *Image) l2EntrySlow(vc int64) (entry, bitmap uint64, err error) {
+func (img *Image) lookupSlow(vc int64) (entry l2Entry, bitmap uint64, err error) {
 	l1i := int(vc >> img.l2Bits)
 	l2i := int(vc & img.l2Mask)
 	t := img.l2.get(l1i)
@@ -73,13 +65,13 @@ func (img *Image) l2EntrySlow(vc int64) (entry, bitmap uint64, err error) {
 				e := atomic.LoadUint64(&t.entries[2*l2i])
 				b := atomic.LoadUint64(&t.entries[2*l2i+1])
 				if t.seq.Load() == s1 {
-					return e, b, nil
+					return l2Entry(e), b, nil
 				}
 			}
 			runtime.Gosched()
 		}
 	}
-	return atomic.LoadUint64(&t.entries[l2i]), 0, nil
+	return l2Entry(atomic.LoadUint64(&t.entries[l2i])), 0, nil
 }
 
 // loadL2 reads, decodes and caches the L2 table of L1 index l1i. It
@@ -88,8 +80,7 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 	if int64(l1i) >= img.l1Len() {
 		return nil, nil
 	}
-	e := img.l1Get(int64(l1i))
-	off := int64(e & hostOffsetMask)
+	off := img.l1Get(int64(l1i)).l2Offset()
 	if off == 0 {
 		return nil, nil
 	}
@@ -117,7 +108,7 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 // vc, for error messages.
 func (img *Image) l2EntryOffset(vc int64) int64 {
 	l1i := int(vc >> img.l2Bits)
-	base := int64(img.l1Get(int64(l1i)) & hostOffsetMask)
+	base := img.l1Get(int64(l1i)).l2Offset()
 	size := int64(8)
 	if img.extL2 {
 		size = 16
@@ -128,16 +119,16 @@ func (img *Image) l2EntryOffset(vc int64) int64 {
 // classify returns the type of subcluster sc (0 without extended L2) of
 // guest cluster vc with the given entry, and for allocated types the
 // host offset of the cluster. It validates the entry as QEMU does.
-func (img *Image) classify(vc int64, entry, bitmap uint64, sc uint) (subType, int64, error) {
-	if entry&entryCompressed != 0 {
+func (img *Image) classify(vc int64, entry l2Entry, bitmap uint64, sc uint) (subType, int64, error) {
+	if entry.compressed() {
 		if img.extL2 && bitmap != 0 {
 			return 0, 0, img.corrupt("L2 entry", img.l2EntryOffset(vc), "compressed cluster with a subcluster bitmap %#x", bitmap)
 		}
 		return subCompressed, -1, nil
 	}
-	host := int64(entry & hostOffsetMask)
+	host := entry.host()
 	if !img.extL2 {
-		if entry&entryZero != 0 {
+		if entry.zero() {
 			if host == 0 {
 				return subZeroPlain, -1, nil
 			}
@@ -183,15 +174,4 @@ func (img *Image) checkHost(vc int64, host int64) error {
 		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "cluster offset %#x is not cluster aligned", host)
 	}
 	return nil
-}
-
-// compressedLocation decodes a compressed cluster descriptor into the
-// host byte offset and the number of bytes to read.
-func (img *Image) compressedLocation(entry uint64) (off, size int64) {
-	shift := 62 - (img.clusterBits - 8)
-	desc := entry &^ (entryCopied | entryCompressed)
-	off = int64(desc & (1<<shift - 1))
-	sectors := int64(desc>>shift) + 1
-	size = sectors*512 - off&511
-	return off, size
 }

@@ -146,7 +146,7 @@ func (w *writer) loadMeta(fileSize int64) error {
 		}
 	}
 	for i := range img.l1Len() {
-		if off := int64(img.l1Get(i) & hostOffsetMask); off != 0 {
+		if off := img.l1Get(i).l2Offset(); off != 0 {
 			w.meta.add(off>>w.cb(), 1, metaL2)
 		}
 	}

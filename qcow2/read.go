@@ -59,7 +59,7 @@ func (img *Image) readCompressed(dst []byte, off int64) error {
 			off += img.clusterSize
 			continue
 		}
-		entry, _, err := img.l2Entry(vc)
+		entry, _, err := img.lookup(vc)
 		if err != nil {
 			return err
 		}
@@ -85,14 +85,14 @@ func (img *Image) readCompressed(dst []byte, off int64) error {
 // decompressCluster decompresses guest cluster vc, which must be a
 // compressed cluster, into out (cluster size bytes).
 func (img *Image) decompressCluster(vc int64, out []byte) error {
-	entry, _, err := img.l2Entry(vc)
+	entry, _, err := img.lookup(vc)
 	if err != nil {
 		return err
 	}
-	if entry&entryCompressed == 0 {
+	if !entry.compressed() {
 		return fmt.Errorf("qcow2: %s: cluster %d changed while reading", img.path, vc)
 	}
-	hoff, size := img.compressedLocation(entry)
+	hoff, size := entry.compressedLocation(img.clusterBits)
 	src := img.decompressor.getInput(size)
 	defer img.decompressor.putInput(src)
 	if err := img.readHost(*src, hoff); err != nil {

@@ -350,9 +350,7 @@ func (w *writer) putCompressed(vc int64, out []byte, pk *packer) error {
 	}
 	w.dataWritten = true
 	w.growFileSize()
-	shift := 62 - (w.cb() - 8)
-	sectors := uint64((host+size-1)>>9 - host>>9)
-	if err := w.setEntry(vc, entryCompressed|sectors<<shift|uint64(host), 0); err != nil {
+	if err := w.setEntry(vc, compressedEntry(w.cb(), host, size), 0); err != nil {
 		return w.fail(err)
 	}
 	w.freeEntry(old)

@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -51,7 +50,7 @@ func (r *refcountReader) refcount(c int64) (uint64, error) {
 	if ti >= int64(len(img.refTable)) {
 		return 0, nil
 	}
-	boff := int64(img.refTable[ti] & hostOffsetMask)
+	boff := refTableEntry(img.refTable[ti]).blockOffset()
 	if boff == 0 {
 		return 0, nil
 	}
@@ -71,26 +70,7 @@ func (r *refcountReader) refcount(c int64) (uint64, error) {
 		}
 		r.blockOff = boff
 	}
-	return refcountEntry(r.block, img.hdr.RefcountOrder, c%per), nil
-}
-
-// refcountEntry extracts entry i of a refcount block with 1<<order bit
-// entries.
-func refcountEntry(block []byte, order uint32, i int64) uint64 {
-	switch order {
-	case 0, 1, 2:
-		w := int64(1) << order
-		bit := i * w
-		return uint64(block[bit/8]>>(bit%8)) & (1<<w - 1)
-	case 3:
-		return uint64(block[i])
-	case 4:
-		return uint64(binary.BigEndian.Uint16(block[i*2:]))
-	case 5:
-		return uint64(binary.BigEndian.Uint32(block[i*4:]))
-	default:
-		return binary.BigEndian.Uint64(block[i*8:])
-	}
+	return getRefcount(r.block, img.hdr.RefcountOrder, c%per), nil
 }
 
 // metadataPreallocated mirrors QEMU's heuristic

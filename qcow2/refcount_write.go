@@ -6,10 +6,6 @@ import (
 	"fmt"
 )
 
-// refTableOffsetMask selects the refcount block offset in a refcount
-// table entry (bits 9..63; bits 0..8 are reserved).
-const refTableOffsetMask = 0xfffffffffffffe00
-
 // errRefcountOverflow is returned when a refcount would exceed the
 // largest value refcount_bits can hold (1 for 1-bit refcounts).
 var errRefcountOverflow = errors.New("qcow2: refcount overflow (refcount_bits too small for this operation)")
@@ -33,7 +29,6 @@ type refcounts struct {
 	cb       uint32 // cluster bits
 	cs       int64
 	order    uint32
-	width    uint64 // refcount bits
 	maxVal   uint64
 	perBlock int64 // entries per refcount block
 
@@ -65,17 +60,12 @@ func newRefcounts(st storage, path string, h *Header, fileSize int64, meta *meta
 		cb:       h.ClusterBits,
 		cs:       h.ClusterSize(),
 		order:    h.RefcountOrder,
-		width:    1 << h.RefcountOrder,
 		perBlock: h.ClusterSize() * 8 >> h.RefcountOrder,
 		tableOff: int64(h.RefcountTableOffset),
 		blocks:   map[int64]*refBlock{},
 		meta:     meta,
 	}
-	if r.width == 64 {
-		r.maxVal = ^uint64(0)
-	} else {
-		r.maxVal = 1<<r.width - 1
-	}
+	r.maxVal = refcountMax(r.order)
 	raw := make([]byte, int64(h.RefcountTableClusters)<<h.ClusterBits)
 	if err := readFull(st, raw, r.tableOff); err != nil {
 		return nil, fmt.Errorf("qcow2: reading refcount table of %s: %w", path, err)
@@ -83,7 +73,7 @@ func newRefcounts(st storage, path string, h *Header, fileSize int64, meta *meta
 	r.table = decodeTable(raw)
 	r.end = (fileSize + r.cs - 1) >> r.cb
 	for i, e := range r.table {
-		off := int64(e & refTableOffsetMask)
+		off := refTableEntry(e).blockOffset()
 		if off == 0 {
 			continue
 		}
@@ -108,7 +98,7 @@ func (r *refcounts) block(idx int64) (*refBlock, error) {
 	if idx >= int64(len(r.table)) {
 		return nil, nil
 	}
-	off := int64(r.table[idx] & refTableOffsetMask)
+	off := refTableEntry(r.table[idx]).blockOffset()
 	if off == 0 {
 		return nil, nil
 	}
@@ -121,37 +111,11 @@ func (r *refcounts) block(idx int64) (*refBlock, error) {
 }
 
 func (r *refcounts) getIn(b *refBlock, i int64) uint64 {
-	d := b.data
-	switch r.width {
-	case 8:
-		return uint64(d[i])
-	case 16:
-		return uint64(binary.BigEndian.Uint16(d[i*2:]))
-	case 32:
-		return uint64(binary.BigEndian.Uint32(d[i*4:]))
-	case 64:
-		return binary.BigEndian.Uint64(d[i*8:])
-	}
-	bit := uint64(i) * r.width
-	return uint64(d[bit/8]>>(bit%8)) & r.maxVal
+	return getRefcount(b.data, r.order, i)
 }
 
 func (r *refcounts) setIn(b *refBlock, i int64, v uint64) {
-	d := b.data
-	switch r.width {
-	case 8:
-		d[i] = byte(v)
-	case 16:
-		binary.BigEndian.PutUint16(d[i*2:], uint16(v))
-	case 32:
-		binary.BigEndian.PutUint32(d[i*4:], uint32(v))
-	case 64:
-		binary.BigEndian.PutUint64(d[i*8:], v)
-	default:
-		bit := uint64(i) * r.width
-		sh := bit % 8
-		d[bit/8] = d[bit/8]&^(byte(r.maxVal)<<sh) | byte(v)<<sh
-	}
+	setRefcount(b.data, r.order, i, v)
 	b.dirty = true
 }
 
@@ -433,7 +397,7 @@ func (r *refcounts) writeBlocks() (bool, error) {
 		if !b.dirty {
 			continue
 		}
-		off := int64(r.table[idx] & refTableOffsetMask)
+		off := refTableEntry(r.table[idx]).blockOffset()
 		if err := r.meta.check(off, r.cs, metaRefBlock); err != nil {
 			return wrote, err
 		}

@@ -107,12 +107,8 @@ func (w *writer) rebuildRefcounts() error {
 	for c := start; c < total; c++ {
 		full[c] = 1
 	}
-	rc := &refcounts{cs: cs, width: 1 << img.hdr.RefcountOrder}
-	if rc.width == 64 {
-		rc.maxVal = ^uint64(0)
-	} else {
-		rc.maxVal = 1<<rc.width - 1
-	}
+	order := img.hdr.RefcountOrder
+	maxVal := refcountMax(order)
 	table := make([]byte, t*cs)
 	blk := &refBlock{data: make([]byte, cs)}
 	for idx := range b {
@@ -122,10 +118,10 @@ func (w *writer) rebuildRefcounts() error {
 			if c >= total {
 				break
 			}
-			if full[c] > rc.maxVal {
+			if full[c] > maxVal {
 				return fmt.Errorf("%w: cluster %d of %s has %d references", errRefcountOverflow, c, w.path, full[c])
 			}
-			rc.setIn(blk, i, full[c])
+			setRefcount(blk.data, order, i, full[c])
 		}
 		off := (start + t + idx) * cs
 		if err := writeFull(w.st, blk.data, off); err != nil {
@@ -171,8 +167,9 @@ func (w *writer) fixCopied() error {
 		words = 2
 	}
 	buf := make([]byte, w.cs())
-	for i, e := range l1 {
-		off := int64(e & hostOffsetMask)
+	for i, raw := range l1 {
+		e := l1Entry(raw)
+		off := e.l2Offset()
 		if off == 0 || off&(w.cs()-1) != 0 {
 			continue
 		}
@@ -180,8 +177,8 @@ func (w *writer) fixCopied() error {
 		if err != nil {
 			return err
 		}
-		if want := n == 1; want != (e&entryCopied != 0) {
-			l1[i] = e ^ entryCopied
+		if want := n == 1; want != e.copied() {
+			l1[i] ^= entryCopied
 			l1Changed = true
 		}
 		if err := readFull(w.st, buf, off); err != nil {
@@ -189,11 +186,11 @@ func (w *writer) fixCopied() error {
 		}
 		changed := false
 		for j := int64(0); j < w.cs()/8; j += words {
-			entry := binary.BigEndian.Uint64(buf[j*8:])
-			host := int64(entry & hostOffsetMask)
-			if entry&entryCompressed != 0 {
-				if entry&entryCopied != 0 {
-					binary.BigEndian.PutUint64(buf[j*8:], entry&^entryCopied)
+			entry := l2Entry(binary.BigEndian.Uint64(buf[j*8:]))
+			host := entry.host()
+			if entry.compressed() {
+				if entry.copied() {
+					binary.BigEndian.PutUint64(buf[j*8:], uint64(entry&^entryCopied))
 					changed = true
 				}
 				continue
@@ -205,8 +202,8 @@ func (w *writer) fixCopied() error {
 			if err != nil {
 				return err
 			}
-			if want := n == 1; want != (entry&entryCopied != 0) {
-				binary.BigEndian.PutUint64(buf[j*8:], entry^entryCopied)
+			if want := n == 1; want != entry.copied() {
+				binary.BigEndian.PutUint64(buf[j*8:], uint64(entry^entryCopied))
 				changed = true
 			}
 		}

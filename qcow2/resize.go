@@ -72,7 +72,7 @@ func (w *writer) growL1(need, size int64) error {
 	}
 	raw := make([]byte, need*8)
 	for i := range n {
-		binary.BigEndian.PutUint64(raw[i*8:], img.l1Get(i))
+		binary.BigEndian.PutUint64(raw[i*8:], uint64(img.l1Get(i)))
 	}
 	if err := w.meta.check(off, int64(len(raw)), metaNone); err != nil {
 		return err
@@ -94,7 +94,7 @@ func (w *writer) growL1(need, size int64) error {
 	img.size = size
 	l1 := make([]atomic.Uint64, need)
 	for i := range n {
-		l1[i].Store(img.l1Get(i))
+		l1[i].Store(uint64(img.l1Get(i)))
 	}
 	w.l1.Store(&l1)
 	if err := w.releaseRange(oldOff, oldN*8); err != nil {
@@ -112,15 +112,15 @@ func (w *writer) shrink(size, need int64) error {
 	end := (img.size + w.cs() - 1) >> w.cb()
 	for vc := firstCluster; vc < end; vc++ {
 		l1i := vc >> img.l2Bits
-		if img.l1Get(l1i)&hostOffsetMask == 0 {
+		if img.l1Get(l1i).l2Offset() == 0 {
 			vc = (l1i+1)<<img.l2Bits - 1
 			continue
 		}
-		entry, _, err := img.l2Entry(vc)
+		entry, _, err := img.lookup(vc)
 		if err != nil {
 			return err
 		}
-		if entry&entryCompressed != 0 || entry&hostOffsetMask != 0 {
+		if entry.compressed() || entry.host() != 0 {
 			return fmt.Errorf("%w: %s: guest cluster %d (offset %d) is allocated; discard it first", ErrShrinkInUse, img.path, vc, vc<<w.cb())
 		}
 	}
@@ -135,7 +135,7 @@ func (w *writer) shrink(size, need int64) error {
 	// Free L2 tables that only map the dropped range.
 	var freed []int64
 	for i := need; i < img.l1Len(); i++ {
-		if off := int64(img.l1Get(i) & hostOffsetMask); off != 0 {
+		if off := img.l1Get(i).l2Offset(); off != 0 {
 			img.l1Set(i, 0)
 			freed = append(freed, off>>w.cb())
 		}

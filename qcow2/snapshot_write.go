@@ -82,7 +82,7 @@ func (w *writer) addTree(l1 []uint64, delta int64) error {
 	words := w.entryWords()
 	buf := make([]byte, w.cs())
 	for _, e := range l1 {
-		l2 := int64(e & hostOffsetMask)
+		l2 := l1Entry(e).l2Offset()
 		if l2 == 0 {
 			continue
 		}
@@ -90,9 +90,9 @@ func (w *writer) addTree(l1 []uint64, delta int64) error {
 			return err
 		}
 		for j := int64(0); j < w.cs()/8; j += words {
-			entry := binary.BigEndian.Uint64(buf[j*8:])
-			if entry&entryCompressed != 0 {
-				off, size := img.compressedLocation(entry)
+			entry := l2Entry(binary.BigEndian.Uint64(buf[j*8:]))
+			if entry.compressed() {
+				off, size := entry.compressedLocation(img.clusterBits)
 				off &^= 511
 				for c := off >> w.cb(); c <= (off+size-1)>>w.cb(); c++ {
 					if _, err := w.rc.add(c, delta); err != nil {
@@ -101,7 +101,7 @@ func (w *writer) addTree(l1 []uint64, delta int64) error {
 				}
 				continue
 			}
-			if host := int64(entry & hostOffsetMask); host != 0 {
+			if host := entry.host(); host != 0 {
 				if _, err := w.rc.add(host>>w.cb(), delta); err != nil {
 					return err
 				}
@@ -202,7 +202,7 @@ func (img *Image) CreateSnapshot(name string) error {
 		n := img.l1Len()
 		l1 := make([]uint64, n)
 		for i := range n {
-			l1[i] = img.l1Get(i)
+			l1[i] = uint64(img.l1Get(i))
 		}
 		// Everything the active table reaches gains a reference.
 		if err := w.addTree(l1, 1); err != nil {
@@ -319,7 +319,7 @@ func (img *Image) ApplySnapshot(name string) error {
 		oldN := img.l1Len()
 		oldL1 := make([]uint64, oldN)
 		for k := range oldN {
-			oldL1[k] = img.l1Get(k)
+			oldL1[k] = uint64(img.l1Get(k))
 		}
 		// The snapshot's tree gains the active table's reference first.
 		if err := w.addTree(snapL1, 1); err != nil {

@@ -163,7 +163,7 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 			w.release(vc0 + i)
 		}
 	}
-	old := make([]uint64, n)
+	old := make([]l2Entry, n)
 	hosts := make([]int64, n)
 	var fresh int64
 	for i := range n {
@@ -174,9 +174,9 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 			return err
 		}
 		old[i] = entry
-		host := int64(entry & hostOffsetMask)
-		owned := entry&entryCompressed == 0 && host != 0 && entry&entryCopied != 0 &&
-			(w.img.extL2 && bitmap == bitmapAllocMask || !w.img.extL2 && entry&entryZero == 0)
+		host := entry.host()
+		owned := !entry.compressed() && host != 0 && entry.copied() &&
+			(w.img.extL2 && bitmap == bitmapAllocMask || !w.img.extL2 && !entry.zero())
 		if owned {
 			hosts[i] = host
 		} else {
@@ -225,7 +225,7 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 	defer releaseAll()
 	if werr != nil {
 		for i := range n {
-			if hosts[i] != int64(old[i]&hostOffsetMask) || old[i]&entryCopied == 0 {
+			if hosts[i] != old[i].host() || !old[i].copied() {
 				w.rc.add(hosts[i]>>w.cb(), -1) //nolint:errcheck // just allocated
 			}
 		}
@@ -235,7 +235,7 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 	live := false
 	tl1 := int64(-1)
 	for i := range n {
-		if hosts[i] == int64(old[i]&hostOffsetMask) && old[i]&entryCopied != 0 && old[i]&entryCompressed == 0 {
+		if hosts[i] == old[i].host() && old[i].copied() && !old[i].compressed() {
 			continue // overwritten in place
 		}
 		vc := vc0 + i
@@ -258,9 +258,9 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 		}
 		k := (vc & w.img.l2Mask) * w.entryWords()
 		if live {
-			w.storeEntry(t, vc&w.img.l2Mask, uint64(hosts[i])|entryCopied, bitmapAllocMask)
+			w.storeEntry(t, vc&w.img.l2Mask, dataEntry(hosts[i]), bitmapAllocMask)
 		} else {
-			t.entries[k] = uint64(hosts[i]) | entryCopied
+			t.entries[k] = uint64(dataEntry(hosts[i]))
 			if w.img.extL2 {
 				t.entries[k+1] = bitmapAllocMask
 			}
@@ -316,9 +316,9 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 		defer w.mu.Unlock()
 		return w.fail(err)
 	}
-	host := int64(entry & hostOffsetMask)
-	compressed := entry&entryCompressed != 0
-	owned := !compressed && host != 0 && entry&entryCopied != 0
+	host := entry.host()
+	compressed := entry.compressed()
+	owned := !compressed && host != 0 && entry.copied()
 	var s0, s1 uint // touched subclusters (extended L2)
 	if img.extL2 {
 		s0 = uint(in >> img.scBits)
@@ -330,7 +330,7 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 	}
 	// Fast path: the cluster is ours and every touched byte is already
 	// allocated data: write in place.
-	if owned && ((!img.extL2 && entry&entryZero == 0) || (img.extL2 && bitmap&touched == touched)) {
+	if owned && ((!img.extL2 && !entry.zero()) || (img.extL2 && bitmap&touched == touched)) {
 		w.release(vc)
 		w.dataWritten = true
 		w.mu.Unlock()
@@ -363,23 +363,24 @@ func (w *writer) writeCluster(vc, in int64, data []byte) error {
 	// read from the current guest state.
 	cstart := vc << w.cb()
 	var wStart, wEnd int64 // byte range of the cluster written
-	var newEntry, newBitmap uint64
+	var newEntry l2Entry
+	var newBitmap uint64
 	switch {
 	case !img.extL2:
 		wStart, wEnd = 0, w.cs()
-		newEntry = uint64(target) | entryCopied
+		newEntry = dataEntry(target)
 	case compressed:
 		wStart, wEnd = 0, w.cs()
-		newEntry = uint64(target) | entryCopied
+		newEntry = dataEntry(target)
 		newBitmap = bitmapAllocMask
 	case host != 0 && !owned:
 		// Shared cluster: copy all of it.
 		wStart, wEnd = 0, w.cs()
-		newEntry = uint64(target) | entryCopied
+		newEntry = dataEntry(target)
 		newBitmap = (bitmap | touched) &^ (touched << 32)
 	default:
 		wStart, wEnd = int64(s0)<<img.scBits, int64(s1+1)<<img.scBits
-		newEntry = uint64(target) | entryCopied
+		newEntry = dataEntry(target)
 		newBitmap = (bitmap | touched) &^ (touched << 32)
 	}
 	bp := w.getBuf()
@@ -448,45 +449,45 @@ func (w *writer) readGuest(p []byte, off int64) error {
 // validEntry checks an L2 entry before the writer acts on it: a host
 // offset must be cluster aligned and inside the file, and an extended
 // bitmap consistent.
-func (w *writer) validEntry(vc int64, entry, bitmap uint64) error {
+func (w *writer) validEntry(vc int64, entry l2Entry, bitmap uint64) error {
 	img := w.img
-	if entry&entryCompressed != 0 {
+	if entry.compressed() {
 		return nil
 	}
-	host := int64(entry & hostOffsetMask)
+	host := entry.host()
 	if host&(w.cs()-1) != 0 {
 		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "cluster offset %#x is not cluster aligned", host)
 	}
-	if img.extL2 && (bitmap&(bitmap>>32)&bitmapAllocMask != 0 || host == 0 && bitmap&bitmapAllocMask != 0) {
+	if img.extL2 && bitmapInvalid(host, bitmap) {
 		return img.corrupt("L2 entry", img.l2EntryOffset(vc), "invalid subcluster bitmap %#x", bitmap)
 	}
 	return nil
 }
 
 // entry returns the L2 entry and bitmap of guest cluster vc. mu held.
-func (w *writer) entry(vc int64) (uint64, uint64, error) {
+func (w *writer) entry(vc int64) (l2Entry, uint64, error) {
 	l1i := vc >> w.img.l2Bits
-	if l1i >= w.img.l1Len() || w.img.l1Get(l1i)&hostOffsetMask == 0 {
+	if l1i >= w.img.l1Len() || w.img.l1Get(l1i).l2Offset() == 0 {
 		return 0, 0, nil
 	}
-	return w.img.l2Entry(vc)
+	return w.img.lookup(vc)
 }
 
 // freeEntry schedules the release of the host clusters an L2 entry no
 // longer in use pointed at: a normal or preallocated cluster, or the
 // host clusters a compressed one spans.
-func (w *writer) freeEntry(entry uint64) {
-	if entry&entryCompressed != 0 {
+func (w *writer) freeEntry(entry l2Entry) {
+	if entry.compressed() {
 		// Its bytes may be reused once freed: drop the decompressed copy.
 		w.img.decompressor.forget()
-		off, size := w.img.compressedLocation(entry)
+		off, size := entry.compressedLocation(w.img.clusterBits)
 		off &^= 511
 		for c := off >> w.cb(); c <= (off+size-1)>>w.cb(); c++ {
 			w.frees = append(w.frees, c)
 		}
 		return
 	}
-	if host := int64(entry & hostOffsetMask); host != 0 {
+	if host := entry.host(); host != 0 {
 		w.frees = append(w.frees, host>>w.cb())
 	}
 }
@@ -510,7 +511,7 @@ func (w *writer) beforeAlloc() error {
 
 // setEntry stores the L2 entry of guest cluster vc, allocating or
 // copying the L2 table as needed. mu held.
-func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
+func (w *writer) setEntry(vc int64, entry l2Entry, bitmap uint64) error {
 	l1i := vc >> w.img.l2Bits
 	if t, err := w.liveL2(l1i); err != nil {
 		return err
@@ -523,7 +524,7 @@ func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
 		return err
 	}
 	i := (vc & w.img.l2Mask) * w.entryWords()
-	t.entries[i] = entry
+	t.entries[i] = uint64(entry)
 	if w.img.extL2 {
 		t.entries[i+1] = bitmap
 	}
@@ -534,13 +535,13 @@ func (w *writer) setEntry(vc int64, entry, bitmap uint64) error {
 // storeEntry updates entry i of a live table in place: one atomic store
 // for a standard entry; for an extended one, descriptor and bitmap inside
 // the table's seqlock. mu held.
-func (w *writer) storeEntry(t *l2Table, i int64, entry, bitmap uint64) {
+func (w *writer) storeEntry(t *l2Table, i int64, entry l2Entry, bitmap uint64) {
 	if !w.img.extL2 {
-		atomic.StoreUint64(&t.entries[i], entry)
+		atomic.StoreUint64(&t.entries[i], uint64(entry))
 		return
 	}
 	t.seq.Add(1)
-	atomic.StoreUint64(&t.entries[2*i], entry)
+	atomic.StoreUint64(&t.entries[2*i], uint64(entry))
 	atomic.StoreUint64(&t.entries[2*i+1], bitmap)
 	t.seq.Add(1)
 }
@@ -555,7 +556,7 @@ func (w *writer) liveL2(l1i int64) (*l2Table, error) {
 		return nil, nil
 	}
 	l1e := img.l1Get(l1i)
-	if l1e&hostOffsetMask == 0 || l1e&entryCopied == 0 {
+	if l1e.l2Offset() == 0 || !l1e.copied() {
 		return nil, nil
 	}
 	t := w.dirtyL2[l1i]
@@ -587,8 +588,8 @@ func (w *writer) writableL2(l1i int64) (*l2Table, error) {
 		return nil, err
 	}
 	l1e := img.l1Get(l1i)
-	off := int64(l1e & hostOffsetMask)
-	if off != 0 && l1e&entryCopied != 0 {
+	off := l1e.l2Offset()
+	if off != 0 && l1e.copied() {
 		if t := w.dirtyL2[l1i]; t != nil {
 			return &l2Table{entries: slices.Clone(t.entries)}, nil
 		}
@@ -628,7 +629,7 @@ func (w *writer) writableL2(l1i int64) (*l2Table, error) {
 	// Readers must find the table in the cache before the L1 entry
 	// points at a cluster that holds nothing yet on disk.
 	w.publishL2(l1i, &l2Table{entries: entries})
-	img.l1Set(l1i, uint64(newOff)|entryCopied)
+	img.l1Set(l1i, l1Entry(newOff)|entryCopied)
 	w.l1Dirty = true
 	return &l2Table{entries: slices.Clone(entries)}, nil
 }

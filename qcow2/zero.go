@@ -128,11 +128,12 @@ func (w *writer) zeroCluster(vc, from, to int64, discard bool) error {
 	if err != nil {
 		return err
 	}
-	host := int64(entry & hostOffsetMask)
-	compressed := entry&entryCompressed != 0
+	host := entry.host()
+	compressed := entry.compressed()
 	allocated := compressed || host != 0
 	backing := w.hasBackingAt(vc << w.cb())
-	var newEntry, newBitmap uint64
+	var newEntry l2Entry
+	var newBitmap uint64
 	free := false
 	switch {
 	case discard && !backing && !allocated && (!img.extL2 || bitmap == 0):
@@ -171,7 +172,7 @@ func (w *writer) zeroCluster(vc, from, to int64, discard bool) error {
 		}
 		newEntry = entry
 		newBitmap = bitmap&^mask | mask<<32
-		if host != 0 && entry&entryCopied == 0 {
+		if host != 0 && !entry.copied() {
 			// A shared cluster's bitmap cannot change in place: the
 			// remaining subclusters keep pointing at it through a new
 			// L2 entry, which is fine as the refcount counts entries.
