@@ -1,6 +1,7 @@
 package qcow2
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -55,11 +56,29 @@ func (st *chainState) open(path string, format Format, depth int) (*Image, error
 	b, err := st.open(bpath, bfmt, depth+1)
 	if err != nil {
 		img.f.Close()
-		return nil, fmt.Errorf("qcow2: opening backing file of %s: %w", path, err)
+		var be *backingError
+		if errors.As(err, &be) || errors.Is(err, ErrChainTooDeep) || errors.Is(err, ErrChainLoop) {
+			return nil, err // said once, by the level that failed
+		}
+		return nil, &backingError{parent: path, err: err}
 	}
 	img.backing = b
 	return img, nil
 }
+
+// backingError is a failure to open the backing file of parent. The
+// levels above pass it on unchanged, so that a deep chain names the
+// failure once rather than once per level.
+type backingError struct {
+	parent string
+	err    error
+}
+
+func (e *backingError) Error() string {
+	return fmt.Sprintf("%v (opening the backing file of %s)", e.err, e.parent)
+}
+
+func (e *backingError) Unwrap() error { return e.err }
 
 // resolveBacking checks the backing reference and returns the path to
 // open (the name resolved against the image's directory, as QEMU's

@@ -185,4 +185,22 @@ func TestChainLoopAndDepth(t *testing.T) {
 	if _, err := ChainInfo(prev, Options{MaxChainDepth: 4}); !errors.Is(err, ErrChainTooDeep) {
 		t.Errorf("ChainInfo depth 5 with limit 4: %v, want ErrChainTooDeep", err)
 	}
+
+	// Each failure is said once, however deep it lies: not wrapped once
+	// per level of the chain.
+	_, deep := Open(prev, Options{MaxChainDepth: 2})
+	if !errors.Is(deep, ErrChainTooDeep) || strings.Count(deep.Error(), "too deep") != 1 || strings.Contains(deep.Error(), "backing file of") {
+		t.Errorf("too deep: %q, want the refusal said once", deep)
+	}
+	if err := os.Remove(filepath.Join(dir, "l0.qcow2")); err != nil {
+		t.Fatal(err)
+	}
+	_, missing := Open(prev, Options{})
+	if !errors.Is(missing, os.ErrNotExist) {
+		t.Fatalf("missing base: %v, want ErrNotExist", missing)
+	}
+	if msg := missing.Error(); !strings.HasPrefix(msg, "qcow2: ") || strings.Count(msg, "qcow2: open") != 1 ||
+		strings.Count(msg, "backing file of") != 1 || !strings.Contains(msg, "l1.qcow2") {
+		t.Errorf("missing base: %q, want one prefix naming l1.qcow2 as the image whose backing file is missing", missing)
+	}
 }

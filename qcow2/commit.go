@@ -32,9 +32,6 @@ type CommitOptions struct {
 	Progress func(done, total int64)
 }
 
-// ErrNoBacking is returned by Commit when the image has no backing file.
-var ErrNoBacking = errors.New("qcow2: image has no backing file")
-
 // Commit merges the content of the qcow2 image at path (and of the
 // images between it and the base) into the base image of its backing
 // chain.
@@ -57,7 +54,7 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 	// reader (refusing writers while its data is copied).
 	lock, err := Open(path, Options{NoBacking: true, Writable: !drop})
 	if err != nil {
-		return fmt.Errorf("qcow2: commit: %w", err)
+		return err // names the file already
 	}
 	defer lock.Close()
 	if lock.Format() != FormatQcow2 || lock.Header().BackingFile == "" {
@@ -68,7 +65,7 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 	// reader lock of this process).
 	chain, err := Open(path, Options{ForceShare: true})
 	if err != nil {
-		return fmt.Errorf("qcow2: commit: %w", err)
+		return err
 	}
 	defer chain.Close()
 	if err := chain.Readable(); err != nil {

@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync"
 
@@ -159,8 +158,6 @@ func (d *decompressor) unzstd(out, src []byte) error {
 // zstdSlack is the room past a cluster the zstd decoder needs for its
 // fast path.
 const zstdSlack = 4096
-
-var errZstdFrame = errors.New("zstd: truncated or invalid frame")
 
 // zstdFrameLen returns the length of the zstd frame at the start of src
 // by walking its block headers (RFC 8878), so that bytes after it are

@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"errors"
 	"fmt"
 	"math/bits"
 	"os"
@@ -9,10 +8,6 @@ import (
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
 )
-
-// ErrExists is returned by Create when the target exists and
-// CreateOptions.Overwrite is not set.
-var ErrExists = errors.New("qcow2: file exists")
 
 // Preallocation modes (qemu-img's preallocation option).
 const (

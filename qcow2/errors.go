@@ -20,7 +20,7 @@ var (
 	// ErrCannotRead means the image opened (its metadata can be shown)
 	// but its guest content cannot be read: it is encrypted or keeps its
 	// data in an external data file.
-	ErrCannotRead = errors.New("cannot read content")
+	ErrCannotRead = errors.New("qcow2: cannot read content")
 	// ErrRefused means a backing-file or data-file reference was refused:
 	// a json: or protocol name, or the caller's reference policy said no.
 	ErrRefused = errors.New("qcow2: reference refused")
@@ -32,6 +32,35 @@ var (
 	ErrChainLoop = errors.New("qcow2: backing chain loop")
 	// ErrClosed is returned by operations on a closed Image.
 	ErrClosed = errors.New("qcow2: image is closed")
+	// ErrNoBacking is returned by Commit when the image has no backing file.
+	ErrNoBacking = errors.New("qcow2: image has no backing file")
+	// ErrExists is returned by Create when the target exists and
+	// CreateOptions.Overwrite is not set.
+	ErrExists = errors.New("qcow2: file exists")
+	// ErrOverlap is matched by an *OverlapError: a write was refused because
+	// it would have overwritten image metadata. The image is marked corrupt.
+	ErrOverlap = errors.New("qcow2: write would overwrite metadata")
+	// ErrShrinkInUse is returned by Resize when shrinking would drop
+	// allocated clusters.
+	ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
+	// ErrSnapshotNotFound is returned when no internal snapshot has the
+	// given name or ID.
+	ErrSnapshotNotFound = errors.New("qcow2: snapshot not found")
+	// ErrSnapshotExists is returned by CreateSnapshot for a name in use.
+	ErrSnapshotExists = errors.New("qcow2: snapshot exists")
+	// ErrReadOnly is returned by write operations on an image opened without
+	// Options.Writable, or one that is marked corrupt.
+	ErrReadOnly = errors.New("qcow2: image is read-only")
+)
+
+// Errors that stay inside the package.
+var (
+	// errZstdFrame is a damaged zstd cluster; it ends up as the reason of
+	// a CorruptError.
+	errZstdFrame = errors.New("zstd: truncated or invalid frame")
+	// errRefcountOverflow is returned when a refcount would exceed the
+	// largest value refcount_bits can hold (1 for 1-bit refcounts).
+	errRefcountOverflow = errors.New("qcow2: refcount overflow (refcount_bits too small for this operation)")
 )
 
 // CorruptError reports invalid metadata: which field, at which byte offset

@@ -129,6 +129,21 @@ func headerError(path, field string, off int64, format string, args ...any) erro
 // parseHeader decodes and validates the header in buf (the first cluster
 // of the file, or the whole file if shorter). fileSize bounds the tables.
 func parseHeader(path string, buf []byte, fileSize int64) (*Header, error) {
+	h, err := decodeHeader(path, buf)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateHeader(path, h, buf, fileSize); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// decodeHeader decodes the header fields, its extensions and the backing
+// file name from buf. It checks only what decoding depends on: the magic,
+// the version, the cluster size and the header length; validateHeader
+// checks the rest.
+func decodeHeader(path string, buf []byte) (*Header, error) {
 	if len(buf) < 4 || string(buf[:4]) != Magic {
 		return nil, fmt.Errorf("%w: %s", ErrNotQcow2, path)
 	}
@@ -202,6 +217,21 @@ func parseHeader(path string, buf []byte, fileSize int64) (*Header, error) {
 	if err := h.parseExtensions(path, buf, int64(h.HeaderLength), extEnd); err != nil {
 		return nil, err
 	}
+	// Backing file name, when it lies inside buf (validateHeader says why
+	// not otherwise).
+	if end := h.BackingFileOffset + uint64(h.BackingFileSize); h.BackingFileOffset != 0 && h.BackingFileSize <= maxBackingNameSize &&
+		h.BackingFileOffset <= uint64(cs) && end <= uint64(cs) && end <= uint64(len(buf)) {
+		h.BackingFile = string(buf[h.BackingFileOffset:end])
+	}
+	return h, nil
+}
+
+// validateHeader checks the decoded header h against what this package
+// supports and against the file: features, compression and encryption,
+// the backing file name and the metadata tables. buf is what h was
+// decoded from; fileSize bounds the tables.
+func validateHeader(path string, h *Header, buf []byte, fileSize int64) error {
+	cs := h.ClusterSize()
 	if unknown := h.IncompatibleFeatures &^ incompatKnown; unknown != 0 {
 		fe := &FeatureError{Path: path}
 		for unknown != 0 {
@@ -215,48 +245,46 @@ func parseHeader(path string, buf []byte, fileSize int64) (*Header, error) {
 			}
 			fe.Features = append(fe.Features, name)
 		}
-		return nil, fe
+		return fe
 	}
 	if h.ExtendedL2() && h.ClusterBits < 14 {
-		return nil, headerError(path, "cluster_bits", 20, "extended L2 entries need clusters of at least 16 KiB, not %d bytes", cs)
+		return headerError(path, "cluster_bits", 20, "extended L2 entries need clusters of at least 16 KiB, not %d bytes", cs)
 	}
 	switch h.CompressionType {
 	case CompressionDeflate:
 		if h.IncompatibleFeatures&IncompatCompressionType != 0 {
-			return nil, headerError(path, "compression_type", 104, "compression type bit set but the type is deflate")
+			return headerError(path, "compression_type", 104, "compression type bit set but the type is deflate")
 		}
 	case CompressionZstd:
 		if h.IncompatibleFeatures&IncompatCompressionType == 0 {
-			return nil, headerError(path, "compression_type", 104, "zstd without the compression type incompatible bit")
+			return headerError(path, "compression_type", 104, "zstd without the compression type incompatible bit")
 		}
 	default:
-		return nil, fmt.Errorf("%w: %s: compression type %d", ErrUnsupportedFeature, path, h.CompressionType)
+		return fmt.Errorf("%w: %s: compression type %d", ErrUnsupportedFeature, path, h.CompressionType)
 	}
 	switch h.CryptMethod {
 	case CryptNone, CryptAES, CryptLUKS:
 	default:
-		return nil, fmt.Errorf("%w: %s: encryption method %d", ErrUnsupportedFeature, path, h.CryptMethod)
+		return fmt.Errorf("%w: %s: encryption method %d", ErrUnsupportedFeature, path, h.CryptMethod)
 	}
 	if h.CryptMethod == CryptLUKS && h.Encryption == nil {
-		return nil, headerError(path, "crypt_method", 32, "LUKS encryption without a full disk encryption header extension")
+		return headerError(path, "crypt_method", 32, "LUKS encryption without a full disk encryption header extension")
 	}
 	if h.Size > math.MaxInt64 {
-		return nil, headerError(path, "size", 24, "%d does not fit in 63 bits", h.Size)
+		return headerError(path, "size", 24, "%d does not fit in 63 bits", h.Size)
 	}
 
 	// Backing file name.
 	if h.BackingFileOffset != 0 {
 		if h.BackingFileSize > maxBackingNameSize {
-			return nil, headerError(path, "backing_file_size", 16, "%d exceeds %d", h.BackingFileSize, maxBackingNameSize)
+			return headerError(path, "backing_file_size", 16, "%d exceeds %d", h.BackingFileSize, maxBackingNameSize)
 		}
 		if h.BackingFileOffset > uint64(cs) || h.BackingFileOffset+uint64(h.BackingFileSize) > uint64(cs) {
-			return nil, headerError(path, "backing_file_offset", 8, "name at %#x+%d lies outside the first cluster", h.BackingFileOffset, h.BackingFileSize)
+			return headerError(path, "backing_file_offset", 8, "name at %#x+%d lies outside the first cluster", h.BackingFileOffset, h.BackingFileSize)
 		}
-		end := h.BackingFileOffset + uint64(h.BackingFileSize)
-		if end > uint64(len(buf)) {
-			return nil, headerError(path, "backing_file_offset", 8, "name at %#x+%d runs past the end of the file", h.BackingFileOffset, h.BackingFileSize)
+		if h.BackingFileOffset+uint64(h.BackingFileSize) > uint64(len(buf)) {
+			return headerError(path, "backing_file_offset", 8, "name at %#x+%d runs past the end of the file", h.BackingFileOffset, h.BackingFileSize)
 		}
-		h.BackingFile = string(buf[h.BackingFileOffset:end])
 	}
 
 	// L1 table.
@@ -264,29 +292,29 @@ func parseHeader(path string, buf []byte, fileSize int64) (*Header, error) {
 	clusters := (h.Size + uint64(cs) - 1) >> h.ClusterBits
 	needL1 := (clusters + l2Entries - 1) / l2Entries
 	if uint64(h.L1Size)*8 > maxL1Size {
-		return nil, headerError(path, "l1_size", 36, "%d entries exceed the %d MiB limit", h.L1Size, maxL1Size>>20)
+		return headerError(path, "l1_size", 36, "%d entries exceed the %d MiB limit", h.L1Size, maxL1Size>>20)
 	}
 	if uint64(h.L1Size) < needL1 {
-		return nil, headerError(path, "l1_size", 36, "%d entries cannot map %d bytes (need %d)", h.L1Size, h.Size, needL1)
+		return headerError(path, "l1_size", 36, "%d entries cannot map %d bytes (need %d)", h.L1Size, h.Size, needL1)
 	}
 	if err := checkTable(path, "l1_table_offset", 40, h.L1TableOffset, uint64(h.L1Size)*8, cs, fileSize); err != nil {
-		return nil, err
+		return err
 	}
 	// Refcount table.
 	if uint64(h.RefcountTableClusters)<<h.ClusterBits > maxRefcountTable {
-		return nil, headerError(path, "refcount_table_clusters", 56, "%d clusters exceed the %d MiB limit", h.RefcountTableClusters, maxRefcountTable>>20)
+		return headerError(path, "refcount_table_clusters", 56, "%d clusters exceed the %d MiB limit", h.RefcountTableClusters, maxRefcountTable>>20)
 	}
 	if err := checkTable(path, "refcount_table_offset", 48, h.RefcountTableOffset, uint64(h.RefcountTableClusters)<<h.ClusterBits, cs, fileSize); err != nil {
-		return nil, err
+		return err
 	}
 	// Snapshot table.
 	if h.NbSnapshots > maxSnapshots {
-		return nil, headerError(path, "nb_snapshots", 60, "%d exceeds %d", h.NbSnapshots, maxSnapshots)
+		return headerError(path, "nb_snapshots", 60, "%d exceeds %d", h.NbSnapshots, maxSnapshots)
 	}
 	if err := checkTable(path, "snapshots_offset", 64, h.SnapshotsOffset, uint64(h.NbSnapshots)*snapshotHeaderSize, cs, fileSize); err != nil {
-		return nil, err
+		return err
 	}
-	return h, nil
+	return nil
 }
 
 // checkTable validates a metadata table at off of size bytes: cluster

@@ -307,7 +307,7 @@ func (img *Image) ClusterSize() int64 { return img.clusterSize }
 
 // Readable returns nil if guest content of the whole chain can be read,
 // else an error matching ErrCannotRead whose text is
-// "cannot read content: <reason>".
+// "qcow2: cannot read content: <reason>".
 func (img *Image) Readable() error {
 	for l := img; l != nil; l = l.backing {
 		if l.unreadable != nil {

@@ -378,7 +378,7 @@ func TestInteropUnreadable(t *testing.T) {
 		t.Fatalf("Open data-file image: %v", err)
 	}
 	buf := make([]byte, 512)
-	if _, err := img.ReadAt(buf, 0); !errors.Is(err, ErrCannotRead) || !strings.HasPrefix(err.Error(), "cannot read content: ") {
+	if _, err := img.ReadAt(buf, 0); !errors.Is(err, ErrCannotRead) || !strings.HasPrefix(err.Error(), "qcow2: cannot read content: ") {
 		t.Errorf("ReadAt of data-file image: %v", err)
 	}
 	if err := ConvertRaw(context.Background(), img, filepath.Join(dir, "out.raw"), ConvertOptions{}); !errors.Is(err, ErrCannotRead) {

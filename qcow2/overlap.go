@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"errors"
 	"fmt"
 	"sync"
 )
@@ -28,10 +27,6 @@ func (k metaKind) String() string {
 	}
 	return fmt.Sprintf("metadata kind %d", k)
 }
-
-// ErrOverlap is matched by an *OverlapError: a write was refused because
-// it would have overwritten image metadata. The image is marked corrupt.
-var ErrOverlap = errors.New("qcow2: write would overwrite metadata")
 
 // OverlapError reports a refused write: where it was going and what lives
 // there.

@@ -67,7 +67,7 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 	}
 	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: opts.Unsafe})
 	if err != nil {
-		return fmt.Errorf("qcow2: rebase: %w", err)
+		return err // names the file already
 	}
 	defer img.Close()
 	if opts.Compress && opts.Unsafe {

@@ -2,13 +2,8 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 )
-
-// errRefcountOverflow is returned when a refcount would exceed the
-// largest value refcount_bits can hold (1 for 1-bit refcounts).
-var errRefcountOverflow = errors.New("qcow2: refcount overflow (refcount_bits too small for this operation)")
 
 // refBlock is one refcount block as stored (big-endian, packed).
 type refBlock struct {

@@ -2,14 +2,9 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"sync/atomic"
 )
-
-// ErrShrinkInUse is returned by Resize when shrinking would drop
-// allocated clusters.
-var ErrShrinkInUse = errors.New("qcow2: data allocated beyond the new size")
 
 // Resize changes the guest size. Growing allocates a larger L1 table when
 // needed (new clusters, then the header switches to it). Shrinking needs

@@ -2,19 +2,11 @@ package qcow2
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync/atomic"
 	"time"
 )
-
-// ErrSnapshotNotFound is returned when no internal snapshot has the
-// given name or ID.
-var ErrSnapshotNotFound = errors.New("qcow2: snapshot not found")
-
-// ErrSnapshotExists is returned by CreateSnapshot for a name in use.
-var ErrSnapshotExists = errors.New("qcow2: snapshot exists")
 
 // exclusive runs fn with all I/O excluded and the metadata flushed;
 // afterwards the writer's caches are reloaded from disk, since fn may

@@ -9,10 +9,6 @@ import (
 	"sync/atomic"
 )
 
-// ErrReadOnly is returned by write operations on an image opened without
-// Options.Writable, or one that is marked corrupt.
-var ErrReadOnly = errors.New("qcow2: image is read-only")
-
 // writer is the write half of an Image opened with Options.Writable.
 //
 // Locking: mu guards the metadata (refcounts, the L1 table, dirty L2
@@ -73,9 +69,9 @@ func (w *writer) entryWords() int64 {
 	return 1
 }
 
-// stickyErr records the first metadata write failure; after it the image
-// refuses writes (its on-disk state is still consistent, possibly with
-// leaks).
+// fail records the first metadata write failure in the sticky w.err and
+// returns err; after it the image refuses writes (its on-disk state is
+// still consistent, possibly with leaks).
 func (w *writer) fail(err error) error {
 	if err == nil {
 		return nil

@@ -49,26 +49,6 @@ func (img *Image) setFileSize(n int64) {
 	}
 }
 
-// replace publishes t as the table of L1 index i even if one is cached,
-// making it resident. Dirty tables are never evicted (put skips them),
-// so the cache may exceed its budget until the next flush.
-func (c *l2Cache) replace(i int, t *l2Table) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t.ref.Store(true)
-	if c.slots[i].Load() == nil {
-		c.resident = append(c.resident, uint32(i))
-	}
-	c.slots[i].Store(t)
-}
-
-// bump tells in-flight loads from disk that tables were rewritten: a
-// load that started before must not publish what it read.
-func (c *l2Cache) bump() { c.gen.Add(1) }
-
 // snapshotsNow returns the current snapshot list (the writer replaces
 // img.snapshots with no I/O in flight).
 func (img *Image) snapshotsNow() []Snapshot { return img.snapshots }
-
-// budget returns the memory budget the cache was made with.
-func (c *l2Cache) budget(tableBytes int64) int64 { return int64(c.maxTables) * tableBytes }
