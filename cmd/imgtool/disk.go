@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
+
+	"github.com/imgtool/imgtool/layers"
 
 	"github.com/imgtool/imgtool/overlay/vmdisk"
 	"github.com/imgtool/imgtool/qcow2"
@@ -13,7 +16,7 @@ import (
 // runImageDisk is imgtool image disk: an OCI image as an ext4 qcow2 chain,
 // one level per layer.
 func runImageDisk(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image disk", "DIR[:TAG] OUTDIR", stderr)
+	fs := newFlagSet("image disk", "DIR[:TAG]|docker://REF OUTDIR", stderr)
 	sizeStr := fs.String("size", "16G", "virtual disk `SIZE` (fixed, so images sharing layers share levels)")
 	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
@@ -24,13 +27,13 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() != 2 {
-		return usagef("want DIR[:TAG] and OUTDIR, got %d arguments", fs.NArg())
+		return usagef("want DIR[:TAG] or docker://REF, and OUTDIR, got %d arguments", fs.NArg())
 	}
 	size, err := qcow2.ParseSize(*sizeStr)
 	if err != nil {
 		return usagef("--size: %v", err)
 	}
-	ref, plat, err := parseImageArg(fs.Arg(0), *platform)
+	plat, err := parsePlatform(*platform)
 	if err != nil {
 		return err
 	}
@@ -39,7 +42,16 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	if *progress {
 		opts.Progress = func(p vmdisk.Progress) { update(p.Bytes, -1) }
 	}
-	res, err := vmdisk.Build(context.Background(), ref, fs.Arg(1), opts)
+	var res *vmdisk.Result
+	if src := fs.Arg(0); strings.HasPrefix(src, "docker://") {
+		res, err = vmdisk.BuildFromRegistry(context.Background(), src, fs.Arg(1), opts, layers.PullOptions{})
+	} else {
+		var ref layers.ImageRef
+		if ref, plat, err = parseImageArg(src, *platform); err == nil {
+			opts.Platform = plat
+			res, err = vmdisk.Build(context.Background(), ref, fs.Arg(1), opts)
+		}
+	}
 	finish()
 	if err != nil {
 		return err

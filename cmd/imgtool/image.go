@@ -26,7 +26,7 @@ Subcommands:
           list the tags of a layout with digests, platforms and sizes
   verify  DIR
           re-hash every blob reachable from the tags and recompute diffIDs
-  disk    [--size SIZE] [--cluster-size N] [-p] DIR:TAG OUTDIR
+  disk    [--size SIZE] [--cluster-size N] [-p] DIR:TAG|docker://REF OUTDIR
           build an ext4 VM disk as a qcow2 chain, one level per layer
           (named by ChainID), and print the top image's path
 

@@ -252,6 +252,9 @@ func (f *FS) entry(st *layerState, hdr *tar.Header, tr io.Reader) error {
 			f.opaque(st, p)
 			return nil
 		}
+		if p.ino == rootIno && wh == "lost+found" {
+			return nil // e2fsck needs it; the image cannot see it anyway
+		}
 		if e := p.dir.index[wh]; e != nil && !st.touched[e] {
 			f.unlink(p, wh)
 		}
@@ -268,6 +271,9 @@ func (f *FS) entry(st *layerState, hdr *tar.Header, tr io.Reader) error {
 		return err
 	}
 	old := p.dir.index[base]
+	if p.ino == rootIno && base == "lost+found" && hdr.Typeflag != tar.TypeDir {
+		return fmt.Errorf("%w: /lost+found must stay a directory in ext4", ErrUnsupported)
+	}
 	var in *inode
 	switch hdr.Typeflag {
 	case tar.TypeDir:
@@ -436,8 +442,10 @@ func (f *FS) writeFile(st *layerState, in *inode, r io.Reader, size int64) error
 	if size < 0 {
 		return fmt.Errorf("%w: negative size", ErrUnsupported)
 	}
-	if size > int64(maxExtentLen)*int64(1<<16)*blockSize {
-		return fmt.Errorf("%w: file of %d bytes", ErrUnsupported, size)
+	if size > f.Size() {
+		// ext4 could hold a sparse file this large, but reading its
+		// zeros would take time out of proportion to the disk.
+		return fmt.Errorf("%w: file of %d bytes on a disk of %d", ErrNoSpace, size, f.Size())
 	}
 	in.size = size
 	var logical uint32

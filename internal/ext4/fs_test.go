@@ -81,6 +81,12 @@ func testLayers(t testing.TB) [][]byte {
 		dirE("opq/", 0o755), fileE("opq/old", 0o644, []byte("old")), dirE("opq/sub/", 0o755), fileE("opq/sub/x", 0o644, []byte("x")),
 		fileE("gone", 0o644, []byte("gone")),
 	}
+	// 2000 data blocks between holes: 2000 extents, a tree of depth 2.
+	frag := make([]byte, 4000*4096)
+	for i := 0; i < len(frag); i += 2 * 4096 {
+		frag[i] = 1
+	}
+	l1 = append(l1, fileE("frag2000", 0o644, frag), fileE("frag10", 0o644, frag[:20*4096]))
 	l1 = append(l1, dirE("many/", 0o755))
 	for i := 0; i < 10000; i++ {
 		l1 = append(l1, fileE(fmt.Sprintf("many/file-with-a-longish-name-%05d", i), 0o644, []byte(fmt.Sprint(i))))

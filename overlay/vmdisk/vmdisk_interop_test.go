@@ -86,6 +86,12 @@ func testImage(t testing.TB) string {
 		fileE("gone", 0o644, []byte("gone")),
 		dirE("many/"),
 	}
+	// 2000 data blocks between holes: an extent tree of depth 2.
+	frag := make([]byte, 4000*4096)
+	for i := 0; i < len(frag); i += 2 * 4096 {
+		frag[i] = byte(i >> 13)
+	}
+	l1 = append(l1, fileE("frag", 0o644, frag))
 	for i := 0; i < 10000; i++ {
 		l1 = append(l1, fileE(fmt.Sprintf("many/file-with-a-longish-name-%05d", i), 0o644, []byte(fmt.Sprint(i))))
 	}
