@@ -1,0 +1,66 @@
+package vmdisk
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"path/filepath"
+	"testing"
+
+	"github.com/imgtool/imgtool/layers"
+)
+
+// randomFiles makes n files of random content and sizes up to max bytes
+// under dir, with a seeded generator.
+func randomFiles(rng *rand.Rand, dir string, n, max int) ([]tarEntry, int64) {
+	es := []tarEntry{dirE(dir + "/")}
+	var total int64
+	for i := 0; i < n; i++ {
+		b := make([]byte, 1+rng.Intn(max))
+		rng.Read(b)
+		es = append(es, fileE(fmt.Sprintf("%s/f%04d", dir, i), 0o644, b))
+		total += int64(len(b))
+	}
+	return es, total
+}
+
+// TestLevelSize checks the size goal on a 5-layer image: each level file
+// is at most 1.1 x the file data its layer adds + 2 MiB, at the default
+// 16 GiB size and 4 KiB clusters.
+func TestLevelSize(t *testing.T) {
+	rng := rand.New(rand.NewSource(5))
+	dir := t.TempDir()
+	var paths []string
+	var adds []int64
+	for k := 0; k < 5; k++ {
+		es, n := randomFiles(rng, fmt.Sprintf("usr/l%d", k), 100+50*k, 200<<10)
+		es = append([]tarEntry{dirE("usr/")}, es...)
+		if k > 0 {
+			// Replace and delete some of the previous layer's files.
+			more, m := randomFiles(rng, fmt.Sprintf("usr/l%d", k-1), 20, 100<<10)
+			es = append(es, more[1:]...)
+			n += m
+			es = append(es, fileE(fmt.Sprintf("usr/l%d/.wh.f0050", k-1), 0o644, nil))
+		}
+		p := filepath.Join(dir, fmt.Sprintf("%d.tar", k))
+		writeTar(t, p, es)
+		paths = append(paths, p)
+		adds = append(adds, n)
+	}
+	layout := filepath.Join(dir, "oci")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: paths, Tag: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	res, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "v"}, filepath.Join(dir, "disk"), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, lv := range res.Levels {
+		limit := adds[k]*11/10 + 2<<20
+		t.Logf("level %d: file %d bytes, layer adds %d bytes of data, limit %d (%.3f x data + %d KiB)",
+			k, lv.FileSize, adds[k], limit, float64(lv.FileSize)/float64(adds[k]), (lv.FileSize-adds[k])>>10)
+		if lv.FileSize > limit {
+			t.Errorf("level %d: %d bytes > 1.1 x %d + 2 MiB", k, lv.FileSize, adds[k])
+		}
+	}
+}
