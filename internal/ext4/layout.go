@@ -25,8 +25,10 @@ const (
 
 	// MinSize is the smallest filesystem New accepts.
 	MinSize = 16 << 20
-	// MaxSize is the largest: 32-bit block numbers of 4 KiB blocks.
-	MaxSize = (1 << 32) * blockSize
+	// MaxSize is the largest: 1 TiB. Every group's bitmaps are kept in
+	// memory and written with the first layer (no uninit_bg), 64 KiB per
+	// GiB of size.
+	MaxSize = 1 << 40
 )
 
 // Feature flags written to the superblock (the kernel's names).

@@ -182,6 +182,10 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 		prev = name
 		before += lv.read
 	}
+	// MkdirTemp made it 0700; OUTDIR is an ordinary directory.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return nil, fmt.Errorf("vmdisk: %w", err)
+	}
 	if err := syncDir(tmp); err != nil {
 		return nil, err
 	}

@@ -152,6 +152,7 @@ func TestDiskInterop(t *testing.T) {
 	for k, lv := range res.Levels {
 		t.Logf("level %d: %s file %d bytes, data %d bytes, %d data + %d metadata blocks",
 			k, filepath.Base(lv.Path), lv.FileSize, lv.DataBytes, lv.DataBlocks, lv.MetaBlocks)
+		testutil.Run(t, "qemu-img", "check", lv.Path)
 		raw := filepath.Join(work, fmt.Sprintf("level%d.raw", k))
 		testutil.Run(t, "qemu-img", "convert", "-O", "raw", lv.Path, raw)
 		if out, err := exec.Command("e2fsck", "-fn", raw).CombinedOutput(); err != nil {
