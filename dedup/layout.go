@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -190,7 +191,7 @@ func scanLayouts(ctx context.Context, dirs []string, lays []*layoutLayer, images
 					if err := st.hold(); err != nil {
 						return err
 					}
-					if isZero(chunk) {
+					if zero.Is(chunk) {
 						refs = append(refs, chunkRef{n: int64(len(chunk)), zero: true})
 						return nil
 					}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -135,7 +136,7 @@ func fillOverlay(ctx context.Context, src, out *qcow2.Image, workers int, prog *
 				}
 				continue
 			}
-			if isZero(ca) {
+			if zero.Is(ca) {
 				if err := flush(c); err != nil {
 					return err
 				}
@@ -259,19 +260,8 @@ feed:
 	return context.Cause(ctx)
 }
 
-var zeroPage [64 << 10]byte
-
-// isZero reports whether b is all zeros.
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroPage))
-		if !bytes.Equal(b[:n], zeroPage[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
+// isZero is zero.Is under the name rebase.go calls it by.
+func isZero(b []byte) bool { return zero.Is(b) }
 
 func syncFile(path string) error {
 	f, err := os.OpenFile(path, os.O_RDWR, 0)

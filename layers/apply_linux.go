@@ -2,7 +2,6 @@ package layers
 
 import (
 	"archive/tar"
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/zero"
 	"golang.org/x/sys/unix"
 )
 
@@ -471,13 +471,13 @@ func writeSparse(fd int, p []byte, off int64) error {
 	for len(p) > 0 {
 		// Skip a run of zero blocks.
 		z := 0
-		for z+holeBlock <= len(p) && isZero(p[z:z+holeBlock]) {
+		for z+holeBlock <= len(p) && zero.Is(p[z:z+holeBlock]) {
 			z += holeBlock
 		}
 		p, off = p[z:], off+int64(z)
 		// Write up to the next zero block.
 		d := 0
-		for d < len(p) && (d+holeBlock > len(p) || !isZero(p[d:d+holeBlock])) {
+		for d < len(p) && (d+holeBlock > len(p) || !zero.Is(p[d:d+holeBlock])) {
 			d += holeBlock
 		}
 		d = min(d, len(p))
@@ -492,11 +492,6 @@ func writeSparse(fd int, p []byte, off int64) error {
 	}
 	return nil
 }
-
-// zeroBlock is compared against to find holes; it is never written.
-var zeroBlock [holeBlock]byte
-
-func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock[:len(b)]) }
 
 // hardlink links name to the (already present) target, never a directory.
 func (a *applier) hardlink(pfd int, base, name string, hdr *tar.Header, exists, isDir bool) error {

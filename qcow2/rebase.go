@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+
+	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // RebaseOptions configures Rebase. The zero value (with Backing set) is
@@ -239,18 +241,8 @@ func rebaseRange(img, nb *Image, off, n int64, oldData bool, oldBuf, newBuf []by
 	return flush(n)
 }
 
-var zeroPage [4096]byte
-
-func isZeroBytes(b []byte) bool {
-	for len(b) > 0 {
-		k := min(len(b), len(zeroPage))
-		if !bytes.Equal(b[:k], zeroPage[:k]) {
-			return false
-		}
-		b = b[k:]
-	}
-	return true
-}
+// isZeroBytes is zero.Is under the name convert.go calls it by.
+func isZeroBytes(b []byte) bool { return zero.Is(b) }
 
 // writeCompressedRange writes whole guest clusters of data at off
 // compressed (partial clusters, and clusters that do not shrink, are
