@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/jsonfile"
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -64,11 +65,11 @@ func (s *Store) pinImage(im *imageSpec, chain []digest.Digest) error {
 	}
 	file := s.path("images", pinKey(im.Dir, im.Tag, im.Platform)+".json")
 	var old imagePin
-	if readJSON(file, &old) == nil && old.Manifest == im.Manifest.Digest {
+	if jsonfile.Read(file, &old) == nil && old.Manifest == im.Manifest.Digest {
 		return nil // pinned already (the layers follow from the manifest)
 	}
 	p := imagePin{ImageDir: im.Dir, Tag: im.Tag, Manifest: im.Manifest.Digest, Platform: im.Platform, Layers: chain, Pinned: time.Now().UTC()}
-	return writeJSON(file, &p)
+	return jsonfile.Write(file, &p, 0o600)
 }
 
 // pins reads the image pins with their file paths.
@@ -85,7 +86,7 @@ func (s *Store) pins() ([]imagePin, []string, error) {
 		}
 		f := s.path("images", e.Name())
 		var p imagePin
-		if err := readJSON(f, &p); err != nil {
+		if err := jsonfile.Read(f, &p); err != nil {
 			return nil, nil, fmt.Errorf("overlay: image pin: %w", err)
 		}
 		ps = append(ps, p)

@@ -14,9 +14,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/jsonfile"
+	"github.com/imgtool/imgtool/internal/syncfs"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"golang.org/x/sys/unix"
 )
 
 // Container modes.
@@ -216,11 +217,11 @@ func (s *Store) installLayer(ctx context.Context, rec Layer, fill layerFill) (bo
 	rec.Size = size
 	rec.UncompressedSize = usize
 	rec.Unpacked = time.Now().UTC()
-	if err := writeJSON(filepath.Join(tmp, "layer.json"), &rec); err != nil {
+	if err := jsonfile.Write(filepath.Join(tmp, "layer.json"), &rec, 0o600); err != nil {
 		return false, 0, err
 	}
-	if err := syncFS(tmp); err != nil {
-		return false, 0, err
+	if err := syncfs.Sync(tmp); err != nil {
+		return false, 0, fmt.Errorf("overlay: %w", err)
 	}
 	// A leftover layers/HEX without layer.json cannot come from this code
 	// (the rename is atomic), but clear it rather than fail forever.
@@ -259,20 +260,6 @@ func (s *Store) linkShort(key string) (string, error) {
 	return "", fmt.Errorf("overlay: no free short name for layer %s", key)
 }
 
-// syncFS flushes the filesystem holding dir (one syncfs(2) instead of an
-// fsync per unpacked file).
-func syncFS(dir string) error {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("overlay: %s: %w", dir, err)
-	}
-	defer unix.Close(fd)
-	if err := unix.Syncfs(fd); err != nil {
-		return fmt.Errorf("overlay: syncfs %s: %w", dir, err)
-	}
-	return nil
-}
-
 // validName checks a container name.
 func validName(name string) error {
 	if name == "" || len(name) > 128 || name == "." || name == ".." {
@@ -302,7 +289,7 @@ func (s *Store) readContainer(name string) (*Container, error) {
 	}
 	dir := s.path("containers", name)
 	var c Container
-	if err := readJSON(filepath.Join(dir, "container.json"), &c); err != nil {
+	if err := jsonfile.Read(filepath.Join(dir, "container.json"), &c); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %q", ErrContainerNotFound, name)
 		}
@@ -314,7 +301,7 @@ func (s *Store) readContainer(name string) (*Container, error) {
 
 func (s *Store) writeContainer(c *Container) error {
 	c.Updated = time.Now().UTC()
-	return writeJSON(filepath.Join(c.Dir, "container.json"), c)
+	return jsonfile.Write(filepath.Join(c.Dir, "container.json"), c, 0o600)
 }
 
 // Container returns the record of the named container.

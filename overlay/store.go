@@ -42,6 +42,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/jsonfile"
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -154,13 +155,13 @@ func OpenStore(dir string, opts StoreOptions) (*Store, error) {
 	}
 	cfgPath := filepath.Join(abs, "store.json")
 	var have storeConfig
-	err = readJSON(cfgPath, &have)
+	err = jsonfile.Read(cfgPath, &have)
 	if errors.Is(err, fs.ErrNotExist) {
 		b, _ := json.Marshal(want)
-		if err := writeFileAtomic(cfgPath, b, 0o600); err != nil {
+		if err := jsonfile.WriteBytes(cfgPath, b, 0o600); err != nil {
 			return nil, err
 		}
-		err = readJSON(cfgPath, &have) // another process may have won the race
+		err = jsonfile.Read(cfgPath, &have) // another process may have won the race
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrNotStore, cfgPath, err)
@@ -236,7 +237,7 @@ func (s *Store) Layer(chainID digest.Digest) (*Layer, error) {
 	}
 	var l Layer
 	p := s.path("layers", k, "layer.json")
-	if err := readJSON(p, &l); err != nil {
+	if err := jsonfile.Read(p, &l); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s", ErrLayerNotFound, chainID)
 		}
@@ -273,70 +274,6 @@ func (s *Store) Layers() ([]*Layer, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ChainID < out[j].ChainID })
 	return out, nil
-}
-
-// readJSON reads a small JSON file (at most 1 MiB) into v.
-func readJSON(path string, v any) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if fi.Size() > 1<<20 {
-		return fmt.Errorf("%s: %d bytes, more than 1 MiB", path, fi.Size())
-	}
-	dec := json.NewDecoder(f)
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return nil
-}
-
-// writeJSON writes v as JSON to path atomically.
-func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
-		return err
-	}
-	return writeFileAtomic(path, append(b, '\n'), 0o600)
-}
-
-// writeFileAtomic writes b to path through a synced temp file in the same
-// directory and a rename.
-func writeFileAtomic(path string, b []byte, perm fs.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if _, err := f.Write(b); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	if err := f.Chmod(perm); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("overlay: %w", err)
-	}
-	ok = true
-	return nil
 }
 
 // diskUsage sums the allocated bytes below dir, counting each inode once

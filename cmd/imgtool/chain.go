@@ -8,7 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
-	"github.com/imgtool/imgtool/overlay"
+	"github.com/imgtool/imgtool/overlay/vmchain"
 	"github.com/imgtool/imgtool/qcow2"
 	"github.com/spf13/pflag"
 )
@@ -53,7 +53,7 @@ func runChain(args []string, stdout, stderr io.Writer) error {
 func runChainInit(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("chain init", "DIR --base IMG [--name NAME] [-f qcow2|raw] [--cluster-size SIZE] [-p]", stderr)
 	base := fs.String("base", "", "the base image to copy in (qcow2 with its backing chain, or raw)")
-	name := fs.String("name", overlay.DefaultChainBase, "name of the base level")
+	name := fs.String("name", vmchain.DefaultChainBase, "name of the base level")
 	format := fs.StringP("format", "f", "", "format of IMG: qcow2 or raw (probed when omitted)")
 	clusterSize := fs.String("cluster-size", "", "cluster size of the chain's images (default 64K)")
 	progress := fs.BoolP("progress", "p", false, "show progress")
@@ -66,7 +66,7 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	if *base == "" {
 		return usagef("--base IMG is required")
 	}
-	opts := overlay.InitChainOptions{Name: *name, Format: qcow2.Format(*format)}
+	opts := vmchain.InitChainOptions{Name: *name, Format: qcow2.Format(*format)}
 	if *clusterSize != "" {
 		v, err := qcow2.ParseSize(*clusterSize)
 		if err != nil {
@@ -76,7 +76,7 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "importing "+*name)
 	opts.Progress = update
-	_, err := overlay.InitChain(context.Background(), fs.Arg(0), *base, opts)
+	_, err := vmchain.InitChain(context.Background(), fs.Arg(0), *base, opts)
 	finish()
 	if err != nil {
 		return err
@@ -99,7 +99,7 @@ func runChainAdd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress && *imp != "", stderr, "importing "+fs.Arg(1))
-	err = c.AddLevel(context.Background(), fs.Arg(1), *from, overlay.AddLevelOptions{Import: *imp, ImportFormat: qcow2.Format(*format), Progress: update})
+	err = c.AddLevel(context.Background(), fs.Arg(1), *from, vmchain.AddLevelOptions{Import: *imp, ImportFormat: qcow2.Format(*format), Progress: update})
 	finish()
 	if err != nil {
 		return err
@@ -128,24 +128,24 @@ func runChainVM(args []string, stdout, stderr io.Writer) error {
 
 // openChainArgs checks for the DIR NAME arguments of chain rm and squash
 // and opens the chain directory DIR.
-func openChainArgs(fs *pflag.FlagSet) (*overlay.ChainDir, error) {
+func openChainArgs(fs *pflag.FlagSet) (*vmchain.ChainDir, error) {
 	if err := chainDirNameArgs(fs); err != nil {
 		return nil, err
 	}
-	return overlay.OpenChainDir(fs.Arg(0))
+	return vmchain.OpenChainDir(fs.Arg(0))
 }
 
 // openChainFromArgs is openChainArgs for chain add and vm, which also
 // require --from: from is its value and meta names it in the error
 // (PARENT, LEVEL). The argument count is checked first.
-func openChainFromArgs(fs *pflag.FlagSet, from, meta string) (*overlay.ChainDir, error) {
+func openChainFromArgs(fs *pflag.FlagSet, from, meta string) (*vmchain.ChainDir, error) {
 	if err := chainDirNameArgs(fs); err != nil {
 		return nil, err
 	}
 	if from == "" {
 		return nil, usagef("--from %s is required", meta)
 	}
-	return overlay.OpenChainDir(fs.Arg(0))
+	return vmchain.OpenChainDir(fs.Arg(0))
 }
 
 // chainDirNameArgs checks that fs has exactly the two arguments DIR NAME.
@@ -181,7 +181,7 @@ func runChainTree(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("expected DIR, got %d arguments", fs.NArg())
 	}
-	c, err := overlay.OpenChainDir(fs.Arg(0))
+	c, err := vmchain.OpenChainDir(fs.Arg(0))
 	if err != nil {
 		return err
 	}
@@ -226,7 +226,7 @@ func runChainTree(args []string, stdout, stderr io.Writer) error {
 
 // chainTreePrefix draws the branches in front of imgs[i], a depth-first
 // listing: for each ancestor level whether more siblings follow.
-func chainTreePrefix(imgs []overlay.ChainImage, i int) string {
+func chainTreePrefix(imgs []vmchain.ChainImage, i int) string {
 	d := imgs[i].Depth
 	if d == 0 {
 		return ""
@@ -266,7 +266,7 @@ func runChainRm(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := c.Remove(context.Background(), fs.Arg(1), overlay.RemoveOptions{Force: *force}); err != nil {
+	if err := c.Remove(context.Background(), fs.Arg(1), vmchain.RemoveOptions{Force: *force}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "chain %s: %s removed\n", fs.Arg(0), fs.Arg(1))
@@ -284,7 +284,7 @@ func runChainSquash(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress, stderr, "squashing "+fs.Arg(1))
-	err = c.Squash(context.Background(), fs.Arg(1), overlay.SquashOptions{Progress: update})
+	err = c.Squash(context.Background(), fs.Arg(1), vmchain.SquashOptions{Progress: update})
 	finish()
 	if err != nil {
 		return err

@@ -1,15 +1,16 @@
-package overlay
+// Package vmchain manages VM base-image chains: a directory of qcow2
+// images that build on each other (base OS -> +database -> +web server,
+// with a thin image per VM), described by a manifest and guarded by a
+// lock file.
+package vmchain
 
-// VM base-image chains: a directory of qcow2 images that build on each
-// other (base OS -> +database -> +web server, with a thin image per VM).
 // This file holds the directory model (names, manifest, scan, lock,
-// permissions); vmchain_ops.go the mutations, built on the qcow2 package
+// permissions); ops.go the mutations, built on the qcow2 package
 // (Create, ConvertImage with a backing file for imports, Commit and
 // unsafe Rebase for squash).
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +19,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/imgtool/imgtool/internal/jsonfile"
+	"github.com/imgtool/imgtool/internal/lockfile"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -25,29 +28,29 @@ import (
 var (
 	// ErrNotChain: the directory has no chain manifest (chain.json), or
 	// the manifest is unreadable.
-	ErrNotChain = errors.New("overlay: not a VM chain directory")
+	ErrNotChain = errors.New("vmchain: not a VM chain directory")
 	// ErrChainExists: an image of that name exists in the chain, or init
 	// was asked for a directory that already holds a chain.
-	ErrChainExists = errors.New("overlay: chain image exists")
+	ErrChainExists = errors.New("vmchain: chain image exists")
 	// ErrChainNotFound: no image of that name is in the chain.
-	ErrChainNotFound = errors.New("overlay: no such chain image")
+	ErrChainNotFound = errors.New("vmchain: no such chain image")
 	// ErrChainDependents: the image has dependents (images whose backing
 	// file it is), so it cannot be removed, or squashed into a parent
 	// that has other children.
-	ErrChainDependents = errors.New("overlay: chain image has dependents")
+	ErrChainDependents = errors.New("vmchain: chain image has dependents")
 	// ErrChainReadOnly: a writable open of a level that has dependents.
-	ErrChainReadOnly = errors.New("overlay: chain level has dependents and is read-only")
+	ErrChainReadOnly = errors.New("vmchain: chain level has dependents and is read-only")
 	// ErrChainInvalidName: an image name that is empty, longer than 128
 	// bytes, starts with a dot or a dash, or has characters other than
 	// [A-Za-z0-9_.+-] (so no slashes, no "..", no protocol colons).
-	ErrChainInvalidName = errors.New("overlay: invalid chain image name")
+	ErrChainInvalidName = errors.New("vmchain: invalid chain image name")
 	// ErrChainKind: the operation needs a level but was given a VM image
 	// (or an image the manifest does not know).
-	ErrChainKind = errors.New("overlay: wrong kind of chain image")
+	ErrChainKind = errors.New("vmchain: wrong kind of chain image")
 	// ErrChainBroken: an image of the directory has a backing file that
 	// is not an image of the same directory (an absolute path, a
 	// subdirectory, a missing file), so the chain cannot be managed.
-	ErrChainBroken = errors.New("overlay: chain directory is inconsistent")
+	ErrChainBroken = errors.New("vmchain: chain directory is inconsistent")
 )
 
 // ChainKind says what an image of a chain is for.
@@ -173,7 +176,7 @@ func (c *ChainDir) manifestPath() string { return filepath.Join(c.dir, chainMani
 
 func (c *ChainDir) readManifest() (*chainManifestData, error) {
 	var m chainManifestData
-	if err := readJSON(c.manifestPath(), &m); err != nil {
+	if err := jsonfile.Read(c.manifestPath(), &m); err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, fmt.Errorf("%w: %s has no %s (create one with chain init)", ErrNotChain, c.dir, chainManifest)
 		}
@@ -201,19 +204,19 @@ func (c *ChainDir) readManifest() (*chainManifestData, error) {
 
 func (c *ChainDir) writeManifest(m *chainManifestData) error {
 	m.Format = chainFormat
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := writeFileAtomic(c.manifestPath(), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("overlay: chain %s: writing manifest: %w", c.dir, err)
+	if err := jsonfile.Write(c.manifestPath(), m, 0o644); err != nil {
+		return fmt.Errorf("vmchain: chain %s: writing manifest: %w", c.dir, err)
 	}
 	return nil
 }
 
 // lock takes the chain's lock file, exclusive for mutations.
-func (c *ChainDir) lock(ctx context.Context, exclusive bool) (*fileLock, error) {
-	return acquireLock(ctx, filepath.Join(c.dir, chainLockFile), exclusive)
+func (c *ChainDir) lock(ctx context.Context, exclusive bool) (*lockfile.Lock, error) {
+	l, err := lockfile.Acquire(ctx, filepath.Join(c.dir, chainLockFile), exclusive)
+	if err != nil {
+		return nil, fmt.Errorf("vmchain: %w", err)
+	}
+	return l, nil
 }
 
 // chainNode is one image found by scan.
@@ -244,7 +247,7 @@ func (c *ChainDir) scan() (*chainGraph, error) {
 	}
 	ents, err := os.ReadDir(c.dir)
 	if err != nil {
-		return nil, fmt.Errorf("overlay: chain %s: %w", c.dir, err)
+		return nil, fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
 	}
 	g := &chainGraph{manifest: m, nodes: map[string]*chainNode{}}
 	for _, e := range ents {
@@ -265,7 +268,7 @@ func (c *ChainDir) scan() (*chainGraph, error) {
 	for name, n := range g.nodes {
 		img, err := qcow2.Open(filepath.Join(c.dir, name+chainExt), qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true, ForceShare: true})
 		if err != nil {
-			return nil, fmt.Errorf("overlay: chain %s: image %s: %w", c.dir, name, err)
+			return nil, fmt.Errorf("vmchain: chain %s: image %s: %w", c.dir, name, err)
 		}
 		bf := img.Header().BackingFile
 		img.Close()
@@ -337,11 +340,11 @@ func (c *ChainDir) fixModes(g *chainGraph) error {
 		p := filepath.Join(c.dir, name+chainExt)
 		fi, err := os.Stat(p)
 		if err != nil {
-			return fmt.Errorf("overlay: chain %s: %w", c.dir, err)
+			return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
 		}
 		if fi.Mode().Perm() != mode {
 			if err := os.Chmod(p, mode); err != nil {
-				return fmt.Errorf("overlay: chain %s: %w", c.dir, err)
+				return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
 			}
 		}
 	}
@@ -476,7 +479,7 @@ func (c *ChainDir) measure(ci *ChainImage) error {
 	path := filepath.Join(c.dir, ci.File)
 	img, err := qcow2.Open(path, qcow2.Options{Format: qcow2.FormatQcow2, ForceShare: true, CheckReference: c.checkReference})
 	if err != nil {
-		return fmt.Errorf("overlay: chain %s: image %s: %w", c.dir, ci.Name, err)
+		return fmt.Errorf("vmchain: chain %s: image %s: %w", c.dir, ci.Name, err)
 	}
 	defer img.Close()
 	ci.VirtualSize = img.Size()
@@ -490,11 +493,11 @@ func (c *ChainDir) measure(ci *ChainImage) error {
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("overlay: chain %s: image %s: %w", c.dir, ci.Name, err)
+		return fmt.Errorf("vmchain: chain %s: image %s: %w", c.dir, ci.Name, err)
 	}
 	ci.FileBytes, err = fileAllocated(path)
 	if err != nil {
-		return fmt.Errorf("overlay: chain %s: %w", c.dir, err)
+		return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
 	}
 	return nil
 }

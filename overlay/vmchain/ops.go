@@ -1,4 +1,4 @@
-package overlay
+package vmchain
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"syscall"
 
 	"github.com/imgtool/imgtool/internal/imagelock"
+	"github.com/imgtool/imgtool/internal/lockfile"
+	"github.com/imgtool/imgtool/internal/syncfs"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -50,7 +52,7 @@ func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*C
 		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("overlay: chain init: %w", err)
+		return nil, fmt.Errorf("vmchain: chain init: %w", err)
 	}
 	c := &ChainDir{dir: dir}
 	l, err := c.lock(ctx, true)
@@ -64,7 +66,7 @@ func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*C
 	c.removeStale()
 	src, err := qcow2.Open(base, qcow2.Options{Format: opts.Format})
 	if err != nil {
-		return nil, fmt.Errorf("overlay: chain init: %w", err)
+		return nil, fmt.Errorf("vmchain: chain init: %w", err)
 	}
 	defer src.Close()
 	err = c.build(opts.Name, func(tmp string) error {
@@ -94,23 +96,26 @@ func (c *ChainDir) build(name string, mk func(tmp string) error) error {
 	}
 	var rnd [6]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
-		return fmt.Errorf("overlay: %w", err)
+		return fmt.Errorf("vmchain: %w", err)
 	}
 	tmp := filepath.Join(c.dir, chainTmpPref+name+"-"+hex.EncodeToString(rnd[:])+chainExt)
 	defer os.Remove(tmp)
 	if err := mk(tmp); err != nil {
-		return fmt.Errorf("overlay: creating %s: %w", final, err)
+		return fmt.Errorf("vmchain: creating %s: %w", final, err)
 	}
 	if err := os.Chmod(tmp, chainModeRW); err != nil {
-		return fmt.Errorf("overlay: creating %s: %w", final, err)
+		return fmt.Errorf("vmchain: creating %s: %w", final, err)
 	}
 	if err := os.Link(tmp, final); err != nil {
 		if errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("%w: %s", ErrChainExists, final)
 		}
-		return fmt.Errorf("overlay: creating %s: %w", final, err)
+		return fmt.Errorf("vmchain: creating %s: %w", final, err)
 	}
-	return syncFS(c.dir)
+	if err := syncfs.Sync(c.dir); err != nil {
+		return fmt.Errorf("vmchain: %w", err)
+	}
+	return nil
 }
 
 // AddLevelOptions configures AddLevel. The zero value adds an empty
@@ -171,7 +176,7 @@ func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind,
 	ppath := filepath.Join(c.dir, parent+chainExt)
 	pl, err := lockImage(ppath, imagelock.Reader, false)
 	if err != nil {
-		return fmt.Errorf("overlay: cannot build on %s: %w", parent, err)
+		return fmt.Errorf("vmchain: cannot build on %s: %w", parent, err)
 	}
 	defer pl.Close()
 	pinfo, err := qcow2.Open(ppath, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true, ForceShare: true})
@@ -188,7 +193,7 @@ func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind,
 	if opts.Import != "" {
 		src, err := qcow2.Open(opts.Import, qcow2.Options{Format: opts.ImportFormat})
 		if err != nil {
-			return fmt.Errorf("overlay: chain add %s --import: %w", name, err)
+			return fmt.Errorf("vmchain: chain add %s --import: %w", name, err)
 		}
 		defer src.Close()
 		// qemu-img convert -B: only clusters whose content differs from
@@ -250,12 +255,12 @@ func (c *ChainDir) Remove(ctx context.Context, name string, opts RemoveOptions) 
 	if !opts.Force {
 		f, err := lockImage(path, imagelock.Writer, false)
 		if err != nil {
-			return fmt.Errorf("overlay: not removing %s (use force to remove it anyway): %w", name, err)
+			return fmt.Errorf("vmchain: not removing %s (use force to remove it anyway): %w", name, err)
 		}
 		defer f.Close()
 	}
 	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("overlay: %w", err)
+		return fmt.Errorf("vmchain: %w", err)
 	}
 	if _, ok := g.manifest.Images[name]; ok {
 		delete(g.manifest.Images, name)
@@ -324,13 +329,13 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 		f, err := lockChild(filepath.Join(c.dir, ch+chainExt))
 		if err != nil {
 			c.refreshModes()
-			return fmt.Errorf("overlay: cannot squash %s: %w", name, err)
+			return fmt.Errorf("vmchain: cannot squash %s: %w", name, err)
 		}
 		locks[ch] = f
 	}
 	ppath := filepath.Join(c.dir, n.parent+chainExt)
 	if err := os.Chmod(ppath, chainModeRW); err != nil {
-		return fmt.Errorf("overlay: %w", err)
+		return fmt.Errorf("vmchain: %w", err)
 	}
 	// The parent gets name's data, written and flushed; name itself is
 	// left as it is until it is removed. Commit takes the writer lock on
@@ -338,7 +343,7 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 	// uses either.
 	if err := qcow2.Commit(ctx, path, qcow2.CommitOptions{Drop: true, Progress: opts.Progress}); err != nil {
 		c.refreshModes()
-		return fmt.Errorf("overlay: squashing %s into %s: %w", name, n.parent, err)
+		return fmt.Errorf("vmchain: squashing %s into %s: %w", name, n.parent, err)
 	}
 	g.manifest.Squash = &chainSquashJournal{Name: name, Into: n.parent}
 	if err := c.writeManifest(g.manifest); err != nil {
@@ -364,16 +369,16 @@ func (c *ChainDir) finishSquash(ctx context.Context, g *chainGraph, locks map[st
 				delete(locks, ch)
 			}
 			if err := os.Chmod(cp, chainModeRW); err != nil {
-				return fmt.Errorf("overlay: %w", err)
+				return fmt.Errorf("vmchain: %w", err)
 			}
 			err := qcow2.Rebase(ctx, cp, qcow2.RebaseOptions{Backing: j.Into + chainExt, BackingFormat: qcow2.FormatQcow2, Unsafe: true})
 			if err != nil {
 				c.refreshModes()
-				return fmt.Errorf("overlay: squashing %s: rebasing %s onto %s (the next change to the chain retries): %w", j.Name, ch, j.Into, err)
+				return fmt.Errorf("vmchain: squashing %s: rebasing %s onto %s (the next change to the chain retries): %w", j.Name, ch, j.Into, err)
 			}
 		}
 		if err := os.Remove(filepath.Join(c.dir, j.Name+chainExt)); err != nil {
-			return fmt.Errorf("overlay: %w", err)
+			return fmt.Errorf("vmchain: %w", err)
 		}
 	}
 	delete(g.manifest.Images, j.Name)
@@ -388,7 +393,7 @@ func (c *ChainDir) finishSquash(ctx context.Context, g *chainGraph, locks map[st
 // writer lock.
 func lockChild(path string) (*os.File, error) {
 	if err := os.Chmod(path, chainModeRW); err != nil {
-		return nil, fmt.Errorf("overlay: %w", err)
+		return nil, fmt.Errorf("vmchain: %w", err)
 	}
 	return lockImage(path, imagelock.Writer, true)
 }
@@ -405,18 +410,18 @@ func lockImage(path string, mode imagelock.Mode, write bool) (*os.File, error) {
 	}
 	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
-		return nil, fmt.Errorf("overlay: %w", err)
+		return nil, fmt.Errorf("vmchain: %w", err)
 	}
 	if _, err := imagelock.Acquire(f, mode); err != nil {
 		f.Close()
-		return nil, fmt.Errorf("overlay: %w", err)
+		return nil, fmt.Errorf("vmchain: %w", err)
 	}
 	return f, nil
 }
 
 // prepare starts a mutation: it takes the exclusive lock, removes stale
 // temporaries, finishes an interrupted squash and returns the graph.
-func (c *ChainDir) prepare(ctx context.Context) (*fileLock, *chainGraph, error) {
+func (c *ChainDir) prepare(ctx context.Context) (*lockfile.Lock, *chainGraph, error) {
 	l, err := c.lock(ctx, true)
 	if err != nil {
 		return nil, nil, err

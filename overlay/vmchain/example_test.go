@@ -1,4 +1,4 @@
-package overlay_test
+package vmchain_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/imgtool/imgtool/overlay"
+	"github.com/imgtool/imgtool/overlay/vmchain"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -25,11 +25,11 @@ func ExampleChainDir() {
 	f.WriteAt([]byte("boot sector"), 0)
 	f.Close()
 
-	c, err := overlay.InitChain(ctx, filepath.Join(tmp, "chain"), base, overlay.InitChainOptions{})
+	c, err := vmchain.InitChain(ctx, filepath.Join(tmp, "chain"), base, vmchain.InitChainOptions{})
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := c.AddLevel(ctx, "db", "base", overlay.AddLevelOptions{}); err != nil {
+	if err := c.AddLevel(ctx, "db", "base", vmchain.AddLevelOptions{}); err != nil {
 		log.Fatal(err)
 	}
 	if err := c.AddVM(ctx, "vm1", "db"); err != nil {
@@ -53,7 +53,7 @@ func ExampleChainDir() {
 		fmt.Printf("%-4s %-5s parent=%-4q private=%d shared=%d read-only=%v\n", ci.Name, ci.Kind, ci.Parent, ci.PrivateBytes, ci.SharedBytes, ci.ReadOnly)
 	}
 	// Output:
-	// db: overlay: chain level has dependents and is read-only: db (used by vm1)
+	// db: vmchain: chain level has dependents and is read-only: db (used by vm1)
 	// base level parent=""   private=65536 shared=0 read-only=true
 	// db   level parent="base" private=0 shared=65536 read-only=true
 	// vm1  vm    parent="db" private=65536 shared=65536 read-only=false
