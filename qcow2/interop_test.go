@@ -7,11 +7,11 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"reflect"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
@@ -316,10 +316,8 @@ func checkAgainstQemu(t *testing.T, path string) {
 	var gotInfo []map[string]any
 	b, _ := json.Marshal(chain)
 	json.Unmarshal(b, &gotInfo)
-	if !reflect.DeepEqual(gotInfo, wantInfo) {
-		gi, _ := json.MarshalIndent(gotInfo, "", " ")
-		wi, _ := json.MarshalIndent(wantInfo, "", " ")
-		t.Errorf("info differs from qemu-img info:\n got %s\nwant %s", gi, wi)
+	if d := cmp.Diff(wantInfo, gotInfo); d != "" {
+		t.Errorf("info differs from qemu-img info (-qemu-img +ours):\n%s", d)
 	}
 }
 
@@ -394,8 +392,8 @@ func TestInteropUnreadable(t *testing.T) {
 	var got map[string]any
 	b, _ := json.Marshal(infos[0])
 	json.Unmarshal(b, &got)
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("data-file info:\n got %v\nwant %v", got, want)
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("data-file info differs from qemu-img (-qemu-img +ours):\n%s", d)
 	}
 
 	// LUKS encryption: opens for info, reads are refused.

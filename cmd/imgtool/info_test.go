@@ -4,10 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"path/filepath"
-	"reflect"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
@@ -83,8 +83,8 @@ func TestInfoMatchesQemu(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &got); err != nil {
 			t.Fatal(err)
 		}
-		if !reflect.DeepEqual(got, want) {
-			t.Errorf("info %v differs from qemu-img:\n got %s\nwant %v", args, out, want)
+		if d := cmp.Diff(want, got); d != "" {
+			t.Errorf("info %v differs from qemu-img (-qemu-img +ours):\n%s", args, d)
 		}
 	}
 }
