@@ -1,0 +1,54 @@
+package ext4
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+)
+
+// TestBadInput: hostile or unsupported layers fail with a clear error
+// naming the entry, and never panic.
+func TestBadInput(t *testing.T) {
+	long := strings.Repeat("n", 256)
+	for _, tc := range []struct {
+		name    string
+		entries []tarEntry
+		want    error
+		msg     string
+	}{
+		{"long name", []tarEntry{fileE(long, 0o644, nil)}, ErrNameTooLong, long},
+		{"long dir name", []tarEntry{fileE(long+"/x", 0o644, nil)}, ErrNameTooLong, long},
+		{"dotdot", []tarEntry{fileE("a/../../etc/passwd", 0o644, nil)}, ErrUnsafePath, "a/../../etc/passwd"},
+		{"absolute", []tarEntry{fileE("/etc/passwd", 0o644, nil)}, ErrUnsafePath, "/etc/passwd"},
+		{"duplicate", []tarEntry{fileE("a", 0o644, nil), fileE("a", 0o644, nil)}, ErrUnsupported, "duplicate"},
+		{"hardlink to nothing", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "missing"}}}, ErrHardlink, "missing"},
+		{"hardlink to dir", []tarEntry{dirE("d/", 0o755), {hdr: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "d"}}}, ErrHardlink, "directory"},
+		{"symlink loop", []tarEntry{
+			{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "a", Linkname: "b"}},
+			{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "b", Linkname: "a"}},
+			fileE("a/x", 0o644, nil)}, ErrUnsafePath, "too many symlinks"},
+		{"file as parent", []tarEntry{fileE("f", 0o644, nil), fileE("f/x", 0o644, nil)}, ErrUnsafePath, "not a directory"},
+		{"unsupported type", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "c"}}}, ErrUnsupported, "'7'"},
+		{"unsupported xattr", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "x", PAXRecords: map[string]string{"SCHILY.xattr.weird.name": "v"}}}}, ErrUnsupportedXattr, "weird.name"},
+		{"lost+found replaced", []tarEntry{fileE("lost+found", 0o644, nil)}, ErrUnsupported, "lost+found"},
+		{"too big", []tarEntry{fileE("big", 0o644, make([]byte, MinSize+1))}, ErrNoSpace, "big"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fs, err := New(Options{Size: MinSize})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = fs.ApplyLayer(context.Background(), bytes.NewReader(makeTar(t, tc.entries)), discardAt{})
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v, want %v mentioning %q", err, tc.want, tc.msg)
+			}
+			// The error is sticky.
+			if _, err2 := fs.ApplyLayer(context.Background(), bytes.NewReader(nil), discardAt{}); err2 == nil {
+				t.Fatal("ApplyLayer after a failed layer succeeded")
+			}
+		})
+	}
+}
