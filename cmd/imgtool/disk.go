@@ -17,7 +17,7 @@ import (
 // one level per layer.
 func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image disk", "DIR[:TAG]|docker://REF OUTDIR", stderr)
-	sizeStr := fs.String("size", "16G", "virtual disk `SIZE` (fixed, so images sharing layers share levels)")
+	sizeStr := fs.String("size", "16G", "virtual disk `SIZE`, 16M to 1T (fixed, so images sharing layers share levels)")
 	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
