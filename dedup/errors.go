@@ -7,8 +7,6 @@ var (
 	// ErrIndexFull means a scan met more distinct chunks than
 	// ScanOptions.MaxChunks allows.
 	ErrIndexFull = errors.New("dedup: chunk index full")
-	// ErrSizeMismatch means images given to Rebase differ in guest size.
-	ErrSizeMismatch = errors.New("dedup: images differ in size")
 	// ErrVerify means a rewritten image did not read back identical to
 	// the original; the original is left in place.
 	ErrVerify = errors.New("dedup: rewritten image differs from the original")

@@ -68,8 +68,11 @@ type RebaseImage struct {
 // (backing file name relative to the image's directory) that stores only
 // the clusters differing from the base. Each image is written under a
 // temporary name in its directory, read back and compared with the
-// original, and renamed over it. The images must have the same guest size;
-// raw images become qcow2 overlays under the same name.
+// original, and renamed over it. The images may differ in guest size, as
+// qemu-img rebase accepts a backing file of any size: the base covers the
+// largest of them, each overlay keeps its own image's size, and an image
+// votes only on the clusters it covers. Raw images become qcow2 overlays
+// under the same name.
 //
 // Rerunning after an interruption is safe: an existing base is reused as
 // it is (any base gives correct overlays; delete it to rebuild it), and
@@ -124,9 +127,6 @@ func Rebase(ctx context.Context, basePath string, images []string, opts RebaseOp
 		if err := rewritable(img); err != nil {
 			return nil, err
 		}
-		if img.Size() != imgs[0].Size() {
-			return nil, fmt.Errorf("%w: %s is %d bytes, %s is %d", ErrSizeMismatch, p, img.Size(), images[0], imgs[0].Size())
-		}
 		before := allocated(p)
 		ri := RebaseImage{Path: p, Status: "rebased", BeforeBytes: before}
 		if baseErr == nil && backedBy(img, baseSt) {
@@ -144,28 +144,25 @@ func Rebase(ctx context.Context, basePath string, images []string, opts RebaseOp
 			cs = DefaultChunkSize
 		}
 	}
-	size := imgs[0].Size()
-	todo := 0
-	for _, ri := range res.Images {
-		if ri.Status != "already" {
-			todo++
+	var size, total int64 // the largest image; the bytes to process
+	for i, img := range imgs {
+		size = max(size, img.Size())
+		if res.Images[i].Status != "already" {
+			total += img.Size()
 		}
-	}
-	total := int64(todo) * size
-	if baseErr != nil {
-		total += int64(len(imgs)) * size
+		if baseErr != nil {
+			total += img.Size()
+		}
 	}
 	prog := newProgress(opts.Progress, total)
 	if baseErr == nil {
+		// Any base gives correct overlays, whatever its size: past its
+		// end it reads as zeros, and the overlays store what differs.
 		b, err := qcow2.Open(basePath, iopts)
 		if err != nil {
 			return nil, fmt.Errorf("dedup: existing base: %w", err)
 		}
-		bsize := b.Size()
 		b.Close()
-		if bsize != size {
-			return nil, fmt.Errorf("%w: existing base %s is %d bytes, the images %d", ErrSizeMismatch, basePath, bsize, size)
-		}
 		res.BaseReused = true
 	} else {
 		n, err := buildBase(ctx, basePath, imgs, k, cs, opts.Workers, prog)
@@ -240,11 +237,16 @@ func backedBy(img *qcow2.Image, base os.FileInfo) bool {
 	return err == nil && os.SameFile(st, base)
 }
 
-// buildBase writes the base image: for each cluster, the content that at
-// least k images hold at that offset (zeros stay unallocated). It returns
-// the guest data bytes stored.
+// buildBase writes the base image, as large as the largest image: for each
+// cluster, the content that at least k images hold at that offset (zeros
+// stay unallocated). Only the images that reach into a cluster vote on it;
+// the last, partial cluster of a shorter image reads as zeros past its
+// end. It returns the guest data bytes stored.
 func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs int64, workers int, prog *progress) (int64, error) {
-	size := imgs[0].Size()
+	var size int64
+	for _, img := range imgs {
+		size = max(size, img.Size())
+	}
 	tmp := tempName(path)
 	if err := qcow2.Create(tmp, qcow2.CreateOptions{Size: size, ClusterSize: cs, Overwrite: true}); err != nil {
 		return 0, fmt.Errorf("dedup: %w", err)
@@ -266,11 +268,14 @@ func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs 
 	err = parallelSegments(ctx, size, seg, workers, func(off, n int64, bufs *segBufs) error {
 		data := make([][]byte, len(imgs))
 		for i, img := range imgs {
-			data[i] = bufs.get(i, n)
-			if _, err := img.ReadAt(data[i], off); err != nil {
-				return fmt.Errorf("dedup: %s: read at %d: %w", img.Path(), off, err)
+			if off >= img.Size() {
+				continue // this image does not reach the segment
 			}
-			prog.add(n)
+			data[i] = bufs.get(i, n)
+			if err := readPadded(img, data[i], off); err != nil {
+				return err
+			}
+			prog.add(min(n, img.Size()-off))
 		}
 		groups := make([]int, 0, len(imgs)) // representative image of each group
 		counts := make([]int, 0, len(imgs))
@@ -278,7 +283,10 @@ func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs 
 			end := min(c+cs, n)
 			groups, counts = groups[:0], counts[:0]
 			best := -1
-			for i := range imgs {
+			for i, img := range imgs {
+				if off+c >= img.Size() {
+					continue // no vote past the image's end
+				}
 				ch := data[i][c:end]
 				g := 0
 				for g < len(groups) && !bytes.Equal(ch, data[groups[g]][c:end]) {
