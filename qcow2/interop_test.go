@@ -481,4 +481,3 @@ func TestInteropDamagedExtL2(t *testing.T) {
 		})
 	}
 }
-
