@@ -247,11 +247,8 @@ func (w *writer) makeEmpty(ctx context.Context) error {
 	defer w.ops.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
-		return ErrClosed
-	}
-	if w.err != nil {
-		return w.err
+	if err := w.refusal(); err != nil {
+		return err
 	}
 	for l1i := range img.l1Len() {
 		if err := ctx.Err(); err != nil {

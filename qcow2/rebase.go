@@ -298,11 +298,8 @@ func (w *writer) putCompressed(vc int64, out []byte, pk *packer) error {
 	defer w.ops.RUnlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
-		return ErrClosed
-	}
-	if w.err != nil {
-		return w.err
+	if err := w.refusal(); err != nil {
+		return err
 	}
 	w.reserve(vc)
 	defer w.release(vc)

@@ -16,11 +16,8 @@ func (w *writer) exclusive(fn func() error) error {
 	defer w.ops.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.closed {
-		return ErrClosed
-	}
-	if w.err != nil {
-		return w.err
+	if err := w.refusal(); err != nil {
+		return err
 	}
 	if err := w.flushLocked(); err != nil {
 		return err

@@ -269,6 +269,15 @@ func (w *writer) writeWhole(vc0, n int64, data []byte) error {
 	return w.maybeFlush()
 }
 
+// refusal returns why the writer takes no more work: ErrClosed, or the
+// sticky error of an earlier metadata write failure (nil: none). mu held.
+func (w *writer) refusal() error {
+	if w.closed {
+		return ErrClosed
+	}
+	return w.err
+}
+
 func (w *writer) usable() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()

@@ -219,6 +219,21 @@ func (c *ChainDir) lock(ctx context.Context, exclusive bool) (*lockfile.Lock, er
 	return l, nil
 }
 
+// scanShared takes the chain's lock shared and scans the directory. The
+// caller unlocks.
+func (c *ChainDir) scanShared(ctx context.Context) (*lockfile.Lock, *chainGraph, error) {
+	l, err := c.lock(ctx, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := c.scan()
+	if err != nil {
+		l.Unlock()
+		return nil, nil, err
+	}
+	return l, g, nil
+}
+
 // chainNode is one image found by scan.
 type chainNode struct {
 	name     string
@@ -389,15 +404,11 @@ func (c *ChainDir) Open(ctx context.Context, name string, opts qcow2.Options) (*
 	if err != nil {
 		return nil, err
 	}
-	l, err := c.lock(ctx, false)
+	l, g, err := c.scanShared(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Unlock()
-	g, err := c.scan()
-	if err != nil {
-		return nil, err
-	}
 	n := g.nodes[name]
 	if n == nil {
 		return nil, fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
@@ -447,15 +458,11 @@ type ChainImage struct {
 // children in name order, with their sizes. It opens each image with its
 // backing chain without taking image locks, so it works while VMs run.
 func (c *ChainDir) Images(ctx context.Context) ([]ChainImage, error) {
-	l, err := c.lock(ctx, false)
+	l, g, err := c.scanShared(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer l.Unlock()
-	g, err := c.scan()
-	if err != nil {
-		return nil, err
-	}
 	out := make([]ChainImage, 0, len(g.order))
 	for _, name := range g.order {
 		if err := ctx.Err(); err != nil {

@@ -236,19 +236,11 @@ type RemoveOptions struct {
 // imagelock.ErrLocked when a process has the image open. Removing the
 // last child of a level makes the level writable again.
 func (c *ChainDir) Remove(ctx context.Context, name string, opts RemoveOptions) error {
-	path, err := c.ImagePath(name)
-	if err != nil {
-		return err
-	}
-	l, g, err := c.prepare(ctx)
+	path, l, g, n, err := c.prepareImage(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	n := g.nodes[name]
-	if n == nil {
-		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
-	}
 	if len(n.children) > 0 {
 		return fmt.Errorf("%w: %s is the backing file of %s", ErrChainDependents, name, strings.Join(n.children, ", "))
 	}
@@ -297,19 +289,11 @@ type SquashOptions struct {
 // the next mutation of the chain (Add, AddVM, Remove, Squash) finishes a
 // squash the journal names before doing anything else.
 func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) error {
-	path, err := c.ImagePath(name)
-	if err != nil {
-		return err
-	}
-	l, g, err := c.prepare(ctx)
+	path, l, g, n, err := c.prepareImage(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer l.Unlock()
-	n := g.nodes[name]
-	if n == nil {
-		return fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
-	}
 	if n.parent == "" {
 		return fmt.Errorf("%w: %s is a base; there is no parent to squash it into", ErrChainKind, name)
 	}
@@ -417,6 +401,25 @@ func lockImage(path string, mode imagelock.Mode, write bool) (*os.File, error) {
 		return nil, fmt.Errorf("vmchain: %w", err)
 	}
 	return f, nil
+}
+
+// prepareImage is prepare for a mutation of the existing image name: it
+// returns the image's path, the held lock, the chain and the image's node.
+func (c *ChainDir) prepareImage(ctx context.Context, name string) (string, *lockfile.Lock, *chainGraph, *chainNode, error) {
+	path, err := c.ImagePath(name)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	l, g, err := c.prepare(ctx)
+	if err != nil {
+		return "", nil, nil, nil, err
+	}
+	n := g.nodes[name]
+	if n == nil {
+		l.Unlock()
+		return "", nil, nil, nil, fmt.Errorf("%w: %s in %s", ErrChainNotFound, name, c.dir)
+	}
+	return path, l, g, n, nil
 }
 
 // prepare starts a mutation: it takes the exclusive lock, removes stale
