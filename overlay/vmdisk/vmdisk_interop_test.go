@@ -203,7 +203,13 @@ func TestDiskInterop(t *testing.T) {
 // TestDiskTooLarge: an image larger than --size is a clear error and
 // leaves no OUTDIR.
 func TestDiskTooLarge(t *testing.T) {
-	layout := testImage(t)
+	src := t.TempDir()
+	p := filepath.Join(src, "l.tar")
+	writeTar(t, p, []tarEntry{fileE("a", 0o644, bytes.Repeat([]byte{1}, 8<<20)), fileE("b", 0o644, bytes.Repeat([]byte{2}, 8<<20))})
+	layout := filepath.Join(src, "oci")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{p}, Tag: "k1"}); err != nil {
+		t.Fatal(err)
+	}
 	out := filepath.Join(t.TempDir(), "disk")
 	_, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "k1"}, out, Options{Size: 16 << 20})
 	if !errors.Is(err, ErrTooLarge) {
