@@ -166,17 +166,6 @@ func TestFixtureInfo(t *testing.T) {
 	}
 }
 
-func TestSizeString(t *testing.T) {
-	for _, c := range []struct {
-		v    int64
-		want string
-	}{{0, "0 B"}, {512, "512 B"}, {1000, "0.977 KiB"}, {344064, "336 KiB"}, {3 << 20, "3 MiB"}, {1536 << 20, "1.5 GiB"}, {1 << 40, "1 TiB"}} {
-		if got := SizeString(c.v); got != c.want {
-			t.Errorf("SizeString(%d) = %q, want %q", c.v, got, c.want)
-		}
-	}
-}
-
 func TestRawImage(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "disk.img")

@@ -2,7 +2,6 @@ package qcow2
 
 import (
 	"bytes"
-	"math"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -111,29 +110,15 @@ func FuzzWriteOps(f *testing.F) {
 	})
 }
 
-func FuzzParseSize(f *testing.F) {
-	for _, s := range []string{"0", "512", "64K", "1.5G", "2T", "1E", "7b", "-1", "", "9999999999999999999", "8E", "8.0E", "8192P", "9223372036854775807", "7.999999999999999E"} {
+// FuzzParseCreateOptions: no -o list, however odd, panics the parser.
+func FuzzParseCreateOptions(f *testing.F) {
+	for _, s := range []string{"size=64K", "cluster_size=1.5G", "size=8E", "compat=0.10,size=2T", "refcount_bits=7b", "size=-1", "", "size=9999999999999999999", "size=0x10", "lazy_refcounts=on,preallocation=full"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		v, err := ParseSize(s)
-		if err == nil && v < 0 {
-			t.Fatalf("ParseSize(%q) = %d", s, v)
-		}
 		var o CreateOptions
-		ParseCreateOptions(&o, s) //nolint:errcheck // must not panic
+		if err := ParseCreateOptions(&o, s); err == nil && (o.Size < 0 || o.ClusterSize < 0) {
+			t.Fatalf("ParseCreateOptions(%q) gave size %d, cluster size %d", s, o.Size, o.ClusterSize)
+		}
 	})
-}
-
-func TestParseSizeOverflow(t *testing.T) {
-	for _, s := range []string{"8E", "8.0E", "8192P", "16E", "9223372036854775808"} {
-		if v, err := ParseSize(s); err == nil {
-			t.Errorf("ParseSize(%q) = %d, want an error", s, v)
-		}
-	}
-	for s, want := range map[string]int64{"7E": 7 << 60, "8191P": 8191 << 50, "9223372036854775807": math.MaxInt64, "1.5K": 1536} {
-		if v, err := ParseSize(s); err != nil || v != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", s, v, err, want)
-		}
-	}
 }

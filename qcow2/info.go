@@ -3,11 +3,12 @@ package qcow2
 import (
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/imgtool/imgtool/internal/qemusize"
 )
 
 // ImageInfo is what `qemu-img info --output=json` reports for one image;
@@ -201,9 +202,9 @@ func (info *ImageInfo) WriteHuman(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "image: %s\n", info.Filename)
 	fmt.Fprintf(&b, "file format: %s\n", info.Format)
-	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", SizeString(info.VirtualSize), info.VirtualSize)
+	fmt.Fprintf(&b, "virtual size: %s (%d bytes)\n", qemusize.String(info.VirtualSize), info.VirtualSize)
 	if info.ActualSize != nil {
-		fmt.Fprintf(&b, "disk size: %s\n", SizeString(*info.ActualSize))
+		fmt.Fprintf(&b, "disk size: %s\n", qemusize.String(*info.ActualSize))
 	} else {
 		b.WriteString("disk size: unavailable\n")
 	}
@@ -237,7 +238,7 @@ func (info *ImageInfo) WriteHuman(w io.Writer) error {
 			if s.Icount != nil {
 				icount = strconv.FormatInt(*s.Icount, 10)
 			}
-			fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, SizeString(s.VMStateSize), date, clock, icount)
+			fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, qemusize.String(s.VMStateSize), date, clock, icount)
 		}
 	}
 	if fs := info.FormatSpecific; fs != nil {
@@ -277,17 +278,6 @@ func (info *ImageInfo) WriteHuman(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
-}
-
-// SizeString formats a byte count the way qemu-img does: three
-// significant digits and a binary unit ("336 KiB", "1.5 GiB").
-func SizeString(v int64) string {
-	suffixes := []string{"", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"}
-	_, e := math.Frexp(float64(v) / (1000.0 / 1024.0))
-	i := (e - 1) / 10
-	i = max(0, min(i, len(suffixes)-1))
-	div := float64(uint64(1) << (10 * i))
-	return strconv.FormatFloat(float64(v)/div, 'g', 3, 64) + " " + suffixes[i] + "B"
 }
 
 // MapEntry is one run of `qemu-img map --output=json`: guest bytes whose

@@ -7,54 +7,16 @@ import (
 	"strconv"
 	"strings"
 	"time"
-)
 
-// ParseSize parses a size as qemu-img does: a number of bytes with an
-// optional binary suffix k/K, M, G, T, P or E (and an optional B), such as
-// "64K", "1.5G" or "4096".
-func ParseSize(s string) (int64, error) {
-	t := strings.TrimSpace(s)
-	t = strings.TrimSuffix(strings.TrimSuffix(t, "B"), "b")
-	if t == "" {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	mult := float64(1)
-	switch t[len(t)-1] {
-	case 'k', 'K':
-		mult = 1 << 10
-	case 'm', 'M':
-		mult = 1 << 20
-	case 'g', 'G':
-		mult = 1 << 30
-	case 't', 'T':
-		mult = 1 << 40
-	case 'p', 'P':
-		mult = 1 << 50
-	case 'e', 'E':
-		mult = 1 << 60
-	}
-	if mult != 1 {
-		t = t[:len(t)-1]
-	}
-	if v, err := strconv.ParseInt(t, 10, 64); err == nil {
-		if v < 0 || v > math.MaxInt64/int64(mult) {
-			return 0, fmt.Errorf("invalid size %q", s)
-		}
-		return v * int64(mult), nil
-	}
-	f, err := strconv.ParseFloat(t, 64)
-	if err != nil || f < 0 || math.IsNaN(f) || f*mult >= math.MaxInt64 {
-		return 0, fmt.Errorf("invalid size %q", s)
-	}
-	return int64(f * mult), nil
-}
+	"github.com/imgtool/imgtool/internal/qemusize"
+)
 
 // ResizeTarget returns the new size for a qemu-img resize argument:
 // "SIZE", "+SIZE" or "-SIZE" relative to cur.
 func ResizeTarget(cur int64, spec string) (int64, error) {
 	switch {
 	case strings.HasPrefix(spec, "+"):
-		d, err := ParseSize(spec[1:])
+		d, err := qemusize.Parse(spec[1:])
 		if err != nil {
 			return 0, err
 		}
@@ -63,7 +25,7 @@ func ResizeTarget(cur int64, spec string) (int64, error) {
 		}
 		return cur + d, nil
 	case strings.HasPrefix(spec, "-"):
-		d, err := ParseSize(spec[1:])
+		d, err := qemusize.Parse(spec[1:])
 		if err != nil {
 			return 0, err
 		}
@@ -72,7 +34,7 @@ func ResizeTarget(cur int64, spec string) (int64, error) {
 		}
 		return cur - d, nil
 	}
-	return ParseSize(spec)
+	return qemusize.Parse(spec)
 }
 
 // ParseCreateOption applies one qemu-img -o key=value to opts. Keys:
@@ -91,11 +53,11 @@ func ParseCreateOption(opts *CreateOptions, key, value string) error {
 	var err error
 	switch key {
 	case "size":
-		opts.Size, err = ParseSize(value)
+		opts.Size, err = qemusize.Parse(value)
 	case "compat":
 		opts.Compat = value
 	case "cluster_size":
-		opts.ClusterSize, err = ParseSize(value)
+		opts.ClusterSize, err = qemusize.Parse(value)
 	case "extended_l2":
 		opts.ExtendedL2, err = onOff()
 	case "compression_type":
@@ -154,7 +116,7 @@ func WriteSnapshotList(w io.Writer, snaps []Snapshot) error {
 		if s.Icount >= 0 {
 			icount = strconv.FormatInt(s.Icount, 10)
 		}
-		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, SizeString(int64(s.VMStateSize)), date, clock, icount)
+		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, qemusize.String(int64(s.VMStateSize)), date, clock, icount)
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

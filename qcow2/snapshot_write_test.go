@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
@@ -110,7 +111,7 @@ func TestSnapshots(t *testing.T) {
 	}
 }
 
-func SizeStringForTest(n int64) string { return SizeString(n) }
+func SizeStringForTest(n int64) string { return qemusize.String(n) }
 
 func TestResize(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img")

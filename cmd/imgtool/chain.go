@@ -8,6 +8,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
 	"github.com/imgtool/imgtool/overlay/vmchain"
 	"github.com/imgtool/imgtool/qcow2"
 	"github.com/spf13/pflag"
@@ -68,7 +69,7 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	}
 	opts := vmchain.InitChainOptions{Name: *name, Format: qcow2.Format(*format)}
 	if *clusterSize != "" {
-		v, err := qcow2.ParseSize(*clusterSize)
+		v, err := qemusize.Parse(*clusterSize)
 		if err != nil {
 			return usagef("--cluster-size: %v", err)
 		}
@@ -218,8 +219,8 @@ func runChainTree(args []string, stdout, stderr io.Writer) error {
 			mode = "ro"
 		}
 		fmt.Fprintf(tw, "%s%s\t%s\t%s\t%s\t%s\t%s\t%s\n", chainTreePrefix(imgs, i), ci.Name, ci.Kind,
-			qcow2.SizeString(ci.VirtualSize), qcow2.SizeString(ci.PrivateBytes), qcow2.SizeString(ci.SharedBytes),
-			qcow2.SizeString(ci.FileBytes), mode)
+			qemusize.String(ci.VirtualSize), qemusize.String(ci.PrivateBytes), qemusize.String(ci.SharedBytes),
+			qemusize.String(ci.FileBytes), mode)
 	}
 	return tw.Flush()
 }

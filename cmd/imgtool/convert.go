@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -50,7 +52,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if opts.Create.BackingFile != "" && *targetZero {
 		return usagef("--target-is-zero cannot be used with a backing file")
 	}
-	s, err := qcow2.ParseSize(*sparse)
+	s, err := qemusize.Parse(*sparse)
 	if err != nil {
 		return usagef("-S: %v", err)
 	}

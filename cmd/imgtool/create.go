@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -42,7 +44,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 		Overwrite:       *overwrite,
 	}
 	if *clusterSize != "" {
-		v, err := qcow2.ParseSize(*clusterSize)
+		v, err := qemusize.Parse(*clusterSize)
 		if err != nil {
 			return usagef("--cluster-size: %v", err)
 		}
@@ -54,7 +56,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if fs.NArg() == 2 {
-		v, err := qcow2.ParseSize(fs.Arg(1))
+		v, err := qemusize.Parse(fs.Arg(1))
 		if err != nil {
 			return usagef("SIZE: %v", err)
 		}

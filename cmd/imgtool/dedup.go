@@ -7,6 +7,8 @@ import (
 	"io"
 	"text/tabwriter"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/dedup"
 	"github.com/imgtool/imgtool/qcow2"
 )
@@ -63,7 +65,7 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 	}
 	opts := dedup.ScanOptions{Image: qcow2.Options{ForceShare: *forceShare}}
 	if *chunk != "" {
-		if opts.ChunkSize, err = qcow2.ParseSize(*chunk); err != nil {
+		if opts.ChunkSize, err = qemusize.Parse(*chunk); err != nil {
 			return usagef("--chunk-size: %v", err)
 		}
 	}
@@ -119,7 +121,7 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 	}
 	opts := dedup.RebaseOptions{MinShare: *minShare, Image: qcow2.Options{ForceShare: *forceShare}}
 	if *clusterSize != "" {
-		if opts.ClusterSize, err = qcow2.ParseSize(*clusterSize); err != nil {
+		if opts.ClusterSize, err = qemusize.Parse(*clusterSize); err != nil {
 			return usagef("--cluster-size: %v", err)
 		}
 	}
@@ -216,7 +218,7 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	}
 	opts := dedup.StoreDedupOptions{Method: dedup.LinkMethod(*method), DryRun: *dry}
 	if *minSize != "" {
-		if opts.MinSize, err = qcow2.ParseSize(*minSize); err != nil {
+		if opts.MinSize, err = qemusize.Parse(*minSize); err != nil {
 			return usagef("--min-size: %v", err)
 		}
 	}

@@ -9,8 +9,9 @@ import (
 
 	"github.com/imgtool/imgtool/layers"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/overlay/vmdisk"
-	"github.com/imgtool/imgtool/qcow2"
 )
 
 // runImageDisk is imgtool image disk: an OCI image as an ext4 qcow2 chain,
@@ -29,7 +30,7 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return usagef("want DIR[:TAG] or docker://REF, and OUTDIR, got %d arguments", fs.NArg())
 	}
-	size, err := qcow2.ParseSize(*sizeStr)
+	size, err := qemusize.Parse(*sizeStr)
 	if err != nil {
 		return usagef("--size: %v", err)
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -38,7 +40,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	)
 	switch {
 	case *sizeStr != "" && fs.NArg() == 0:
-		if size, err = qcow2.ParseSize(*sizeStr); err != nil {
+		if size, err = qemusize.Parse(*sizeStr); err != nil {
 			return usagef("--size: %v", err)
 		}
 	case *sizeStr == "" && fs.NArg() == 1:

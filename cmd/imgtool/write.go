@@ -6,6 +6,8 @@ import (
 	"os"
 	"strconv"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
+
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -25,7 +27,7 @@ func runWrite(args []string, stdout, stderr io.Writer) error {
 		return usagef("expected FILE OFFSET [INPUT|-], or FILE OFFSET LENGTH with --zero/--discard")
 	}
 	path := fs.Arg(0)
-	off, err := qcow2.ParseSize(fs.Arg(1))
+	off, err := qemusize.Parse(fs.Arg(1))
 	if err != nil {
 		return usagef("OFFSET: %v", err)
 	}
@@ -35,7 +37,7 @@ func runWrite(args []string, stdout, stderr io.Writer) error {
 	}
 	werr := func() error {
 		if *zero || *discard {
-			n, err := qcow2.ParseSize(fs.Arg(2))
+			n, err := qemusize.Parse(fs.Arg(2))
 			if err != nil {
 				return usagef("LENGTH: %v", err)
 			}
