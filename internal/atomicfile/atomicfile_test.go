@@ -1,9 +1,11 @@
 package atomicfile
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -306,12 +308,37 @@ func TestKillLeavesNothing(t *testing.T) {
 				cmd := exec.Command(os.Args[0], "-test.run=^TestKillChild$")
 				cmd.Env = append(os.Environ(), "ATOMICFILE_CHILD="+dst, "ATOMICFILE_NAMED="+fmt.Sprint(opts.Named), "ATOMICFILE_NOSYNC="+fmt.Sprint(opts.Sync == NoSync))
 				var out bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &out, &out
+				cmd.Stderr = &out
+				ready, err := cmd.StdoutPipe()
+				if err != nil {
+					t.Fatal(err)
+				}
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
 				}
-				time.Sleep(time.Duration(20+rand.IntN(200)) * time.Millisecond)
+				// Wait for the child's first commit (a loaded machine can
+				// take longer to start a race-enabled binary than any fixed
+				// delay), then kill it at a random point of the writes after.
+				first := make(chan error, 1)
+				go func() {
+					_, err := bufio.NewReader(ready).ReadString('\n')
+					first <- err
+				}()
+				select {
+				case err := <-first:
+					if err != nil {
+						cmd.Process.Kill()
+						cmd.Wait()
+						t.Fatalf("round %d: child ended before its first commit: %v\n%s", round, err, out.String())
+					}
+				case <-time.After(2 * time.Minute):
+					cmd.Process.Kill()
+					cmd.Wait()
+					t.Fatalf("round %d: child made no commit in 2 minutes\n%s", round, out.String())
+				}
+				time.Sleep(time.Duration(rand.IntN(100)) * time.Millisecond)
 				cmd.Process.Signal(syscall.SIGKILL)
+				go io.Copy(io.Discard, ready)
 				cmd.Wait()
 				b, err := os.ReadFile(dst)
 				if err != nil {
@@ -373,6 +400,9 @@ func TestKillChild(t *testing.T) {
 		}
 		if err := f.Commit(); err != nil {
 			t.Fatal(err)
+		}
+		if i == 0 {
+			os.Stdout.WriteString("committed\n")
 		}
 	}
 }
