@@ -2,11 +2,9 @@ package qcow2
 
 import (
 	"fmt"
-	"io"
 	"math"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/imgtool/imgtool/internal/qemusize"
 )
@@ -101,23 +99,4 @@ func ParseCreateOptions(opts *CreateOptions, list string) error {
 		}
 	}
 	return nil
-}
-
-// WriteSnapshotList prints snapshots the way qemu-img snapshot -l does.
-func WriteSnapshotList(w io.Writer, snaps []Snapshot) error {
-	var b strings.Builder
-	b.WriteString("Snapshot list:\n")
-	fmt.Fprintf(&b, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
-	for _, s := range snaps {
-		date := time.Unix(int64(s.DateSec), 0).Format("2006-01-02 15:04:05")
-		secs := int64(s.VMClockNsec / 1e9)
-		clock := fmt.Sprintf("%02d:%02d:%02d.%03d", secs/3600, secs/60%60, secs%60, s.VMClockNsec%1e9/1e6)
-		icount := ""
-		if s.Icount >= 0 {
-			icount = strconv.FormatInt(s.Icount, 10)
-		}
-		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, qemusize.String(int64(s.VMStateSize)), date, clock, icount)
-	}
-	_, err := io.WriteString(w, b.String())
-	return err
 }

@@ -23,6 +23,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
 	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 writes every cluster")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
 	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates)")
 	if err := parseFlags(fs, args); err != nil {
@@ -68,7 +69,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	defer src.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	update, finish := newProgress(*progress, stderr, "converting")
+	update, finish := newProgress(*progress && !*quiet, stderr, "converting")
 	opts.Progress = update
 	err = qcow2.ConvertImage(ctx, src, fs.Arg(1), opts)
 	finish()

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -131,6 +132,13 @@ func exitCode(name string, err error, stderr io.Writer) int {
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
+	}
+	if errors.Is(err, context.Canceled) {
+		// Ctrl-C: the command has removed its partial output; say what
+		// happened in the user's words and exit as a shell would report
+		// SIGINT.
+		fmt.Fprintf(stderr, "imgtool %s: interrupted\n", name)
+		return 130
 	}
 	var ee *exitError
 	if errors.As(err, &ee) {

@@ -1,49 +1,84 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"sync"
+	"time"
 
-	"github.com/schollz/progressbar/v3"
+	"github.com/imgtool/imgtool/internal/qemusize"
 )
+
+// redrawEvery is how often a progress line is redrawn at most.
+const redrawEvery = 100 * time.Millisecond
 
 // newProgress returns a progress callback for the library operations
 // (func(done, total int64), called from any goroutine) and a finish
 // function to call when the operation ends. With enabled false both do
-// nothing. The bar is drawn on w (stderr), in bytes.
+// nothing.
+//
+// The line is qemu-img's "    (45.00/100%)", followed by the description
+// and the byte counts in binary units as info prints them, redrawn in
+// place on w (stderr) at most every 100 ms. finish draws the last state
+// once more and ends the line, so a job too fast to be redrawn still
+// leaves its final "(100.00/100%)" line, as qemu-img -p does.
 func newProgress(enabled bool, w io.Writer, description string) (update func(done, total int64), finish func()) {
 	if !enabled {
 		return func(int64, int64) {}, func() {}
 	}
-	var (
-		mu  sync.Mutex
-		bar *progressbar.ProgressBar
-	)
-	update = func(done, total int64) {
-		mu.Lock()
-		defer mu.Unlock()
-		if bar == nil {
-			bar = progressbar.NewOptions64(total,
-				progressbar.OptionSetWriter(w),
-				progressbar.OptionSetDescription(description),
-				progressbar.OptionShowBytes(true),
-				progressbar.OptionSetWidth(30),
-				progressbar.OptionThrottle(100_000_000), // 100 ms
-				progressbar.OptionShowCount(),
-				progressbar.OptionClearOnFinish(),
-			)
-		}
-		if total != bar.GetMax64() {
-			bar.ChangeMax64(total)
-		}
-		bar.Set64(done) //nolint:errcheck // drawing errors are not worth failing an operation
+	p := &progressLine{w: w, description: description}
+	return p.update, p.finish
+}
+
+type progressLine struct {
+	w           io.Writer
+	description string
+
+	mu          sync.Mutex
+	done, total int64
+	seen        bool
+	drawn       time.Time
+	finished    bool
+}
+
+func (p *progressLine) update(done, total int64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.finished {
+		return
 	}
-	finish = func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if bar != nil {
-			bar.Finish() //nolint:errcheck // clears the bar's line (OptionClearOnFinish)
-		}
+	p.done, p.total, p.seen = done, total, true
+	if now := time.Now(); now.Sub(p.drawn) >= redrawEvery {
+		p.drawn = now
+		p.draw("\r")
 	}
-	return update, finish
+}
+
+func (p *progressLine) finish() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.finished || !p.seen {
+		p.finished = true
+		return
+	}
+	p.finished = true
+	p.draw("\n")
+}
+
+// draw writes the current state, ended by end ("\r" to redraw in place,
+// "\n" to leave the line).
+func (p *progressLine) draw(end string) {
+	pct := 100.0
+	if p.total > 0 {
+		pct = 100 * float64(min(p.done, p.total)) / float64(p.total)
+	}
+	line := fmt.Sprintf("    (%.2f/100%%)", pct)
+	if p.description != "" {
+		line += " " + p.description
+	}
+	if p.total > 0 {
+		line += fmt.Sprintf(": %s of %s", qemusize.String(min(p.done, p.total)), qemusize.String(p.total))
+	}
+	// Pad over the rest of a longer earlier line.
+	fmt.Fprintf(p.w, "\r%-70s%s", line, end)
 }

@@ -17,6 +17,7 @@ func runRebase(args []string, stdout, stderr io.Writer) error {
 	unsafe := fs.BoolP("unsafe", "u", false, "only rewrite the backing reference; copy nothing")
 	compress := fs.BoolP("compress", "c", false, "compress the clusters copied into FILE")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -28,7 +29,7 @@ func runRebase(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	update, finish := newProgress(*progress, stderr, "rebasing")
+	update, finish := newProgress(*progress && !*quiet, stderr, "rebasing")
 	err := qcow2.Rebase(ctx, fs.Arg(0), qcow2.RebaseOptions{
 		Backing:       *backing,
 		BackingFormat: qcow2.Format(*backingFmt),

@@ -9,9 +9,10 @@ import (
 
 // runResize implements `imgtool resize`, as qemu-img resize.
 func runResize(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("resize", "[--shrink] [-f FMT] FILE [+|-]SIZE", stderr)
+	fs := newFlagSet("resize", "[--shrink] [-f FMT] [-q] FILE [+|-]SIZE", stderr)
 	shrink := fs.Bool("shrink", false, "allow shrinking (only while nothing is allocated past the new size)")
 	format := fs.StringP("format", "f", "", "image format; probed when omitted")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
 	// "-1G" is a size, not a flag: keep pflag from parsing it.
 	if n := len(args); n > 0 && len(args[n-1]) > 1 && args[n-1][0] == '-' && (args[n-1][1] >= '0' && args[n-1][1] <= '9' || args[n-1][1] == '.') {
 		args = append(append(append([]string(nil), args[:n-1]...), "--"), args[n-1])
@@ -36,6 +37,8 @@ func runResize(args []string, stdout, stderr io.Writer) error {
 	if err := qcow2.ResizeFile(path, size, *shrink, qcow2.Options{Format: qcow2.Format(*format)}); err != nil {
 		return err
 	}
-	fmt.Fprintln(stdout, "Image resized.")
+	if !*quiet {
+		fmt.Fprintln(stdout, "Image resized.")
+	}
 	return nil
 }

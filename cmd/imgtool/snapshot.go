@@ -4,7 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
+	"strings"
+	"time"
 
+	"github.com/imgtool/imgtool/internal/qemusize"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -56,7 +60,7 @@ func runSnapshot(args []string, stdout, stderr io.Writer) error {
 			_, err = fmt.Fprintf(stdout, "%s\n", b)
 			return err
 		}
-		return qcow2.WriteSnapshotList(stdout, img.Snapshots())
+		return writeSnapshotList(stdout, img.Snapshots())
 	}
 	img, err := qcow2.Open(path, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true, Writable: true})
 	if err != nil {
@@ -73,5 +77,28 @@ func runSnapshot(args []string, stdout, stderr io.Writer) error {
 	if cerr := img.Close(); err == nil {
 		err = cerr
 	}
+	return err
+}
+
+// writeSnapshotList prints snapshots the way qemu-img snapshot -l does;
+// an image without snapshots prints nothing, as there.
+func writeSnapshotList(w io.Writer, snaps []qcow2.Snapshot) error {
+	if len(snaps) == 0 {
+		return nil
+	}
+	var b strings.Builder
+	b.WriteString("Snapshot list:\n")
+	fmt.Fprintf(&b, "%-10s%-17s%8s%20s%13s%11s\n", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK", "ICOUNT")
+	for _, s := range snaps {
+		date := time.Unix(int64(s.DateSec), 0).Format("2006-01-02 15:04:05")
+		secs := int64(s.VMClockNsec / 1e9)
+		clock := fmt.Sprintf("%02d:%02d:%02d.%03d", secs/3600, secs/60%60, secs%60, s.VMClockNsec%1e9/1e6)
+		icount := ""
+		if s.Icount >= 0 {
+			icount = strconv.FormatInt(s.Icount, 10)
+		}
+		fmt.Fprintf(&b, "%-9s %-16s %8s%20s%13s%11s\n", s.ID, s.Name, qemusize.String(int64(s.VMStateSize)), date, clock, icount)
+	}
+	_, err := io.WriteString(w, b.String())
 	return err
 }

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime/debug"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+)
+
+func TestVersionOf(t *testing.T) {
+	for _, c := range []struct {
+		bi   debug.BuildInfo
+		want string
+	}{
+		{debug.BuildInfo{Main: debug.Module{Version: "v1.2.3"}}, "v1.2.3"},
+		{debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "0123456789abcdef0123"}, {Key: "vcs.modified", Value: "false"}}}, "devel-0123456789ab"},
+		{debug.BuildInfo{Main: debug.Module{Version: "(devel)"}, Settings: []debug.BuildSetting{{Key: "vcs.revision", Value: "abc"}, {Key: "vcs.modified", Value: "true"}}}, "devel-abc+dirty"},
+		{debug.BuildInfo{Main: debug.Module{Version: "(devel)"}}, "devel"},
+	} {
+		if got := versionOf(&c.bi); got != c.want {
+			t.Errorf("versionOf(%+v) = %q, want %q", c.bi, got, c.want)
+		}
+	}
+}
+
+// TestInterruptedMessage: a command ended by Ctrl-C says "interrupted"
+// and exits 130, not "context canceled".
+func TestInterruptedMessage(t *testing.T) {
+	var stderr bytes.Buffer
+	code := exitCode("convert", fmt.Errorf("qcow2: writing out.qcow2: %w", context.Canceled), &stderr)
+	if code != 130 || stderr.String() != "imgtool convert: interrupted\n" {
+		t.Errorf("exit %d, stderr %q; want 130 and \"imgtool convert: interrupted\\n\"", code, stderr.String())
+	}
+}
+
+// TestSnapshotListEmpty: like qemu-img, snapshot -l of an image without
+// snapshots prints nothing.
+func TestSnapshotListEmpty(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a.qcow2")
+	if code, _, stderr := runCmd("create", "-q", "-f", "qcow2", p, "1M"); code != 0 {
+		t.Fatalf("create: %d %s", code, stderr)
+	}
+	code, stdout, stderr := runCmd("snapshot", "-l", p)
+	if code != 0 || stdout != "" {
+		t.Errorf("snapshot -l: exit %d, stdout %q, stderr %q; want 0 and nothing", code, stdout, stderr)
+	}
+	if code, _, stderr := runCmd("snapshot", "-c", "s1", p); code != 0 {
+		t.Fatalf("snapshot -c: %d %s", code, stderr)
+	}
+	if _, stdout, _ := runCmd("snapshot", "-l", p); !bytes.HasPrefix([]byte(stdout), []byte("Snapshot list:\n")) {
+		t.Errorf("snapshot -l with one snapshot: %q", stdout)
+	}
+}
+
+// TestFormattingLineMatchesQemu runs create with the same arguments
+// through imgtool and qemu-img and compares the "Formatting ..." lines.
+func TestFormattingLineMatchesQemu(t *testing.T) {
+	qemuImg := testutil.NeedTool(t, "qemu-img")
+	for i, args := range [][]string{
+		{"-f", "qcow2", "X", "1M"},
+		{"-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "X"},
+		{"-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "X", "2M"},
+		{"-f", "qcow2", "-o", "cluster_size=16k,compression_type=zstd,extended_l2=on,lazy_refcounts=on,refcount_bits=64", "X", "1M"},
+		{"-f", "qcow2", "-o", "compat=1.1,preallocation=metadata", "X", "1M"},
+		{"-f", "qcow2", "-o", "compat=0.10", "X", "1M"},
+		{"-f", "raw", "X", "1M"},
+		{"-f", "raw", "-o", "preallocation=full", "X", "1M"},
+	} {
+		line := func(tool string) string {
+			dir := filepath.Join(t.TempDir(), tool)
+			os.MkdirAll(dir, 0o755)
+			if out, err := testutil.Exec(qemuImg, "create", "-q", "-f", "qcow2", filepath.Join(dir, "base.qcow2"), "1M"); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			a := slices.Clone(args)
+			a[slices.Index(a, "X")] = filepath.Join(dir, "img")
+			var out []byte
+			var err error
+			if tool == "qemu-img" {
+				out, err = testutil.Exec(qemuImg, append([]string{"create"}, a...)...)
+			} else {
+				var code int
+				var stdout, stderr string
+				code, stdout, stderr = runCmd(append([]string{"create"}, a...)...)
+				out = []byte(stdout + stderr)
+				if code != 0 {
+					err = fmt.Errorf("exit %d", code)
+				}
+			}
+			if err != nil {
+				t.Fatalf("case %d %s: %v\n%s", i, tool, err, out)
+			}
+			return strings.ReplaceAll(strings.TrimSpace(string(out)), dir, "DIR")
+		}
+		if want, got := line("qemu-img"), line("imgtool"); got != want {
+			t.Errorf("create %v:\n got %s\nwant %s", args, got, want)
+		}
+	}
+}
+
+// TestQuiet: -q silences the Formatting line of create and the message
+// of resize, as in qemu-img.
+func TestQuiet(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "a.qcow2")
+	if code, stdout, stderr := runCmd("create", "-q", "-p", p, "1M"); code != 0 || stdout != "" || stderr != "" {
+		t.Errorf("create -q: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, stderr := runCmd("resize", "-q", p, "2M"); code != 0 || stdout != "" || stderr != "" {
+		t.Errorf("resize -q: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, stdout, _ := runCmd("resize", p, "3M"); code != 0 || stdout != "Image resized.\n" {
+		t.Errorf("resize: exit %d, stdout %q", code, stdout)
+	}
+}
