@@ -183,9 +183,40 @@ func newFlagSet(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: imgtool %s %s\n\nOptions:\n%s", name, synopsis, fs.FlagUsages())
+		fmt.Fprintf(stderr, "Usage: imgtool %s %s\n\nOptions:\n%s", name, fullSynopsis(fs, synopsis), fs.FlagUsages())
+		if ex := examples[name]; len(ex) > 0 {
+			fmt.Fprintf(stderr, "\nExamples:\n  %s\n", strings.Join(ex, "\n  "))
+		}
 	}
 	return fs
+}
+
+// fullSynopsis returns synopsis with every flag of fs that it does not
+// mention put in front, so a usage line always lists every flag.
+func fullSynopsis(fs *pflag.FlagSet, synopsis string) string {
+	words := strings.FieldsFunc(synopsis, func(r rune) bool { return strings.ContainsRune(" []|()=,", r) })
+	mentioned := make(map[string]bool, len(words))
+	for _, w := range words {
+		mentioned[w] = true
+	}
+	var missing []string
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Hidden || f.Name == "help" || mentioned["--"+f.Name] || (f.Shorthand != "" && mentioned["-"+f.Shorthand]) {
+			return
+		}
+		flag := "--" + f.Name
+		if f.Shorthand != "" {
+			flag = "-" + f.Shorthand
+		}
+		if f.Value.Type() != "bool" {
+			flag += " " + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		}
+		missing = append(missing, "["+flag+"]")
+	})
+	if len(missing) == 0 {
+		return synopsis
+	}
+	return strings.Join(missing, " ") + " " + synopsis
 }
 
 // parseFlags parses args; a parse error becomes a usageError.
