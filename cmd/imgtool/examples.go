@@ -15,7 +15,7 @@ var examples = map[string][]string{
 	"rebase":         {"imgtool rebase -b base2.qcow2 -F qcow2 vm1.qcow2", "imgtool rebase -u -b moved/base.qcow2 -F qcow2 vm1.qcow2"},
 	"snapshot":       {"imgtool snapshot -c before-upgrade vm1.qcow2", "imgtool snapshot -l vm1.qcow2"},
 	"write":          {"echo hello | imgtool write vm1.qcow2 4096", "imgtool write --zero vm1.qcow2 1M 64K"},
-	"layer create":   {"imgtool layer create -o layer.tar.gz ./rootfs", "imgtool layer create --from old/ --compression zstd -o diff.tar.zst new/"},
+	"layer create":   {"imgtool layer create --output-file layer.tar.gz ./rootfs", "imgtool layer create --from old/ --compression zstd --output-file diff.tar.zst new/"},
 	"layer apply":    {"imgtool layer apply layer.tar.gz ./rootfs", "imgtool layer apply --overlay layer.tar.gz ./upper"},
 	"layer ls":       {"imgtool layer ls layer.tar.gz"},
 	"image build":    {"imgtool image build --layer ./rootfs ./oci:app", "imgtool image build --base ./oci:app --layer ./extra ./oci:app2"},

@@ -119,3 +119,16 @@ func TestQuiet(t *testing.T) {
 		t.Errorf("resize: exit %d, stdout %q", code, stdout)
 	}
 }
+
+// TestLayerCreateDashO: -o means qemu options elsewhere, so layer create
+// refuses it and names --output-file.
+func TestLayerCreateDashO(t *testing.T) {
+	dir := t.TempDir()
+	code, _, stderr := runCmd("layer", "create", "-o", filepath.Join(dir, "l.tar"), dir)
+	if code != 1 || !strings.Contains(stderr, "--output-file FILE") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	if code, _, stderr := runCmd("layer", "create", "--output-file", filepath.Join(dir, "l.tar"), dir); code != 0 {
+		t.Errorf("--output-file: exit %d, %s", code, stderr)
+	}
+}

@@ -63,14 +63,23 @@ func printDescriptor(w io.Writer, d layers.Descriptor, asJSON bool) error {
 }
 
 func runLayerCreate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] -o FILE DIR", stderr)
+	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] [-p] --output-file FILE DIR", stderr)
 	from := fs.String("from", "", "make the layer the difference from the tree LOWERDIR to DIR")
 	upper := fs.Bool("upper", false, "DIR is an overlayfs upper dir (whiteout devices and opaque xattrs); --from names its lower tree")
 	comp := fs.String("compression", "gzip", "gzip, zstd or none")
 	level := fs.Int("level", 0, "compression level: gzip 1-9 (default 5), zstd 1-22 (default 3; 1 is about 1.4x cheaper for ~5% bigger blobs)")
-	out := fs.StringP("output-file", "o", "", "write the blob to FILE (- for standard output)")
+	out := fs.String("output-file", "", "write the blob to FILE (- for standard output)")
 	output := fs.String("output", "human", "report format: human or json")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "-o" || strings.HasPrefix(a, "-o") && !strings.HasPrefix(a, "--") {
+			// -o is qemu-img's options flag in create, convert and measure.
+			return usagef("-o is not an output file here: write the blob with --output-file FILE")
+		}
+	}
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err

@@ -23,7 +23,7 @@ func TestLayerCLI(t *testing.T) {
 	blob := filepath.Join(t.TempDir(), "layer.tar.zst")
 	t.Setenv("SOURCE_DATE_EPOCH", "1000000000")
 	var out, errb bytes.Buffer
-	if code := run([]string{"layer", "create", "--compression", "zstd", "-o", blob, "--output", "json", src}, &out, &errb); code != 0 {
+	if code := run([]string{"layer", "create", "--compression", "zstd", "--output-file", blob, "--output", "json", src}, &out, &errb); code != 0 {
 		t.Fatalf("create: exit %d: %s", code, errb.String())
 	}
 	var d struct {
@@ -40,7 +40,7 @@ func TestLayerCLI(t *testing.T) {
 	// Reproducible with SOURCE_DATE_EPOCH.
 	blob2 := blob + "2"
 	out.Reset()
-	if code := run([]string{"layer", "create", "--compression", "zstd", "-o", blob2, "--output", "json", src}, &out, &errb); code != 0 {
+	if code := run([]string{"layer", "create", "--compression", "zstd", "--output-file", blob2, "--output", "json", src}, &out, &errb); code != 0 {
 		t.Fatalf("create again: exit %d: %s", code, errb.String())
 	}
 	if !strings.Contains(out.String(), d.Digest) {
@@ -82,7 +82,7 @@ func TestLayerCLI(t *testing.T) {
 
 	// Errors: usage, a missing file, a corrupt blob.
 	for _, args := range [][]string{
-		{"layer"}, {"layer", "frob"}, {"layer", "create", src}, {"layer", "create", "--compression", "lz4", "-o", blob, src},
+		{"layer"}, {"layer", "frob"}, {"layer", "create", src}, {"layer", "create", "--compression", "lz4", "--output-file", blob, src},
 		{"layer", "apply", blob}, {"layer", "ls", filepath.Join(src, "missing")}, {"layer", "apply", filepath.Join(src, "etc/hello"), t.TempDir()},
 		{"layer", "apply", "--expect-digest", "sha256:" + strings.Repeat("0", 64), blob, t.TempDir()},
 	} {
@@ -106,7 +106,7 @@ func TestLayerCreateLevel(t *testing.T) {
 	for _, level := range []string{"1", "19"} {
 		out := filepath.Join(dir, "l"+level+".tar.zst")
 		var stdout, stderr bytes.Buffer
-		if code := run([]string{"layer", "create", "--compression", "zstd", "--level", level, "-o", out, tree}, &stdout, &stderr); code != 0 {
+		if code := run([]string{"layer", "create", "--compression", "zstd", "--level", level, "--output-file", out, tree}, &stdout, &stderr); code != 0 {
 			t.Fatalf("level %s: exit %d: %s", level, code, stderr.String())
 		}
 		fi, err := os.Stat(out)
@@ -119,7 +119,7 @@ func TestLayerCreateLevel(t *testing.T) {
 		t.Errorf("level 19 blob (%d bytes) not smaller than level 1 (%d)", sizes["19"], sizes["1"])
 	}
 	var stdout, stderr bytes.Buffer
-	if code := run([]string{"layer", "create", "--compression", "zstd", "--level", "30", "-o", filepath.Join(dir, "bad"), tree}, &stdout, &stderr); code == 0 {
+	if code := run([]string{"layer", "create", "--compression", "zstd", "--level", "30", "--output-file", filepath.Join(dir, "bad"), tree}, &stdout, &stderr); code == 0 {
 		t.Error("level 30 accepted")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "bad")); err == nil {
