@@ -132,3 +132,32 @@ func TestLayerCreateDashO(t *testing.T) {
 		t.Errorf("--output-file: exit %d, %s", code, stderr)
 	}
 }
+
+// TestMapRangeMatchesQemu: map --start-offset/--max-length of the example
+// chain equals qemu-img's, human and JSON, including ranges that cut runs
+// and ranges past the end.
+func TestMapRangeMatchesQemu(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img")
+	path := fixturePath("chain/top.qcow2")
+	for _, r := range [][]string{
+		{"--start-offset", "4k", "--max-length", "1M"},
+		{"--start-offset", "1.5M"},
+		{"--max-length", "100k"},
+		{"--start-offset", "3M"},
+		{"--start-offset", "64M"},
+		{"--max-length", "0"},
+		{"--start-offset", "0x1200", "--max-length", "512"},
+	} {
+		for _, o := range []string{"json", "human"} {
+			args := append([]string{"map", "--output=" + o}, r...)
+			want := string(testutil.Run(t, "qemu-img", append(append([]string{"map", "-U", "--output=" + o}, r...), path)...))
+			code, got, errs := runCmd(append(args, path)...)
+			if code != 0 {
+				t.Fatalf("map %v: exit %d: %s", r, code, errs)
+			}
+			if got != want {
+				t.Errorf("map %s %v:\n got %s\nwant %s", o, r, got, want)
+			}
+		}
+	}
+}
