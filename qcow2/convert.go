@@ -3,9 +3,9 @@ package qcow2
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"runtime"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // ConvertOptions configures ConvertRaw. The zero value uses GOMAXPROCS
@@ -30,6 +30,9 @@ type ConvertOptions struct {
 	// a hole; a shorter run of zeros is written. A multiple of 512; 0
 	// means 4 KiB.
 	SparseSize int64
+	// Sync is the durability of the output: atomicfile.Durable (the
+	// default; qemu-img -t writeback) or atomicfile.NoSync (-t unsafe).
+	Sync atomicfile.Sync
 }
 
 // sparseBlock is the default granularity of zero detection in
@@ -59,9 +62,12 @@ func (o *ConvertOptions) validate() error {
 // ConvertRaw writes the guest content of src to dst as a raw image. The
 // output is sparse unless opts.NoSparse: unallocated and zero ranges, and
 // 4 KiB blocks that read as zeros, stay holes. Data is read and compressed clusters are
-// decompressed by parallel workers. dst is written as a temporary file in
-// its directory, synced, and renamed over dst only on success; on error
-// or cancellation dst is untouched.
+// decompressed by parallel workers. dst is written through
+// internal/atomicfile: an existing dst that another process (or an image
+// open in this one, such as src's own chain) holds is refused with an
+// *atomicfile.LockError, a symlink is written through, a new file gets
+// 0666 minus the umask and a replaced one keeps its mode, and on error,
+// cancellation or kill dst is untouched and nothing is left behind.
 func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions) (err error) {
 	if err := opts.validate(); err != nil {
 		return err
@@ -69,16 +75,11 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	if err := src.Readable(); err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Sync})
 	if err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
+		return err
 	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
+	defer tmp.Abort()
 	size := src.Size()
 	if err := tmp.Truncate(size); err != nil {
 		return fmt.Errorf("qcow2: convert: %w", err)
@@ -87,24 +88,12 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	if opts.NoSparse {
 		// Reserved blocks read as zeros, so data can still skip its
 		// zero blocks; without fallocate, every zero is written.
-		zeroFill = fallocate(tmp, size) != nil
+		zeroFill = fallocate(tmp.File, size) != nil
 	}
 	if err := convertInto(ctx, src, tmp, opts, zeroFill); err != nil {
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
-	}
-	return nil
+	return tmp.Commit()
 }
 
 // chunk is one unit of convert work: guest bytes to copy. host >= 0 is

@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // ConvertImageOptions configures ConvertImage. The zero value writes a
@@ -47,6 +49,9 @@ type ConvertImageOptions struct {
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
+	// Sync is the durability of the output: atomicfile.Durable (the
+	// default; qemu-img -t writeback) or atomicfile.NoSync (-t unsafe).
+	Sync atomicfile.Sync
 }
 
 // ConvertImage writes the guest content of src (a whole chain) to dst as
@@ -56,9 +61,10 @@ type ConvertImageOptions struct {
 // workers: data clusters are laid out in guest order after the L1 table,
 // compressed clusters are packed back to back as QEMU packs them (a host
 // cluster holding parts of several compressed clusters is counted once
-// per entry), and the L2 tables, refcount blocks and header follow. The
-// file is written under a temporary name in dst's directory, synced and
-// renamed over dst only on success: a failed or cancelled convert leaves
+// per entry), and the L2 tables, refcount blocks and header follow. dst
+// is written through internal/atomicfile (see ConvertRaw): an existing
+// dst in use, including one in src's chain, is refused with an
+// *atomicfile.LockError, and a failed, cancelled or killed convert leaves
 // no partial dst.
 func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImageOptions) error {
 	if err := src.Readable(); err != nil {
@@ -92,7 +98,8 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 			return fmt.Errorf("%w: preallocation %q for raw output (off or full)", ErrUnsupportedFeature, co.Preallocation)
 		}
 		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress,
-			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull, SparseSize: opts.SparseSize})
+			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull, SparseSize: opts.SparseSize,
+			Sync: opts.Sync})
 	case FormatQcow2:
 	default:
 		return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)
@@ -114,7 +121,7 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		var err error
 		bk, err = Open(combinePath(dst, co.BackingFile), Options{Format: co.BackingFormat})
 		if err != nil {
-			return fmt.Errorf("qcow2: convert to %s: opening backing file: %w", dst, err)
+			return convertError(dst+": opening backing file", err)
 		}
 		defer bk.Close()
 		if err := bk.Readable(); err != nil {
@@ -129,18 +136,15 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
 	}
 
-	tmp, err := os.CreateTemp(filepath.Dir(dst), "."+filepath.Base(dst)+".tmp-*")
+	// src (and bk) are open with their read locks before dst is locked
+	// for writing, so a dst in src's own chain is refused, as qemu-img
+	// refuses it.
+	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Sync})
 	if err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
+		return err
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	cw := newClusterWriter(tmp, h, prealloc, co.Preallocation == PreallocFull)
+	defer tmp.Abort()
+	cw := newClusterWriter(tmp.File, h, prealloc, co.Preallocation == PreallocFull)
 	cv := &converter{
 		src: src, bk: bk, cw: cw, h: h,
 		cs:       h.ClusterSize(),
@@ -157,26 +161,34 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		}
 	}
 	if err := cv.run(ctx); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+		return convertError(dst, err)
 	}
 	if err := cw.finish(); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+		return convertError(dst, err)
 	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
-	}
-	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
-	}
-	if err := os.Rename(tmp.Name(), dst); err != nil {
-		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
-	}
-	ok = true
-	return nil
+	return tmp.Commit()
 }
+
+// convertError says "qcow2: convert to DST: " before err, once: the
+// "qcow2: " an inner error (a read of the source, an open) starts with is
+// not repeated. Cancellation is returned as it is.
+func convertError(dst string, err error) error {
+	if errors.Is(err, context.Canceled) {
+		return err
+	}
+	return &prefixedError{"qcow2: convert to " + dst + ": ", err}
+}
+
+type prefixedError struct {
+	prefix string
+	err    error
+}
+
+func (e *prefixedError) Error() string {
+	return e.prefix + strings.TrimPrefix(e.err.Error(), "qcow2: ")
+}
+
+func (e *prefixedError) Unwrap() error { return e.err }
 
 // Kinds of output cluster a convert worker decides on.
 const (
@@ -756,7 +768,7 @@ func (w *clusterWriter) writeData(vc, n int64, data []byte) error {
 	}
 	for i := range n {
 		e := w.entry(vc + i)
-		e[0] = uint64(host+i*w.cs) | entryCopied
+		e[0] = uint64(dataEntry(host + i*w.cs))
 		if w.extL2 {
 			e[1] = bitmapAllocMask
 		}
@@ -793,10 +805,8 @@ func (w *clusterWriter) writeCompressed(vc int64, data []byte) error {
 	if err := w.write(data, off); err != nil {
 		return err
 	}
-	shift := 62 - (w.cb - 8)
-	sectors := uint64((off+size-1)>>9 - off>>9)
 	e := w.entry(vc)
-	e[0] = entryCompressed | sectors<<shift | uint64(off)
+	e[0] = uint64(compressedEntry(w.cb, off, size))
 	if w.extL2 {
 		e[1] = 0
 	}
@@ -899,7 +909,7 @@ func (w *clusterWriter) finish() error {
 			continue
 		}
 		blk := meta[c/perBlock*cs : (c/perBlock+1)*cs]
-		putRefcount(blk, c%perBlock, order, uint64(w.refs[c]))
+		setRefcount(blk, order, c%perBlock, uint64(w.refs[c]))
 	}
 	tbl := meta[blocks*cs:]
 	for i := range blocks {
@@ -920,25 +930,4 @@ func (w *clusterWriter) finish() error {
 		return err
 	}
 	return writeSegments(w.f, w.takeSegments())
-}
-
-// putRefcount stores refcount v of entry i in a refcount block with
-// entries of 1<<order bits (narrow ones packed least significant bit
-// first, wide ones big-endian).
-func putRefcount(blk []byte, i int64, order uint32, v uint64) {
-	switch bitsN := int64(1) << order; {
-	case bitsN < 8:
-		per := 8 / bitsN
-		shift := uint(i%per) * uint(bitsN)
-		mask := byte(1<<bitsN-1) << shift
-		blk[i/per] = blk[i/per]&^mask | byte(v)<<shift&mask
-	case bitsN == 8:
-		blk[i] = byte(v)
-	case bitsN == 16:
-		binary.BigEndian.PutUint16(blk[i*2:], uint16(v))
-	case bitsN == 32:
-		binary.BigEndian.PutUint32(blk[i*4:], uint32(v))
-	default:
-		binary.BigEndian.PutUint64(blk[i*8:], v)
-	}
 }
