@@ -161,3 +161,26 @@ func TestMapRangeMatchesQemu(t *testing.T) {
 		}
 	}
 }
+
+// TestLockHintOnlyWithDashU: a lock conflict suggests -U only on the
+// commands that have it, and never for a destination being written.
+func TestLockHintOnlyWithDashU(t *testing.T) {
+	testutil.NeedTool(t, "qemu-io")
+	dir := t.TempDir()
+	p := filepath.Join(dir, "held.qcow2")
+	if code, _, stderr := runCmd("create", "-q", p, "1M"); code != 0 {
+		t.Fatal(stderr)
+	}
+	release := testutil.HoldWithQemuIO(t, p)
+	defer release()
+	code, _, stderr := runCmd("info", p)
+	if code != 1 || !strings.Contains(stderr, "Use -U") {
+		t.Errorf("info of a held image: exit %d, %q; want a -U hint", code, stderr)
+	}
+	for _, args := range [][]string{{"write", p, "0", "512"}, {"resize", p, "2M"}, {"snapshot", "-c", "s", p}, {"commit", p}} {
+		_, _, stderr := runCmd(args...)
+		if stderr == "" || strings.Contains(stderr, "-U") {
+			t.Errorf("%v on a held image: %q; want an error without -U", args, stderr)
+		}
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/imagelock"
 	"github.com/spf13/pflag"
 )
 
@@ -148,6 +150,9 @@ func exitCode(name string, err error, stderr io.Writer) int {
 		return ee.code
 	}
 	fmt.Fprintf(stderr, "imgtool %s: %v\n", name, err)
+	if forceShareHint(name, err) {
+		fmt.Fprintf(stderr, "Use -U (--force-share) to read it anyway.\n")
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "Run 'imgtool help %s' for usage.\n", name)
@@ -282,4 +287,21 @@ func parseFlagsOutput(fs *pflag.FlagSet, args []string, output *string) (json bo
 		return false, err
 	}
 	return outputFormat(*output)
+}
+
+// forceShareHint reports whether err is a lock conflict that -U would get
+// past: a command that has -U (it reads) failed to lock an image it reads.
+// A destination being written is never such a case, and commands without
+// -U never suggest it.
+func forceShareHint(name string, err error) bool {
+	var ce *imagelock.ConflictError
+	var le *atomicfile.LockError
+	if !errors.As(err, &ce) || errors.As(err, &le) {
+		return false
+	}
+	switch name {
+	case "info", "map", "check", "compare", "convert", "measure":
+		return true
+	}
+	return false
 }

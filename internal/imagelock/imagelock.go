@@ -122,7 +122,6 @@ func (e *ConflictError) Error() string {
 	} else {
 		b.WriteString(": is another process using the image?")
 	}
-	b.WriteString(" (use -U/--force-share to read it anyway)")
 	return b.String()
 }
 
