@@ -16,6 +16,14 @@ import (
 // same image, so Commit cannot find the base it should build on.
 var ErrBaseMoved = errors.New("overlay: the container's image tag now names another image")
 
+// ErrNoChanges is returned by Commit when the container has no changes
+// and CommitOptions.AllowEmpty is not set; nothing is written.
+var ErrNoChanges = errors.New("overlay: nothing to commit")
+
+// emptyTarSize is the size of a tar stream without entries: the
+// end-of-archive marker of two zero blocks.
+const emptyTarSize = 1024
+
 // CommitOptions configure Commit. The zero value writes a gzip layer with
 // the files' own mtimes.
 type CommitOptions struct {
@@ -27,6 +35,10 @@ type CommitOptions struct {
 	// CreatedBy is the history entry's created_by (default
 	// "imgtool rootfs commit").
 	CreatedBy string
+	// AllowEmpty commits an empty layer when the container has no
+	// changes; by default Commit then fails with ErrNoChanges and writes
+	// nothing.
+	AllowEmpty bool
 	// Progress, when set, is called with a phase ("diff" while the
 	// layer is written from the container's changes, "store" while the
 	// image is written into the layout) and the bytes done in it.
@@ -141,6 +153,9 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	}
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s: %w", target, err)
+	}
+	if d.UncompressedSize <= emptyTarSize && !opts.AllowEmpty {
+		return nil, fmt.Errorf("%w: container %q on %s has no changes", ErrNoChanges, c.Name, target)
 	}
 	by := opts.CreatedBy
 	if by == "" {

@@ -274,6 +274,9 @@ type ContainerUsage struct {
 	ReadOnly bool   `json:"readonly"`
 	Mounted  bool   `json:"mounted"` // checked against the mount table
 	Layers   int    `json:"layers"`
+	// UpperDir is where the container's changes live (overlay mode; ""
+	// for a copy, whose changes are in Target itself).
+	UpperDir string `json:"upper_dir"`
 	// Size is the disk usage of its upper dir (overlay) or of its copy.
 	Size int64 `json:"size"`
 }
@@ -316,6 +319,8 @@ func (s *Store) Usage(ctx context.Context) (*Usage, error) {
 		dir := c.UpperDir()
 		if c.Mode == ModeCopy {
 			dir = c.Target
+		} else {
+			cu.UpperDir = dir
 		}
 		if cu.Size, err = diskUsage(dir); err != nil {
 			return nil, err

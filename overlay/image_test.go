@@ -356,3 +356,43 @@ func TestGCConcurrentWithMounts(t *testing.T) {
 	}
 	t.Logf("gc removed %d layers while 6 containers came and went", removed)
 }
+
+// TestCommitNoChanges: committing a container with no changes writes
+// nothing and says so, unless AllowEmpty asks for an empty layer.
+func TestCommitNoChanges(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	ref := buildImage(t, filepath.Join(t.TempDir(), "layout"), "t", 2, 1, 10)
+	s := testStore(t)
+	for _, copyMode := range []bool{false, true} {
+		target := filepath.Join(t.TempDir(), "c")
+		must(t, os.Mkdir(target, 0o755))
+		if _, _, err := s.Mount(ctx, ref, target, MountOptions{Copy: copyMode}, ImageOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if !copyMode {
+			t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+		}
+		_, err := s.Commit(ctx, target, layers.ImageRef{Dir: ref.Dir, Tag: "same"}, CommitOptions{})
+		if !errors.Is(err, ErrNoChanges) {
+			t.Fatalf("copy=%v: commit without changes: %v, want ErrNoChanges", copyMode, err)
+		}
+		l, err := layers.OpenLayout(ref.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := l.Resolve(ctx, "same", layers.ResolveOptions{}); err == nil {
+			t.Errorf("copy=%v: a refused commit wrote the tag", copyMode)
+		}
+		res, err := s.Commit(ctx, target, layers.ImageRef{Dir: ref.Dir, Tag: "empty"}, CommitOptions{AllowEmpty: true})
+		if err != nil {
+			t.Fatalf("copy=%v: AllowEmpty: %v", copyMode, err)
+		}
+		if n := len(res.Image.Layers); n != 1 || res.Layer.UncompressedSize > emptyTarSize {
+			t.Errorf("copy=%v: AllowEmpty wrote %d layers, the new one %d bytes; want one empty layer", copyMode, n, res.Layer.UncompressedSize)
+		}
+		if _, err := s.Unmount(ctx, target, UnmountOptions{Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

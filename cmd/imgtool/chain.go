@@ -210,7 +210,7 @@ func runChainTree(args []string, stdout, stderr io.Writer) error {
 		_, err = fmt.Fprintf(stdout, "%s\n", b)
 		return err
 	}
-	fmt.Fprintf(stdout, "chain %s: %d images\n", fs.Arg(0), len(imgs))
+	fmt.Fprintf(stdout, "chain %s: %s\n", fs.Arg(0), plural(len(imgs), "image"))
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "IMAGE\tKIND\tVIRTUAL\tPRIVATE\tSHARED\tON DISK\tMODE")
 	for i, ci := range imgs {

@@ -261,7 +261,7 @@ func runImageVerify(args []string, stdout, stderr io.Writer) error {
 		for _, issue := range rep.Issues {
 			fmt.Fprintln(stdout, "error:", issue)
 		}
-		fmt.Fprintf(stdout, "%d tags, %d images, %d blobs (%d bytes) checked, %d problems\n", rep.Tags, rep.Images, rep.Blobs, rep.Bytes, len(rep.Issues))
+		fmt.Fprintf(stdout, "%s, %s, %s (%d bytes) checked, %s\n", plural(rep.Tags, "tag"), plural(rep.Images, "image"), plural(rep.Blobs, "blob"), rep.Bytes, plural(len(rep.Issues), "problem"))
 	}
 	if verr != nil {
 		return withCode(1, fmt.Errorf("%s: %d problems", fs.Arg(0), len(rep.Issues)))

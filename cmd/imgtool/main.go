@@ -305,3 +305,11 @@ func forceShareHint(name string, err error) bool {
 	}
 	return false
 }
+
+// plural returns "1 layer", "2 layers", "0 layers".
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
+}

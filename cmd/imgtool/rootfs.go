@@ -111,8 +111,8 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 			Unpack    overlay.UnpackStats `json:"unpack"`
 		}{c, st})
 	}
-	fmt.Fprintf(stdout, "mounted %s on %s: container %s (%s%s), %d layers: %d unpacked, %d already in the store\n",
-		ref, c.Target, c.Name, c.Mode, map[bool]string{true: ", read-only"}[c.ReadOnly], st.Layers, st.Unpacked, st.Present)
+	fmt.Fprintf(stdout, "mounted %s on %s: container %s (%s%s), %s: %d unpacked, %d already in the store\n",
+		ref, c.Target, c.Name, c.Mode, map[bool]string{true: ", read-only"}[c.ReadOnly], plural(st.Layers, "layer"), st.Unpacked, st.Present)
 	return nil
 }
 
@@ -156,6 +156,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	allowEmpty := fs.Bool("allow-empty", false, "commit an empty layer when the container has no changes (by default nothing is written)")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -191,7 +192,10 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report})
+	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report, AllowEmpty: *allowEmpty})
+	if errors.Is(err, overlay.ErrNoChanges) {
+		return fmt.Errorf("%w; nothing written (--allow-empty commits an empty layer)", err)
+	}
 	if err != nil {
 		return err
 	}

@@ -61,7 +61,7 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 	if asJSON {
 		return rootfsJSON(stdout, u)
 	}
-	fmt.Fprintf(stdout, "store %s: %d layers (%s), %d containers\n\n", u.Dir, len(u.Layers), storeBytes(u.LayerBytes), len(u.Containers))
+	fmt.Fprintf(stdout, "store %s: %s (%s), %s\n\n", u.Dir, plural(len(u.Layers), "layer"), storeBytes(u.LayerBytes), plural(len(u.Containers), "container"))
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "LAYER (CHAIN ID)\tSIZE\tCONTAINERS\tIMAGES")
 	for _, l := range u.Layers {
@@ -70,7 +70,7 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 	tw.Flush()
 	fmt.Fprintln(stdout)
 	tw = tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "CONTAINER\tSTATE\tMODE\tLAYERS\tSIZE\tIMAGE\tTARGET")
+	fmt.Fprintln(tw, "CONTAINER\tSTATE\tMODE\tLAYERS\tSIZE\tIMAGE\tTARGET\tUPPER DIR")
 	for _, c := range u.Containers {
 		state := "unmounted"
 		if c.Mounted {
@@ -80,7 +80,7 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 		if c.ReadOnly {
 			mode += ",ro"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", c.Name, state, mode, c.Layers, storeBytes(c.Size), c.Image, c.Target)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", c.Name, state, mode, c.Layers, storeBytes(c.Size), c.Image, c.Target, storeDash(c.UpperDir))
 	}
 	return tw.Flush()
 }
@@ -140,7 +140,7 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 	for _, p := range res.DroppedPins {
 		fmt.Fprintf(stdout, "%s pin of %s\n", verb, p)
 	}
-	fmt.Fprintf(stdout, "%s %d layers (%s), kept %d\n", verb, len(res.RemovedLayers), storeBytes(res.FreedBytes), res.KeptLayers)
+	fmt.Fprintf(stdout, "%s %s (%s), kept %d\n", verb, plural(len(res.RemovedLayers), "layer"), storeBytes(res.FreedBytes), res.KeptLayers)
 	return nil
 }
 
@@ -168,6 +168,6 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 	if asJSON {
 		return rootfsJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "%s: %d layers: %d unpacked (%s), %d already in the store\n", ref, st.Layers, st.Unpacked, storeBytes(st.Bytes), st.Present)
+	fmt.Fprintf(stdout, "%s: %s: %d unpacked (%s), %d already in the store\n", ref, plural(st.Layers, "layer"), st.Unpacked, storeBytes(st.Bytes), st.Present)
 	return nil
 }
