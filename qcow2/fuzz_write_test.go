@@ -109,16 +109,3 @@ func FuzzWriteOps(f *testing.F) {
 		}
 	})
 }
-
-// FuzzParseCreateOptions: no -o list, however odd, panics the parser.
-func FuzzParseCreateOptions(f *testing.F) {
-	for _, s := range []string{"size=64K", "cluster_size=1.5G", "size=8E", "compat=0.10,size=2T", "refcount_bits=7b", "size=-1", "", "size=9999999999999999999", "size=0x10", "lazy_refcounts=on,preallocation=full"} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, s string) {
-		var o CreateOptions
-		if err := ParseCreateOptions(&o, s); err == nil && (o.Size < 0 || o.ClusterSize < 0) {
-			t.Fatalf("ParseCreateOptions(%q) gave size %d, cluster size %d", s, o.Size, o.ClusterSize)
-		}
-	})
-}

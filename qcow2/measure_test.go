@@ -29,12 +29,26 @@ func TestMeasureAgainstQemu(t *testing.T) {
 	v2 := filepath.Join(dir, "v2.qcow2")
 	testutil.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-o", "compat=0.10", raw, v2)
 
-	optsList := []string{"", "cluster_size=4k", "cluster_size=2M,refcount_bits=1", "compat=0.10", "extended_l2=on",
-		"refcount_bits=64,cluster_size=512", "preallocation=full", "preallocation=metadata", "backing_file=x.qcow2,backing_fmt=qcow2"}
+	// Each -o list given to qemu-img, and the options it means.
+	optsList := []struct {
+		o  string
+		co CreateOptions
+	}{
+		{"", CreateOptions{}},
+		{"cluster_size=4k", CreateOptions{ClusterSize: 4 << 10}},
+		{"cluster_size=2M,refcount_bits=1", CreateOptions{ClusterSize: 2 << 20, RefcountBits: 1}},
+		{"compat=0.10", CreateOptions{Compat: "0.10"}},
+		{"extended_l2=on", CreateOptions{ExtendedL2: true}},
+		{"refcount_bits=64,cluster_size=512", CreateOptions{RefcountBits: 64, ClusterSize: 512}},
+		{"preallocation=full", CreateOptions{Preallocation: "full"}},
+		{"preallocation=metadata", CreateOptions{Preallocation: "metadata"}},
+		{"backing_file=x.qcow2,backing_fmt=qcow2", CreateOptions{BackingFile: "x.qcow2", BackingFormat: FormatQcow2}},
+	}
 	sources := []string{"", raw, q, comp, bm, v2}
 	for _, src := range sources {
 		for _, format := range []string{"qcow2", "raw"} {
-			for _, o := range optsList {
+			for _, oc := range optsList {
+				o := oc.o
 				if format == "raw" && o != "" {
 					continue
 				}
@@ -52,13 +66,8 @@ func TestMeasureAgainstQemu(t *testing.T) {
 					img = cvOpen(t, src)
 				}
 				want := testutil.Run(t, "qemu-img", args...)
-				var co CreateOptions
+				co := oc.co
 				co.Format = Format(format)
-				if o != "" {
-					if err := ParseCreateOptions(&co, o); err != nil {
-						t.Fatal(err)
-					}
-				}
 				res, err := Measure(context.Background(), img, size, co)
 				if err != nil {
 					t.Fatalf("%v: %v", args, err)

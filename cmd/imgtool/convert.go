@@ -6,6 +6,8 @@ import (
 	"os"
 	"os/signal"
 
+	"github.com/imgtool/imgtool/internal/qemuopt"
+
 	"github.com/imgtool/imgtool/internal/qemusize"
 
 	"github.com/imgtool/imgtool/qcow2"
@@ -40,7 +42,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 		return usagef("unknown output format %q (raw and qcow2 are supported)", *outFormat)
 	}
 	for _, o := range *options {
-		if err := qcow2.ParseCreateOptions(&opts.Create, o); err != nil {
+		if err := qemuopt.ParseCreateOptions(&opts.Create, o); err != nil {
 			return usagef("-o: %v", err)
 		}
 	}

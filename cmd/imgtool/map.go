@@ -47,9 +47,9 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 		entries = clipMap(entries, start, length, img.Size())
 	}
 	if asJSON {
-		return qcow2.WriteMapJSON(stdout, entries)
+		return writeMapJSON(stdout, entries)
 	}
-	return qcow2.WriteMapHuman(stdout, entries)
+	return writeMapHuman(stdout, entries)
 }
 
 // clipMap keeps the part of entries within [start, start+length) (length

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/imgtool/imgtool/internal/qemuopt"
+
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -30,7 +32,7 @@ func runResize(args []string, stdout, stderr io.Writer) error {
 	}
 	cur := probe.Size()
 	probe.Close()
-	size, err := qcow2.ResizeTarget(cur, fs.Arg(1))
+	size, err := qemuopt.ResizeTarget(cur, fs.Arg(1))
 	if err != nil {
 		return usagef("SIZE: %v", err)
 	}

@@ -1,4 +1,8 @@
-package qcow2
+// Package qemuopt parses the option syntax qemu-img users type: the -o
+// key=value lists of create, convert and measure, and resize's
+// [+|-]SIZE argument. It is the command line's, not the qcow2 library's:
+// a library caller fills qcow2.CreateOptions directly.
+package qemuopt
 
 import (
 	"fmt"
@@ -7,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/imgtool/imgtool/internal/qemusize"
+	"github.com/imgtool/imgtool/qcow2"
 )
 
 // ResizeTarget returns the new size for a qemu-img resize argument:
@@ -35,10 +40,10 @@ func ResizeTarget(cur int64, spec string) (int64, error) {
 	return qemusize.Parse(spec)
 }
 
-// ParseCreateOption applies one qemu-img -o key=value to opts. Keys:
+// parseOption applies one qemu-img -o key=value to opts. Keys:
 // size, compat, cluster_size, extended_l2, compression_type,
 // lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt.
-func ParseCreateOption(opts *CreateOptions, key, value string) error {
+func parseOption(opts *qcow2.CreateOptions, key, value string) error {
 	onOff := func() (bool, error) {
 		switch strings.ToLower(value) {
 		case "on", "true", "yes", "1":
@@ -69,7 +74,7 @@ func ParseCreateOption(opts *CreateOptions, key, value string) error {
 	case "backing_file":
 		opts.BackingFile = value
 	case "backing_fmt":
-		opts.BackingFormat = Format(value)
+		opts.BackingFormat = qcow2.Format(value)
 	default:
 		return fmt.Errorf("unknown create option %q", key)
 	}
@@ -81,7 +86,7 @@ func ParseCreateOption(opts *CreateOptions, key, value string) error {
 
 // ParseCreateOptions applies a comma-separated qemu-img -o list
 // ("compat=1.1,cluster_size=4k") to opts.
-func ParseCreateOptions(opts *CreateOptions, list string) error {
+func ParseCreateOptions(opts *qcow2.CreateOptions, list string) error {
 	for _, kv := range strings.Split(list, ",") {
 		if kv == "" {
 			continue
@@ -94,7 +99,7 @@ func ParseCreateOptions(opts *CreateOptions, list string) error {
 				return fmt.Errorf("create option %q has no value", kv)
 			}
 		}
-		if err := ParseCreateOption(opts, k, v); err != nil {
+		if err := parseOption(opts, k, v); err != nil {
 			return err
 		}
 	}
