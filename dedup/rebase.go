@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"sync/atomic"
 
+	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -247,16 +248,15 @@ func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs 
 	for _, img := range imgs {
 		size = max(size, img.Size())
 	}
-	tmp := tempName(path)
-	if err := qcow2.Create(tmp, qcow2.CreateOptions{Size: size, ClusterSize: cs, Overwrite: true}); err != nil {
+	af, err := atomicfile.Create(path, atomicfile.Options{})
+	if err != nil {
 		return 0, fmt.Errorf("dedup: %w", err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.Remove(tmp)
-		}
-	}()
+	defer af.Abort()
+	if err := qcow2.CreateFile(af.File, path, qcow2.CreateOptions{Size: size, ClusterSize: cs}); err != nil {
+		return 0, fmt.Errorf("dedup: %w", err)
+	}
+	tmp := af.TempPath()
 	out, err := qcow2.Open(tmp, qcow2.Options{Writable: true, Format: qcow2.FormatQcow2})
 	if err != nil {
 		return 0, fmt.Errorf("dedup: %w", err)
@@ -324,12 +324,8 @@ func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs 
 	if err != nil {
 		return 0, err
 	}
-	if err := syncFile(tmp); err != nil {
-		return 0, err
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := af.Commit(); err != nil {
 		return 0, fmt.Errorf("dedup: %w", err)
 	}
-	ok = true
-	return stored.Load(), syncDir(filepath.Dir(path))
+	return stored.Load(), nil
 }

@@ -277,7 +277,7 @@ func TestRebaseInterrupted(t *testing.T) {
 	rebased := 0
 	for i, p := range imgs {
 		testutil.Run(t, "qemu-img", "compare", "-q", origs[i], p)
-		if _, err := os.Stat(tempName(p)); !errors.Is(err, os.ErrNotExist) {
+		if err := leftTemp(p); err != nil {
 			t.Errorf("temporary file of %s left: %v", p, err)
 		}
 		img, err := qcow2.Open(p, qcow2.Options{})

@@ -3,12 +3,10 @@ package dedup
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/qcow2"
 )
@@ -30,12 +28,6 @@ type rewriteStats struct {
 	ZeroBytes int64 // guest bytes marked as zero over a non-zero backing
 }
 
-// tempName is the fixed temporary name a rewrite of dst uses, so a rerun
-// after an interruption reuses (overwrites) what the last run left.
-func tempName(dst string) string {
-	return filepath.Join(filepath.Dir(dst), "."+filepath.Base(dst)+".dedup-tmp")
-}
-
 // rewrite writes the guest content of s.src into a new qcow2 image created
 // with s.opts (normally with a backing file), storing only the clusters
 // whose content differs from what the backing shows: equal clusters stay
@@ -45,19 +37,20 @@ func tempName(dst string) string {
 // then renamed over dst.
 func rewrite(ctx context.Context, s rewriteSpec) (rewriteStats, error) {
 	var st rewriteStats
-	tmp := tempName(s.dst)
 	opts := s.opts
 	opts.Size = s.src.Size()
-	opts.Overwrite = true
-	if err := qcow2.Create(tmp, opts); err != nil {
+	// s.src is dst itself, open and locked by this process: no second
+	// lock. The temp file is named, in dst's directory, so the new
+	// image's relative backing name resolves from it.
+	af, err := atomicfile.Create(s.dst, atomicfile.Options{Named: true, NoLock: true})
+	if err != nil {
 		return st, fmt.Errorf("dedup: %w", err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			os.Remove(tmp)
-		}
-	}()
+	defer af.Abort()
+	tmp := af.TempPath()
+	if err := qcow2.CreateFile(af.File, s.dst, opts); err != nil {
+		return st, fmt.Errorf("dedup: %w", err)
+	}
 	wo := s.open
 	wo.Writable = true
 	wo.Format = qcow2.FormatQcow2
@@ -83,14 +76,10 @@ func rewrite(ctx context.Context, s rewriteSpec) (rewriteStats, error) {
 	if err != nil {
 		return st, err
 	}
-	if err := syncFile(tmp); err != nil {
-		return st, err
-	}
-	if err := os.Rename(tmp, s.dst); err != nil {
+	if err := af.Commit(); err != nil {
 		return st, fmt.Errorf("dedup: %w", err)
 	}
-	ok = true
-	return st, syncDir(filepath.Dir(s.dst))
+	return st, nil
 }
 
 // fillOverlay copies into out (whose backing chain is already open) the
@@ -262,30 +251,3 @@ feed:
 
 // isZero is zero.Is under the name rebase.go calls it by.
 func isZero(b []byte) bool { return zero.Is(b) }
-
-func syncFile(path string) error {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return fmt.Errorf("dedup: %w", err)
-	}
-	err = f.Sync()
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("dedup: %w", err)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("dedup: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return fmt.Errorf("dedup: syncing %s: %w", dir, err)
-	}
-	return nil
-}

@@ -12,6 +12,8 @@ import (
 	"strings"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // Errors of the image-layout half of the package. Callers branch on them
@@ -374,53 +376,23 @@ func layoutReadFileCapped(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-// layoutWriteFileAtomic writes b to path through a temp file in the same
-// directory, synced and renamed into place.
+// layoutWriteFileAtomic writes b to path whole (see internal/atomicfile).
+// Layout files are imgtool's own, which no QEMU holds: no image lock.
 func layoutWriteFileAtomic(path string, b []byte, noSync bool) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	f, err := atomicfile.Create(path, atomicfile.Options{Sync: layoutSync(noSync), NoLock: true})
 	if err != nil {
 		return err
 	}
-	tmp := f.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
+	defer f.Abort()
 	if _, err := f.Write(b); err != nil {
 		return err
 	}
-	if err := f.Chmod(0o644); err != nil {
-		return err
-	}
-	if !noSync {
-		if err := f.Sync(); err != nil {
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	ok = true
-	if noSync {
-		return nil
-	}
-	return layoutSyncDir(filepath.Dir(path))
+	return f.Commit()
 }
 
-func layoutSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+func layoutSync(noSync bool) atomicfile.Sync {
+	if noSync {
+		return atomicfile.NoSync
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !errors.Is(err, os.ErrInvalid) {
-		return err
-	}
-	return nil
+	return atomicfile.Durable
 }

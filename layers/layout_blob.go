@@ -16,6 +16,8 @@ import (
 
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // blobPath is the file of a digest: blobs/ALG/HEX. The digest must have
@@ -231,16 +233,15 @@ func (l *Layout) WriteBlobBytes(ctx context.Context, mediaType string, b []byte)
 	return l.WriteBlob(ctx, bytes.NewReader(b), ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(b), Size: int64(len(b))})
 }
 
-// layoutBlobWriter streams a blob into a temp file in blobs/ALG while
-// hashing it.
-// Commit verifies and renames; Abort (safe after Commit) removes the temp
-// file. Not safe for concurrent use.
+// layoutBlobWriter streams a blob into an unnamed (or temp) file in
+// blobs/ALG while hashing it (see internal/atomicfile).
+// Commit verifies and puts it in place; Abort (safe after Commit) drops
+// it. Not safe for concurrent use.
 type layoutBlobWriter struct {
 	l    *Layout
-	f    *os.File
+	f    *atomicfile.File
 	dgst digest.Digester
 	n    int64
-	done bool
 }
 
 func (l *Layout) newBlobWriter(alg digest.Algorithm) (*layoutBlobWriter, error) {
@@ -251,7 +252,8 @@ func (l *Layout) newBlobWriter(alg digest.Algorithm) (*layoutBlobWriter, error) 
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	f, err := os.CreateTemp(dir, ".tmp-blob-*")
+	// An existing blob of the same digest holds the same bytes: keep it.
+	f, err := atomicfile.CreateTemp(dir, atomicfile.Options{Sync: layoutSync(l.noSync), NoLock: true, KeepExisting: true})
 	if err != nil {
 		return nil, err
 	}
@@ -266,50 +268,22 @@ func (w *layoutBlobWriter) Write(p []byte) (int, error) {
 }
 
 // Commit checks the content against want (when want.Digest is set) and
-// renames the temp file to blobs/sha256/HEX.
+// puts the blob at blobs/ALG/HEX, leaving an existing one alone.
 func (w *layoutBlobWriter) Commit(want ocispec.Descriptor) (ocispec.Descriptor, error) {
 	got := w.dgst.Digest()
 	if want.Digest != "" && (want.Digest != got || want.Size != w.n) {
-		return ocispec.Descriptor{}, &LayoutError{Path: w.f.Name(), Err: fmt.Errorf("%w: wrote %d bytes with digest %s, expected %d bytes with %s", ErrBlobCorrupt, w.n, got, want.Size, want.Digest)}
+		return ocispec.Descriptor{}, &LayoutError{Path: filepath.Dir(w.l.blobPath(got)), Err: fmt.Errorf("%w: wrote %d bytes with digest %s, expected %d bytes with %s", ErrBlobCorrupt, w.n, got, want.Size, want.Digest)}
 	}
 	desc := want
 	desc.Digest, desc.Size = got, w.n
-	final := w.l.blobPath(got)
-	if err := w.f.Chmod(0o644); err != nil {
+	if err := w.f.CommitAs(w.l.blobPath(got)); err != nil {
 		return ocispec.Descriptor{}, err
 	}
-	if !w.l.noSync {
-		if err := w.f.Sync(); err != nil {
-			return ocispec.Descriptor{}, err
-		}
-	}
-	if err := w.f.Close(); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	if _, err := os.Lstat(final); err == nil {
-		// Already stored: leave the existing blob alone.
-		w.Abort()
-		return desc, nil
-	}
-	if err := os.Rename(w.f.Name(), final); err != nil {
-		return ocispec.Descriptor{}, err
-	}
-	w.done = true
-	if w.l.noSync {
-		return desc, nil
-	}
-	return desc, layoutSyncDir(filepath.Dir(final))
+	return desc, nil
 }
 
-// Abort removes the temp file unless Commit renamed it.
-func (w *layoutBlobWriter) Abort() {
-	if w.done {
-		return
-	}
-	w.done = true
-	w.f.Close()
-	os.Remove(w.f.Name())
-}
+// Abort drops the blob unless Commit put it in place.
+func (w *layoutBlobWriter) Abort() { w.f.Abort() }
 
 // layoutCtxReader stops a copy when ctx is done.
 type layoutCtxReader struct {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/registry"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -409,7 +410,7 @@ func (l *Layout) pullBlob(ctx context.Context, repo *registry.Repo, desc ocispec
 		return got, err
 	}
 	if !l.noSync {
-		if err := layoutSyncDir(dir); err != nil {
+		if err := atomicfile.SyncDir(dir); err != nil {
 			return got, err
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
@@ -75,13 +76,44 @@ const defaultClusterSize = 64 << 10
 // a new file gets mode 0666 minus the umask and a replaced one keeps its
 // mode.
 func Create(path string, opts CreateOptions) error {
-	if opts.Format == "" {
-		opts.Format = FormatQcow2
-	}
 	if !opts.Overwrite {
 		if _, err := os.Lstat(path); err == nil {
 			return fmt.Errorf("%w: %s (refusing to overwrite)", ErrExists, path)
 		}
+	}
+	if err := prepareCreate(path, &opts); err != nil {
+		return err
+	}
+	tmp, err := atomicfile.Create(path, atomicfile.Options{Sync: opts.Sync})
+	if err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	defer tmp.Abort()
+	if err := fillNew(tmp.File, tmp.TempPath(), path, &opts); err != nil {
+		return err
+	}
+	if err := tmp.Commit(); err != nil {
+		return fmt.Errorf("qcow2: creating %s: %w", path, err)
+	}
+	return nil
+}
+
+// CreateFile writes a new, empty image into f, an empty file open for
+// reading and writing, as Create would write it at path: path names the
+// image in messages and a relative BackingFile is found from its
+// directory. Putting f in place (internal/atomicfile) is the caller's;
+// Overwrite and Sync do not apply.
+func CreateFile(f *os.File, path string, opts CreateOptions) error {
+	if err := prepareCreate(path, &opts); err != nil {
+		return err
+	}
+	return fillNew(f, "/proc/self/fd/"+strconv.Itoa(int(f.Fd())), path, &opts)
+}
+
+// prepareCreate validates opts and fills in what the backing file tells.
+func prepareCreate(path string, opts *CreateOptions) error {
+	if opts.Format == "" {
+		opts.Format = FormatQcow2
 	}
 	if opts.Size < 0 {
 		return fmt.Errorf("qcow2: creating %s: negative size %d", path, opts.Size)
@@ -113,17 +145,6 @@ func Create(path string, opts CreateOptions) error {
 			opts.Size = b.Size()
 		}
 		b.Close()
-	}
-	tmp, err := atomicfile.Create(path, atomicfile.Options{Sync: opts.Sync})
-	if err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
-	}
-	defer tmp.Abort()
-	if err := fillNew(tmp.File, tmp.TempPath(), path, &opts); err != nil {
-		return err
-	}
-	if err := tmp.Commit(); err != nil {
-		return fmt.Errorf("qcow2: creating %s: %w", path, err)
 	}
 	return nil
 }

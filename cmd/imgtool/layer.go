@@ -8,13 +8,14 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
 
-	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/layers"
 )
 
 const layerUsage = `Usage: imgtool layer SUBCOMMAND [OPTIONS] ARGS...
@@ -103,20 +104,15 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 	defer finish()
 	report := stdout
 	var w io.Writer
-	var tmp *os.File
+	var tmp *atomicfile.File
 	if *out == "-" {
 		w, report = stdout, stderr
 	} else {
-		tmp, err = os.CreateTemp(filepath.Dir(*out), "."+filepath.Base(*out)+".tmp*")
+		tmp, err = atomicfile.Create(*out, atomicfile.Options{})
 		if err != nil {
 			return err
 		}
-		defer func() {
-			if tmp != nil {
-				tmp.Close()
-				os.Remove(tmp.Name())
-			}
-		}()
+		defer tmp.Abort()
 		w = tmp
 	}
 	d, err := layers.Create(context.Background(), &countWriter{w: w, update: update}, fs.Arg(0), opts)
@@ -124,16 +120,9 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if tmp != nil {
-		if err := tmp.Chmod(0o644); err != nil {
+		if err := tmp.Commit(); err != nil {
 			return err
 		}
-		if err := tmp.Close(); err != nil {
-			return err
-		}
-		if err := os.Rename(tmp.Name(), *out); err != nil {
-			return err
-		}
-		tmp = nil
 	}
 	finish()
 	return printDescriptor(report, d, asJSON)

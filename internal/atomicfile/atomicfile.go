@@ -83,9 +83,11 @@ type Options struct {
 	// relative backing file. A kill leaves it behind until the next
 	// Create of the same destination removes it.
 	Named bool
-	// NoLock does not lock an existing destination. Only for a caller
-	// that holds the destination open and locked itself, such as a
-	// rewrite that reads the old image while it writes the new one.
+	// NoLock does not take QEMU's lock on an existing destination: for
+	// files no QEMU opens (store metadata, layout blobs and indexes),
+	// where two writers of the same file must not fail, the last one
+	// winning, and for a caller that holds the destination locked itself,
+	// such as a rewrite that reads the old image while it writes the new.
 	NoLock bool
 	// KeepExisting leaves an existing destination alone at Commit and
 	// drops the new content, for content-addressed files where an
