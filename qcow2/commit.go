@@ -30,6 +30,9 @@ type CommitOptions struct {
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
+	// Cache is the -t mode of the writes to the base and the top
+	// (qemu-img commit -t); "" is CacheWriteback.
+	Cache CacheMode
 }
 
 // Commit merges the content of the qcow2 image at path (and of the
@@ -49,10 +52,13 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 	if opts.Workers == 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0) // cores stay busy while workers wait in the kernel
 	}
+	if err := opts.Cache.valid(); err != nil {
+		return err
+	}
 	drop := opts.Drop || opts.Base != ""
 	// The top, locked: as a writer when it will be emptied, else as a
 	// reader (refusing writers while its data is copied).
-	lock, err := Open(path, Options{NoBacking: true, Writable: !drop})
+	lock, err := Open(path, Options{NoBacking: true, Writable: !drop, cache: opts.Cache})
 	if err != nil {
 		return err // names the file already
 	}
@@ -76,7 +82,7 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 		return fmt.Errorf("qcow2: commit %s: %w", path, err)
 	}
 	baseImg := chain.Layer(depth)
-	tgt, err := openCommitTarget(baseImg)
+	tgt, err := openCommitTarget(baseImg, opts.Cache)
 	if err != nil {
 		return fmt.Errorf("qcow2: commit %s: %w", path, err)
 	}
@@ -158,8 +164,8 @@ type commitTarget interface {
 // openCommitTarget opens the file of chain layer l for writing with
 // QEMU's writer lock: a qcow2 base with its own backing chain (for
 // copy-on-write of partial clusters), a raw base directly.
-func openCommitTarget(l *Image) (commitTarget, error) {
-	img, err := Open(l.Path(), Options{Format: l.Format(), Writable: true})
+func openCommitTarget(l *Image, cache CacheMode) (commitTarget, error) {
+	img, err := Open(l.Path(), Options{Format: l.Format(), Writable: true, cache: cache})
 	if err != nil {
 		return nil, err
 	}

@@ -30,9 +30,8 @@ type ConvertOptions struct {
 	// a hole; a shorter run of zeros is written. A multiple of 512; 0
 	// means 4 KiB.
 	SparseSize int64
-	// Sync is the durability of the output: atomicfile.Durable (the
-	// default; qemu-img -t writeback) or atomicfile.NoSync (-t unsafe).
-	Sync atomicfile.Sync
+	// Cache is the -t mode of the output; "" is CacheWriteback.
+	Cache CacheMode
 }
 
 // sparseBlock is the default granularity of zero detection in
@@ -42,6 +41,9 @@ const sparseBlock = 4096
 func (o *ConvertOptions) validate() error {
 	if o.Workers < 0 || o.ChunkSize < 0 {
 		return fmt.Errorf("qcow2: negative Workers or ChunkSize in ConvertOptions")
+	}
+	if err := o.Cache.valid(); err != nil {
+		return err
 	}
 	if o.SparseSize < 0 || o.SparseSize%512 != 0 {
 		return fmt.Errorf("qcow2: sparse size %d is not a multiple of 512", o.SparseSize)
@@ -75,11 +77,18 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	if err := src.Readable(); err != nil {
 		return err
 	}
-	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Sync})
+	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Cache.sync()})
 	if err != nil {
 		return err
 	}
 	defer tmp.Abort()
+	out := directWriter{f: tmp.File}
+	if opts.Cache.direct() {
+		if out.d, err = openDirect(tmp.File, dst); err != nil {
+			return err
+		}
+		defer out.d.Close()
+	}
 	size := src.Size()
 	if err := tmp.Truncate(size); err != nil {
 		return fmt.Errorf("qcow2: convert: %w", err)
@@ -90,7 +99,7 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 		// zero blocks; without fallocate, every zero is written.
 		zeroFill = fallocate(tmp.File, size) != nil
 	}
-	if err := convertInto(ctx, src, tmp, opts, zeroFill); err != nil {
+	if err := convertInto(ctx, src, out, opts, zeroFill); err != nil {
 		return err
 	}
 	return tmp.Commit()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -49,9 +48,18 @@ type ConvertImageOptions struct {
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
-	// Sync is the durability of the output: atomicfile.Durable (the
-	// default; qemu-img -t writeback) or atomicfile.NoSync (-t unsafe).
-	Sync atomicfile.Sync
+	// Cache is the -t mode of the output (see CacheMode); "" is
+	// CacheWriteback.
+	Cache CacheMode
+	// NoCreate writes into an existing dst of format Create.Format
+	// instead of creating it (qemu-img convert -n): dst must be at least
+	// as large as src; its first src.Size() bytes get src's content and
+	// the rest is left alone. No create option other than Format
+	// applies; -c and -B are refused.
+	NoCreate bool
+	// TargetIsZero (qemu-img --target-is-zero, with NoCreate) skips
+	// writing zeros where src reads as zeros.
+	TargetIsZero bool
 }
 
 // ConvertImage writes the guest content of src (a whole chain) to dst as
@@ -87,6 +95,13 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		// wait in the kernel (qemu-img keeps a pool of I/O threads too).
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
+	if err := opts.Cache.valid(); err != nil {
+		return err
+	}
+	if opts.NoCreate {
+		opts.Create = co
+		return convertExisting(ctx, src, dst, opts)
+	}
 	switch co.Format {
 	case FormatRaw:
 		switch {
@@ -99,7 +114,7 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		}
 		return ConvertRaw(ctx, src, dst, ConvertOptions{Workers: opts.Workers, Progress: opts.Progress,
 			NoSparse: opts.NoSparse || co.Preallocation == PreallocFull, SparseSize: opts.SparseSize,
-			Sync: opts.Sync})
+			Cache: opts.Cache})
 	case FormatQcow2:
 	default:
 		return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)
@@ -139,12 +154,22 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 	// src (and bk) are open with their read locks before dst is locked
 	// for writing, so a dst in src's own chain is refused, as qemu-img
 	// refuses it.
-	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Sync})
+	if err := opts.Cache.valid(); err != nil {
+		return err
+	}
+	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Cache.sync()})
 	if err != nil {
 		return err
 	}
 	defer tmp.Abort()
-	cw := newClusterWriter(tmp.File, h, prealloc, co.Preallocation == PreallocFull)
+	out := directWriter{f: tmp.File}
+	if opts.Cache.direct() {
+		if out.d, err = openDirect(tmp.File, dst); err != nil {
+			return err
+		}
+		defer out.d.Close()
+	}
+	cw := newClusterWriter(out, h, prealloc, co.Preallocation == PreallocFull)
 	cv := &converter{
 		src: src, bk: bk, cw: cw, h: h,
 		cs:       h.ClusterSize(),
@@ -347,7 +372,7 @@ func (cv *converter) run(ctx context.Context) error {
 			defer ioWg.Done()
 			for x := range ioCh {
 				if ctx.Err() == nil {
-					if err := writeSegments(cv.cw.f, x.segs); err != nil {
+					if err := writeSegments(cv.cw.out, x.segs); err != nil {
 						ioOnce.Do(func() { ioErr = err; cancel() })
 					}
 				}
@@ -671,7 +696,7 @@ func (cv *converter) place(j *cvJob) error {
 // and finish appends the L2 tables and the refcount structures and
 // writes the header. It is used by one goroutine.
 type clusterWriter struct {
-	f          *os.File
+	out        directWriter // the output file (O_DIRECT for aligned writes under -t none)
 	h          *Header
 	cs         int64
 	cb         uint32
@@ -692,10 +717,10 @@ type clusterWriter struct {
 	segs []segment // writes queued since the last takeSegments
 }
 
-func newClusterWriter(f *os.File, h *Header, prealloc, full bool) *clusterWriter {
+func newClusterWriter(out directWriter, h *Header, prealloc, full bool) *clusterWriter {
 	cs := h.ClusterSize()
 	w := &clusterWriter{
-		f: f, h: h, cs: cs, cb: h.ClusterBits,
+		out: out, h: h, cs: cs, cb: h.ClusterBits,
 		extL2:      h.ExtendedL2(),
 		words:      1,
 		backing:    h.BackingFile != "",
@@ -842,9 +867,9 @@ func (w *clusterWriter) takeSegments() []segment {
 
 // writeSegments performs queued writes; safe to call from several
 // goroutines for disjoint segments.
-func writeSegments(f *os.File, segs []segment) error {
+func writeSegments(out directWriter, segs []segment) error {
 	for _, s := range segs {
-		if err := pwritev(f, s.bufs, s.off); err != nil {
+		if err := pwritev(out.pick(s.bufs, s.off), s.bufs, s.off); err != nil {
 			return err
 		}
 	}
@@ -929,5 +954,5 @@ func (w *clusterWriter) finish() error {
 	if err := w.write(hdr, 0); err != nil {
 		return err
 	}
-	return writeSegments(w.f, w.takeSegments())
+	return writeSegments(w.out, w.takeSegments())
 }

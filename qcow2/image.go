@@ -71,6 +71,9 @@ type Options struct {
 	// QEMU-compatible locks (reader on every image of the chain, writer
 	// on a writable top image).
 	ForceShare bool
+
+	// cache is the -t mode of a writable open (Commit, Rebase).
+	cache CacheMode
 }
 
 // Reference is an external file an image points at.

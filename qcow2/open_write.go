@@ -39,8 +39,19 @@ func (img *Image) openWriterMode(opts *Options, forRepair bool) error {
 	if err != nil {
 		return err
 	}
-	if err := img.attachWriter(osStorage{f}, forRepair); err != nil {
-		f.Close()
+	var st storage = osStorage{f}
+	if opts.cache != "" && opts.cache != CacheWriteback {
+		cs := cachedStorage{osStorage: osStorage{f}, dw: directWriter{f: f}, noSync: opts.cache.noSync()}
+		if opts.cache.direct() {
+			if cs.dw.d, err = openDirect(f, img.path); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		st = cs
+	}
+	if err := img.attachWriter(st, forRepair); err != nil {
+		st.Close()
 		return err
 	}
 	return nil

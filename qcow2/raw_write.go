@@ -21,6 +21,10 @@ import (
 type rawWriter struct {
 	f    *os.File
 	path string
+	// dw writes aligned blocks with O_DIRECT under cache mode none;
+	// noSync skips fsyncs (cache mode unsafe).
+	dw     directWriter
+	noSync bool
 
 	ops    sync.RWMutex
 	closed bool // guarded by ops
@@ -49,7 +53,13 @@ func (img *Image) openRawWriter(opts *Options) error {
 		return fmt.Errorf("qcow2: %w", err)
 	}
 	size := fi.Size()
-	rw := &rawWriter{f: f, path: img.path}
+	rw := &rawWriter{f: f, path: img.path, dw: directWriter{f: f}, noSync: opts.cache.noSync()}
+	if opts.cache.direct() {
+		if rw.dw.d, err = openDirect(f, img.path); err != nil {
+			f.Close()
+			return err
+		}
+	}
 	rw.fileSize.Store(size)
 	img.fileSize = size
 	img.size = rawGuestSize(size)
@@ -84,7 +94,7 @@ func (rw *rawWriter) writeAt(img *Image, p []byte, off int64) (int, error) {
 	if off < 0 || off > img.size || int64(len(p)) > img.size-off {
 		return 0, fmt.Errorf("qcow2: %s: write of %d bytes at %d is outside the image (%d bytes)", img.path, len(p), off, img.size)
 	}
-	n, err := rw.f.WriteAt(p, off)
+	n, err := rw.dw.WriteAt(p, off)
 	if n > 0 {
 		rw.grewTo(off + int64(n))
 	}
@@ -158,6 +168,9 @@ func (rw *rawWriter) flush() error {
 }
 
 func (rw *rawWriter) sync() error {
+	if rw.noSync {
+		return nil
+	}
 	if err := rw.f.Sync(); err != nil {
 		return fmt.Errorf("qcow2: syncing %s: %w", rw.path, err)
 	}
@@ -198,6 +211,9 @@ func (rw *rawWriter) close() error {
 	}
 	rw.closed = true
 	err := rw.sync()
+	if rw.dw.d != nil {
+		rw.dw.d.Close()
+	}
 	if cerr := rw.f.Close(); cerr != nil && err == nil {
 		err = cerr
 	}

@@ -35,6 +35,9 @@ type RebaseOptions struct {
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
+	// Cache is the -t mode of the writes to the image (qemu-img rebase
+	// -t); "" is CacheWriteback.
+	Cache CacheMode
 }
 
 // Rebase changes the backing file of the qcow2 image at path.
@@ -62,12 +65,15 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 			return fmt.Errorf("qcow2: rebase %s: backing file name longer than %d bytes", path, maxBackingNameSize)
 		}
 	}
+	if err := opts.Cache.valid(); err != nil {
+		return err
+	}
 	switch opts.BackingFormat {
 	case "", FormatQcow2, FormatRaw:
 	default:
 		return fmt.Errorf("%w: rebase %s: backing format %q", ErrUnsupportedFeature, path, opts.BackingFormat)
 	}
-	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: opts.Unsafe})
+	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: opts.Unsafe, cache: opts.Cache})
 	if err != nil {
 		return err // names the file already
 	}

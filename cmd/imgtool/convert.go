@@ -16,7 +16,7 @@ import (
 // runConvert implements `imgtool convert`: copy the guest content of an
 // image (chain) into a new image, as qemu-img convert.
 func runConvert(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-p] [-U] [--target-is-zero] SRC DST", stderr)
+	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] SRC DST", stderr)
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
 	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
@@ -27,7 +27,11 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
-	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates)")
+	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates; with -n, zeros are not written)")
+	cache := fs.StringP("cache", "t", "writeback", "output cache mode: writeback (fsync, then put in place), unsafe (no fsync), none (O_DIRECT for aligned writes; refused where the filesystem has no O_DIRECT), writethrough, directsync")
+	noCreate := fs.BoolP("no-create", "n", false, "DST exists (of format -O): write into it instead of creating it; it must be at least as large as SRC")
+	fs.BoolP("out-of-order", "W", false, "allow out-of-order writes (accepted; imgtool always may)")
+	parallel := fs.IntP("parallel", "m", 0, "number of parallel workers, 1 to 16 (default: twice the CPUs)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -55,6 +59,16 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if opts.Create.BackingFile != "" && *targetZero {
 		return usagef("--target-is-zero cannot be used with a backing file")
 	}
+	var err error
+	if opts.Cache, err = qcow2.ParseCacheMode(*cache); err != nil {
+		return usagef("-t: %v", err)
+	}
+	if fs.Changed("parallel") && (*parallel < 1 || *parallel > 16) {
+		return usagef("-m: invalid number of coroutines %d: allowed is between 1 and 16", *parallel)
+	}
+	opts.Workers = *parallel
+	opts.NoCreate = *noCreate
+	opts.TargetIsZero = *targetZero && *noCreate
 	s, err := qemusize.Parse(*sparse)
 	if err != nil {
 		return usagef("-S: %v", err)
