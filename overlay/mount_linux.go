@@ -377,3 +377,32 @@ func inUserNamespace() bool {
 	f := strings.Fields(string(b))
 	return !(len(f) == 3 && f[0] == "0" && f[1] == "0" && f[2] == "4294967295")
 }
+
+// StoreOfMount returns the store directory of the container whose overlay
+// is mounted on target, found from the mount itself: its upper dir is
+// STORE/containers/NAME/upper. ok is false when target is not such a
+// mount (not mounted, not overlay, mounted read-only without an upper
+// dir, or a copy-mode container), and the caller falls back to the
+// default store.
+func StoreOfMount(target string) (dir string, ok bool) {
+	abs, err := cleanTarget(target)
+	if err != nil {
+		return "", false
+	}
+	m, err := mountAt(abs)
+	if err != nil || m.fstype != "overlay" {
+		return "", false
+	}
+	for _, o := range strings.Split(m.superOpts, ",") {
+		upper, found := strings.CutPrefix(o, "upperdir=")
+		if !found || !filepath.IsAbs(upper) {
+			continue
+		}
+		cdir := filepath.Dir(upper)
+		if filepath.Base(upper) != "upper" || filepath.Base(filepath.Dir(cdir)) != "containers" {
+			return "", false
+		}
+		return filepath.Dir(filepath.Dir(cdir)), true
+	}
+	return "", false
+}

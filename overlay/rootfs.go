@@ -52,9 +52,13 @@ type Container struct {
 	ReadOnly bool   `json:"readonly"`
 	Mounted  bool   `json:"mounted"`
 	// CopyDone: the copy of a copy-mode container is complete.
-	CopyDone bool      `json:"copy_done,omitempty"`
-	Created  time.Time `json:"created"`
-	Updated  time.Time `json:"updated"`
+	CopyDone bool `json:"copy_done,omitempty"`
+	// MadeTarget: Mount created the target directory (it did not exist),
+	// so Unmount removes it again, as mount --mkdir and umount would
+	// leave things.
+	MadeTarget bool      `json:"made_target,omitempty"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
 	// Dir is the container's directory in the store (not stored).
 	Dir string `json:"-"`
 }
@@ -403,12 +407,28 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 	if err != nil {
 		return nil, st, err
 	}
+	madeTarget := false
 	if !opts.Copy {
 		fi, err := os.Stat(abs)
-		if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			// Like mount --mkdir: create the mount point (and its
+			// parents), and remove it again if the mount fails, or at
+			// Unmount.
+			if err := os.MkdirAll(abs, 0o755); err != nil {
+				return nil, st, fmt.Errorf("overlay: mount target: %w", err)
+			}
+			madeTarget = true
+			defer func() {
+				if madeTarget {
+					os.Remove(abs)
+				}
+			}()
+			if abs, err = cleanTarget(abs); err != nil {
+				return nil, st, err
+			}
+		} else if err != nil {
 			return nil, st, fmt.Errorf("overlay: mount target: %w", err)
-		}
-		if !fi.IsDir() {
+		} else if !fi.IsDir() {
 			return nil, st, fmt.Errorf("overlay: mount target %s is not a directory", abs)
 		}
 	}
@@ -470,6 +490,7 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 	c.ImageDir, c.Tag, c.Manifest, c.Platform = im.Dir, im.Tag, im.Manifest, im.Platform
 	c.Layers, c.DiffIDs = chain, diffIDs
 	c.Target, c.ReadOnly, c.Mounted = abs, opts.ReadOnly, false
+	c.MadeTarget = madeTarget
 	c.Mode = ModeOverlay
 	if opts.Copy {
 		c.Mode = ModeCopy
@@ -504,6 +525,7 @@ func (s *Store) mountImage(ctx context.Context, im *imageSpec, target string, op
 		}
 		return nil, st, err
 	}
+	madeTarget = false // mounted: Unmount removes it
 	return c, st, nil
 }
 
@@ -654,6 +676,12 @@ func (s *Store) Unmount(ctx context.Context, target string, opts UnmountOptions)
 			}
 			if err := unmount(c.Target); err != nil {
 				return nil, err
+			}
+		}
+		if c.MadeTarget {
+			// Mount made the mount point: remove it, if still empty.
+			if err := os.Remove(c.Target); err == nil || errors.Is(err, fs.ErrNotExist) {
+				c.MadeTarget = false
 			}
 		}
 	}

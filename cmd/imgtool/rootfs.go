@@ -19,15 +19,17 @@ const rootfsUsage = `Usage: imgtool rootfs SUBCOMMAND [OPTIONS] ARGS...
 Subcommands:
   mount   [--name NAME] [--readonly] [--copy] DIR:TAG TARGET
           unpack the image's missing layers into the store and mount an
-          overlayfs container of them on TARGET
+          overlayfs container of them on TARGET (created if missing)
   umount  [--rm] TARGET
-          unmount the container on TARGET; its upper dir is kept unless --rm
+          unmount the container on TARGET; its upper dir is kept unless --rm;
+          a TARGET that mount created is removed
   commit  TARGET DIR:TAG
           turn the changes made in the container on TARGET into a new layer
           on top of its image, written to the layout DIR as TAG
 
 Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
-else ~/.local/share/imgtool/store).
+else ~/.local/share/imgtool/store); umount and commit find the store of a
+mounted container by themselves.
 Run 'imgtool rootfs SUBCOMMAND --help' for the options of one.
 `
 
@@ -43,6 +45,19 @@ func runRootfs(args []string, stdout, stderr io.Writer) error {
 // rootfsStoreFlag adds --store to fs.
 func rootfsStoreFlag(fs *pflag.FlagSet) *string {
 	return fs.String("store", "", "layer store `DIR` (default: $XDG_DATA_HOME/imgtool/store or ~/.local/share/imgtool/store)")
+}
+
+// rootfsStoreOfTarget returns the --store directory, or, without one, the
+// store of the container mounted on target when the mount tells it, so
+// that commit and umount need no --store after `mount --store DIR`.
+func rootfsStoreOfTarget(dir, target string) string {
+	if dir != "" {
+		return dir
+	}
+	if d, ok := overlay.StoreOfMount(target); ok {
+		return d
+	}
+	return ""
 }
 
 // rootfsOpenStore opens the --store directory, or the default one.
@@ -128,7 +143,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("want one TARGET argument, got %d", fs.NArg())
 	}
-	s, err := rootfsOpenStore(*store)
+	s, err := rootfsOpenStore(rootfsStoreOfTarget(*store, fs.Arg(0)))
 	if err != nil {
 		return err
 	}
@@ -188,7 +203,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	s, err := rootfsOpenStore(*store)
+	s, err := rootfsOpenStore(rootfsStoreOfTarget(*store, fs.Arg(0)))
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,5 +158,56 @@ func TestRootfsMountHintsCopy(t *testing.T) {
 	out, err := testutil.Exec("unshare", "--user", "--map-root-user", os.Args[0], "-test.run=^TestHelperRootfsHint$", "-test.v")
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestHelperRootfsHint") {
 		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// TestRootfsFirstUse: what a new user types first. The mount point does
+// not exist yet (mount makes it, as mount --mkdir, and umount removes it
+// again), and commit and umount find the --store of the mount by
+// themselves.
+func TestRootfsFirstUse(t *testing.T) {
+	testutil.NeedRoot(t)
+	ctx := context.Background()
+	work := t.TempDir()
+	src := filepath.Join(work, "src")
+	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
+	layout := filepath.Join(work, "layout")
+	if _, err := layers.Build(ctx, layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	store := filepath.Join(work, "store")
+	target := filepath.Join(work, "mnt", "c1") // neither exists
+	// Point the default store somewhere empty, so that only finding the
+	// mount's own store can make commit and umount work.
+	t.Setenv("XDG_DATA_HOME", filepath.Join(work, "default-data"))
+
+	runCLI(t, 0, "rootfs", "mount", "--store", store, layout+":base", target)
+	t.Cleanup(func() { unix.Unmount(target, unix.MNT_DETACH) })
+	os.WriteFile(filepath.Join(target, "etc/hostname"), []byte("changed\n"), 0o644)
+	runCLI(t, 0, "rootfs", "commit", target, layout+":changed")
+	runCLI(t, 0, "rootfs", "umount", target)
+	if _, err := os.Stat(target); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("umount left the mount point it made: %v", err)
+	}
+	// The committed image is in the layout, and its layers in --store.
+	runCLI(t, 0, "rootfs", "mount", "--store", store, "--readonly", layout+":changed", target)
+	if b, _ := os.ReadFile(filepath.Join(target, "etc/hostname")); string(b) != "changed\n" {
+		t.Errorf("committed image shows %q", b)
+	}
+	runCLI(t, 0, "rootfs", "umount", "--store", store, "--rm", target)
+	// A mount point the user made stays.
+	mine := filepath.Join(work, "mine")
+	os.Mkdir(mine, 0o755)
+	runCLI(t, 0, "rootfs", "mount", "--store", store, layout+":base", mine)
+	t.Cleanup(func() { unix.Unmount(mine, unix.MNT_DETACH) })
+	runCLI(t, 0, "rootfs", "umount", "--rm", mine)
+	if fi, err := os.Stat(mine); err != nil || !fi.IsDir() {
+		t.Errorf("umount removed the user's mount point: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(work, "default-data")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("commit or umount opened the default store: %v", err)
 	}
 }
