@@ -27,6 +27,9 @@ var (
 	// ErrChainTooDeep means a backing chain is longer than the configured
 	// limit (Options.MaxChainDepth).
 	ErrChainTooDeep = errors.New("qcow2: backing chain too deep")
+	// ErrBackingFormatNeeded means an unsafe rebase names a new backing
+	// file whose format was neither given nor could be probed.
+	ErrBackingFormatNeeded = errors.New("qcow2: backing format must be specified")
 	// ErrChainLoop means a backing chain refers back to one of its own
 	// images.
 	ErrChainLoop = errors.New("qcow2: backing chain loop")

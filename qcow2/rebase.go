@@ -105,6 +105,17 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 			return fmt.Errorf("qcow2: rebase %s: %w", path, err)
 		}
 	}
+	if opts.Unsafe && opts.Backing != "" && opts.BackingFormat == "" {
+		// Record a format, or the chain will not open again: probe the
+		// new backing file when it is there, else refuse, as qemu-img
+		// does ("backing format must be specified").
+		nb, err := Open(combinePath(path, opts.Backing), Options{NoBacking: true, ForceShare: true})
+		if err != nil {
+			return fmt.Errorf("%w (-F): rebase %s: %s can't be probed: %v", ErrBackingFormatNeeded, path, opts.Backing, err)
+		}
+		opts.BackingFormat = nb.Format()
+		nb.Close()
+	}
 	if err := img.w.setBacking(opts.Backing, opts.BackingFormat); err != nil {
 		return fmt.Errorf("qcow2: rebase %s: %w", path, err)
 	}

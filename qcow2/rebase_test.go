@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -93,5 +94,47 @@ func TestRebaseAgainstQemu(t *testing.T) {
 				t.Errorf("imgtool's delta is %d bytes, qemu-img's %d", o, q)
 			}
 		})
+	}
+}
+
+// TestRebaseUnsafeBackingFormat: rebase -u without a format probes the new
+// backing file, so the chain opens again, and refuses when it can't.
+func TestRebaseUnsafeBackingFormat(t *testing.T) {
+	dir := t.TempDir()
+	top := filepath.Join(dir, "top.qcow2")
+	if err := Create(top, CreateOptions{Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	raw := filepath.Join(dir, "base.raw")
+	if err := Create(raw, CreateOptions{Format: FormatRaw, Size: 1 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := Rebase(ctx, top, RebaseOptions{Backing: "base.raw", Unsafe: true}); err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(top, Options{})
+	if err != nil {
+		t.Fatalf("the rebased chain does not open: %v", err)
+	}
+	if img.BackingFormat() != "raw" {
+		t.Errorf("backing format %q, want the probed raw", img.BackingFormat())
+	}
+	img.Close()
+	err = Rebase(ctx, top, RebaseOptions{Backing: "missing.qcow2", Unsafe: true})
+	if !errors.Is(err, ErrBackingFormatNeeded) {
+		t.Fatalf("rebase -u onto a missing file without a format: %v, want ErrBackingFormatNeeded", err)
+	}
+	img, err = Open(top, Options{NoBacking: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.BackingPath() == "" || filepath.Base(img.BackingPath()) != "base.raw" {
+		t.Errorf("a refused rebase changed the backing file to %q", img.BackingPath())
+	}
+	img.Close()
+	// With the format given, a missing file is the user's business.
+	if err := Rebase(ctx, top, RebaseOptions{Backing: "missing.qcow2", BackingFormat: FormatQcow2, Unsafe: true}); err != nil {
+		t.Errorf("rebase -u -F qcow2 onto a missing file: %v", err)
 	}
 }
