@@ -102,12 +102,15 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 	if err := convertInto(ctx, src, out, opts, zeroFill); err != nil {
 		return err
 	}
+	if err := checkUnshrunk(src); err != nil {
+		return err
+	}
 	return tmp.Commit()
 }
 
 // chunk is one unit of convert work: guest bytes to copy. host >= 0 is
-// where they lie in the top image's file when that file is mapped;
-// zeroChunk marks a range to fill with zeros.
+// where they lie, uncompressed and contiguous, in the top image's file,
+// read there with one pread; zeroChunk marks a range to fill with zeros.
 type chunk struct{ off, n, host int64 }
 
 const zeroChunk = -2
@@ -137,16 +140,10 @@ func convertInto(ctx context.Context, src *Image, w interface {
 	advance := newProgressMeter(opts.Progress, size).add
 
 	// Uncompressed data of the top image (of a raw image: all of it) is
-	// written straight from a read-only mapping of its file, without a
-	// copy into a buffer; not for a writable image, whose file can shrink
-	// under the mapping.
-	var mapped []byte
-	if src.w == nil && src.rw == nil && src.unreadable == nil {
-		if m, err := mapFile(src.f, src.fileSize); err == nil {
-			mapped = m
-			defer unmapFile(m)
-		}
-	}
+	// read from its file with one pread per chunk (up to ChunkSize),
+	// bypassing the mapping; no mmap, so memory stays at Workers chunk
+	// buffers whatever the image size.
+	direct := src.w == nil && src.rw == nil && src.unreadable == nil
 
 	block := opts.SparseSize
 	if block <= 0 {
@@ -170,18 +167,12 @@ func convertInto(ctx context.Context, src *Image, w interface {
 				advance(c.n)
 				return nil
 			}
-			if c.host >= 0 {
-				err := guardFault(src.path, func() error {
-					return write(w, mapped[c.host:c.host+c.n], c.off)
-				})
-				if err != nil {
-					return fmt.Errorf("qcow2: convert: %w", err)
-				}
-				advance(c.n)
-				return nil
-			}
 			b := buf[:c.n]
-			if _, err := src.ReadAt(b, c.off); err != nil {
+			if c.host >= 0 {
+				if err := src.readHost(b, c.host); err != nil {
+					return err
+				}
+			} else if _, err := src.ReadAt(b, c.off); err != nil {
 				return err
 			}
 			if err := write(w, b, c.off); err != nil {
@@ -207,8 +198,8 @@ func convertInto(ctx context.Context, src *Image, w interface {
 				host := int64(-1)
 				if h := e.HostOffset + off - e.Start; !data {
 					host = zeroChunk
-				} else if mapped != nil && e.Kind == KindData && e.Depth == 0 &&
-					e.HostOffset >= 0 && h+next-off <= int64(len(mapped)) {
+				} else if direct && e.Kind == KindData && e.Depth == 0 &&
+					e.HostOffset >= 0 && h+next-off <= src.fileSize {
 					host = h
 				}
 				if err := emit(chunk{off, next - off, host}); err != nil {

@@ -72,6 +72,9 @@ func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertIm
 			return nil
 		})
 	})
+	if err == nil {
+		err = checkUnshrunk(src)
+	}
 	if err != nil {
 		return convertError(dst, err)
 	}
@@ -79,4 +82,24 @@ func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertIm
 		return convertError(dst, err)
 	}
 	return tgt.Close()
+}
+
+// checkUnshrunk reports an error when the file of a read-only image in
+// src's chain is now shorter than when it was opened: it was truncated
+// while convert read it, and reads past its new end (and SEEK_HOLE)
+// would have taken its lost data for zeros.
+func checkUnshrunk(src *Image) error {
+	for img := src; img != nil; img = img.backing {
+		if img.w != nil || img.rw != nil || img.f == nil {
+			continue
+		}
+		fi, err := img.f.Stat()
+		if err != nil {
+			return fmt.Errorf("qcow2: %s: %w", img.path, err)
+		}
+		if fi.Size() < img.fileSize {
+			return fmt.Errorf("qcow2: %s changed while it was read: the file shrank from %d to %d bytes", img.path, img.fileSize, fi.Size())
+		}
+	}
+	return nil
 }

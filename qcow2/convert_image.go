@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -179,14 +178,11 @@ func ConvertImage(ctx context.Context, src *Image, dst string, opts ConvertImage
 		workers:  opts.Workers,
 		progress: opts.Progress,
 	}
-	if src.Format() == FormatRaw && src.Backing() == nil {
-		if m, err := mapFile(src.f, src.fileSize); err == nil {
-			cv.mapped = m
-			defer unmapFile(m)
-		}
-	}
 	if err := cv.run(ctx); err != nil {
 		return convertError(dst, err)
+	}
+	if err := checkUnshrunk(src); err != nil {
+		return err
 	}
 	if err := cw.finish(); err != nil {
 		return convertError(dst, err)
@@ -236,7 +232,7 @@ type cvJob struct {
 	done     chan struct{}
 	clusters []cvCluster
 	buf      *[]byte // pooled buffer holding the guest data, if any
-	data     []byte  // guest data of the run (in buf or the mapped source)
+	data     []byte  // guest data of the run (in buf)
 	cbuf     *[]byte // compressed bytes
 	err      error
 }
@@ -252,9 +248,8 @@ type converter struct {
 	workers  int
 	progress func(done, total int64)
 
-	bufs   sync.Pool
-	zero   []byte
-	mapped []byte // the raw source file mapped read-only, or nil
+	bufs sync.Pool
+	zero []byte
 }
 
 // jobClusters is how many clusters one job covers (about 1 MiB).
@@ -297,7 +292,7 @@ func (cv *converter) run(ctx context.Context) error {
 					if cv.bk != nil && bkBuf == nil {
 						bkBuf = make([]byte, per*cv.cs)
 					}
-					j.err = cv.safeWork(j, c, bkBuf)
+					j.err = cv.work(j, c, bkBuf)
 				}
 				close(j.done)
 			}
@@ -510,47 +505,6 @@ func readDataOnly(img *Image, p []byte, off int64, cs int64, holes []bool) error
 	return nil
 }
 
-// flagHoles sets holes[i] for each whole cluster of [off, off+n) that
-// img reports as zeros; n is a multiple of cs.
-func flagHoles(img *Image, off, n, cs int64, holes []bool) error {
-	return img.WalkExtents(off, n, func(e Extent) error {
-		if e.Kind == KindData || e.Kind == KindCompressed {
-			return nil
-		}
-		s, t := max(e.Start, off), min(e.Start+e.Length, off+n)
-		for c := (s - off + cs - 1) / cs; c < (t-off)/cs; c++ {
-			holes[c] = true
-		}
-		return nil
-	})
-}
-
-// safeWork runs work; when the source is mapped in memory, a fault
-// reading it (the file shrank under us) becomes an error instead of a
-// crash.
-func (cv *converter) safeWork(j *cvJob, c clusterCompressor, bkBuf []byte) error {
-	if cv.mapped == nil {
-		return cv.work(j, c, bkBuf)
-	}
-	return guardFault(cv.src.Path(), func() error { return cv.work(j, c, bkBuf) })
-}
-
-// guardFault runs fn with faults on memory access turned into an error
-// naming path.
-func guardFault(path string, fn func() error) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if r := recover(); r != nil {
-			f, ok := r.(interface{ Addr() uintptr })
-			if !ok {
-				panic(r)
-			}
-			err = fmt.Errorf("qcow2: %s changed while it was read (memory fault at %#x)", path, f.Addr())
-		}
-	}()
-	return fn()
-}
-
 // work classifies (and compresses) the clusters of one job.
 func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 	cs := cv.cs
@@ -574,24 +528,14 @@ func (cv *converter) work(j *cvJob, c clusterCompressor, bkBuf []byte) error {
 		holes = make([]bool, j.n)
 	}
 	var buf []byte
-	if m := cv.mapped; srcData && off+n <= int64(len(m)) {
-		// A raw source mapped in memory: no copy into a buffer.
-		buf = m[off : off+n : off+n]
-		if holes != nil {
-			if err := flagHoles(cv.src, off, n, cs, holes); err != nil {
-				return err
-			}
+	j.buf = cv.bufs.Get().(*[]byte)
+	buf = (*j.buf)[:n]
+	if srcData {
+		if err := readDataOnly(cv.src, buf, off, cs, holes); err != nil {
+			return err
 		}
 	} else {
-		j.buf = cv.bufs.Get().(*[]byte)
-		buf = (*j.buf)[:n]
-		if srcData {
-			if err := readDataOnly(cv.src, buf, off, cs, holes); err != nil {
-				return err
-			}
-		} else {
-			clear(buf)
-		}
+		clear(buf)
 	}
 	j.data = buf
 	var bb []byte

@@ -271,29 +271,3 @@ func TestConvertImageBadOptions(t *testing.T) {
 
 // TestGuardFault maps a file, shrinks it, and reads the lost pages
 // through guardFault: an error, not a crash.
-func TestGuardFault(t *testing.T) {
-	p := writeRawFile(t, t.TempDir(), "f.raw", mixedData(9, 1<<20))
-	f, err := os.Open(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	m, err := mapFile(f, 1<<20)
-	if err != nil {
-		t.Skipf("no mmap here: %v", err)
-	}
-	defer unmapFile(m)
-	if err := os.Truncate(p, 0); err != nil {
-		t.Fatal(err)
-	}
-	var sum byte
-	err = guardFault(p, func() error {
-		for _, b := range m[512<<10:] {
-			sum += b
-		}
-		return nil
-	})
-	if err == nil || !strings.Contains(err.Error(), "changed while it was read") {
-		t.Fatalf("err = %v (sum %d)", err, sum)
-	}
-}

@@ -284,11 +284,16 @@ func (img *Image) rawStatus(off, n int64, wantZero bool) (subType, int64, int64,
 }
 
 // readHost reads len(dst) bytes at host offset off of the image file;
-// bytes past the end of the file read as zeros, as in QEMU.
+// bytes past the end of the file read as zeros, as in QEMU. A read-only
+// image whose file now ends before the size it had when opened was
+// truncated under us: that is an error, not zeros.
 func (img *Image) readHost(dst []byte, off int64) error {
 	n, err := img.f.ReadAt(dst, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("qcow2: reading %s at %#x: %w", img.path, off, err)
+	}
+	if end := off + int64(n); n < len(dst) && end < img.fileSize && img.w == nil && img.rw == nil {
+		return fmt.Errorf("qcow2: %s changed while it was read: the file ends at %#x, before %#x where it ended when opened", img.path, end, img.fileSize)
 	}
 	clear(dst[n:])
 	return nil
