@@ -17,6 +17,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	repair := fs.StringP("repair", "r", "", "repair: leaks (lower refcounts that are too high) or all (also corruptions)")
 	output := fs.String("output", "human", "output format: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks")
+	backingRoot := backingRootFlag(fs)
 	format := fs.StringP("format", "f", "", "image format; probed when omitted")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -47,7 +48,11 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			return withCode(63, fmt.Errorf("%s: this image format (%s) does not support checks", path, f))
 		}
 	}
-	res, err := qcow2.CheckFile(path, mode, qcow2.Options{ForceShare: *forceShare})
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return err
+	}
+	res, err := qcow2.CheckFile(path, mode, ropts(qcow2.Options{ForceShare: *forceShare}))
 	if err != nil {
 		if errors.Is(err, qcow2.ErrUnsupportedFeature) {
 			return withCode(63, err)

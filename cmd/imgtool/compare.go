@@ -20,18 +20,23 @@ func runCompare(args []string, stdout, stderr io.Writer) error {
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing; only the exit status tells")
 	forceShare := fs.BoolP("force-share", "U", false, "open the images without taking image locks")
+	backingRoot := backingRootFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return withCode(2, err)
 	}
 	if fs.NArg() != 2 {
 		return withCode(2, usagef("expected A and B, got %d arguments", fs.NArg()))
 	}
-	a, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*fmtA), ForceShare: *forceShare})
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return withCode(2, err)
+	}
+	a, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*fmtA), ForceShare: *forceShare}))
 	if err != nil {
 		return withCode(2, err)
 	}
 	defer a.Close()
-	b, err := qcow2.Open(fs.Arg(1), qcow2.Options{Format: qcow2.Format(*fmtB), ForceShare: *forceShare})
+	b, err := qcow2.Open(fs.Arg(1), ropts(qcow2.Options{Format: qcow2.Format(*fmtB), ForceShare: *forceShare}))
 	if err != nil {
 		return withCode(2, err)
 	}

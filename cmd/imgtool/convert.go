@@ -27,6 +27,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
+	backingRoot := backingRootFlag(fs)
 	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates; with -n, zeros are not written)")
 	cache := fs.StringP("cache", "t", "writeback", "output cache mode: writeback (fsync, then put in place), unsafe (no fsync), none (O_DIRECT for aligned writes; refused where the filesystem has no O_DIRECT), writethrough, directsync")
 	noCreate := fs.BoolP("no-create", "n", false, "DST exists (of format -O): write into it instead of creating it; it must be at least as large as SRC")
@@ -78,7 +79,11 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	}
 	opts.NoSparse = s == 0
 	opts.SparseSize = s
-	src, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return err
+	}
+	src, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
 	if err != nil {
 		return err
 	}

@@ -184,3 +184,46 @@ func TestLockHintOnlyWithDashU(t *testing.T) {
 		}
 	}
 }
+
+// TestBackingRootRefusesEscape: with --backing-root, an image whose
+// backing name climbs out of the root is refused by every reading command
+// before a byte of the outside file is read.
+func TestBackingRootRefusesEscape(t *testing.T) {
+	outside, root := t.TempDir(), t.TempDir()
+	secret := filepath.Join(outside, "secret.raw")
+	if err := os.WriteFile(secret, bytes.Repeat([]byte("s"), 4096), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rel, err := filepath.Rel(root, secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil := filepath.Join(root, "evil.qcow2")
+	if code, _, stderr := runCmd("create", "-q", "-u", "-b", rel, "-F", "raw", evil, "4096"); code != 0 {
+		t.Fatal(stderr)
+	}
+	for _, args := range [][]string{
+		{"info", "--backing-chain"}, {"map"}, {"convert", "-O", "raw"}, {"measure", "-O", "qcow2"}, {"compare"},
+	} {
+		a := append(append([]string{}, args...), "--backing-root", root, evil)
+		switch args[0] {
+		case "convert":
+			a = append(a, filepath.Join(root, "out.raw"))
+		case "compare":
+			a = append(a, evil)
+		}
+		code, _, stderr := runCmd(a...)
+		if code == 0 || !strings.Contains(stderr, "outside the backing root") {
+			t.Errorf("%v: exit %d, %q; want a refusal", a, code, stderr)
+		}
+		// Without the root the escape is followed (as qemu-img does).
+		if args[0] == "map" {
+			if code, _, stderr := runCmd("map", evil); code != 0 {
+				t.Errorf("map without --backing-root: %d %s", code, stderr)
+			}
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "out.raw")); !os.IsNotExist(err) {
+		t.Errorf("a refused convert left output: %v", err)
+	}
+}

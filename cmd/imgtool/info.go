@@ -15,6 +15,7 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	chain := fs.Bool("backing-chain", false, "show every image of the backing chain, top first")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
+	backingRoot := backingRootFlag(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -22,7 +23,11 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
-	opts := qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return err
+	}
+	opts := ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	var infos []*qcow2.ImageInfo
 	if *chain {
 		infos, err = qcow2.ChainInfo(fs.Arg(0), opts)

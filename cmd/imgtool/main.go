@@ -20,6 +20,7 @@ import (
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/imagelock"
+	"github.com/imgtool/imgtool/qcow2"
 	"github.com/spf13/pflag"
 )
 
@@ -312,4 +313,26 @@ func plural(n int, noun string) string {
 		return "1 " + noun
 	}
 	return fmt.Sprintf("%d %ss", n, noun)
+}
+
+// backingRootFlag adds --backing-root DIR to a reading command.
+func backingRootFlag(fs *pflag.FlagSet) *string {
+	return fs.String("backing-root", "", "refuse backing files that resolve outside `DIR` (for images you don't trust)")
+}
+
+// backingRootOptions returns a function that confines the open options
+// it is given to root (see qcow2.ConfineTo); with an empty root it
+// changes nothing.
+func backingRootOptions(root string) (func(qcow2.Options) qcow2.Options, error) {
+	if root == "" {
+		return func(o qcow2.Options) qcow2.Options { return o }, nil
+	}
+	check, err := qcow2.ConfineTo(root)
+	if err != nil {
+		return nil, usagef("--backing-root: %v", err)
+	}
+	return func(o qcow2.Options) qcow2.Options {
+		o.CheckReference = check
+		return o
+	}, nil
 }

@@ -14,6 +14,7 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
+	backingRoot := backingRootFlag(fs)
 	startOffset := fs.String("start-offset", "", "map from this guest offset on (default 0)")
 	maxLength := fs.String("max-length", "", "map at most this many bytes (default: to the end)")
 	asJSON, err := parseFlagsOutput(fs, args, output)
@@ -34,7 +35,11 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 			return usagef("--max-length: %v", err)
 		}
 	}
-	img, err := qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return err
+	}
+	img, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
 	if err != nil {
 		return err
 	}

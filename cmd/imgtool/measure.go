@@ -19,6 +19,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	sizeStr := fs.String("size", "", "measure a new image of this size instead of SRC")
 	format := fs.StringP("format", "f", "", "SRC format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open SRC without taking image locks")
+	backingRoot := backingRootFlag(fs)
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -36,6 +37,10 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 			return usagef("-o: %v", err)
 		}
 	}
+	ropts, err := backingRootOptions(*backingRoot)
+	if err != nil {
+		return err
+	}
 	var (
 		src  *qcow2.Image
 		size int64
@@ -46,7 +51,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 			return usagef("--size: %v", err)
 		}
 	case *sizeStr == "" && fs.NArg() == 1:
-		if src, err = qcow2.Open(fs.Arg(0), qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}); err != nil {
+		if src, err = qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})); err != nil {
 			return err
 		}
 		defer src.Close()
