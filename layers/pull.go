@@ -133,7 +133,12 @@ func Pull(ctx context.Context, src string, dst ImageRef, opts PullOptions) (*Pul
 			return res, err
 		}
 	}
-	if err := l.SetTag(ctx, dst.Tag, plan.top); err != nil {
+	tagged := plan.top
+	tagged.Annotations = map[string]string{AnnotationSource: ref.Context().Name()}
+	for k, v := range plan.top.Annotations {
+		tagged.Annotations[k] = v
+	}
+	if err := l.SetTag(ctx, dst.Tag, tagged); err != nil {
 		return res, err
 	}
 	return res, nil

@@ -97,6 +97,9 @@ func (s *Store) pins() ([]imagePin, []string, error) {
 
 // pinValid reports whether the pin's tag still resolves to its manifest.
 func pinValid(ctx context.Context, p imagePin) bool {
+	if isRemotePin(p.ImageDir) {
+		return true // kept until gc --all (see remotePinPrefix)
+	}
 	l, err := layers.OpenLayout(p.ImageDir)
 	if err != nil {
 		return false

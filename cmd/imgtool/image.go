@@ -29,8 +29,16 @@ Subcommands:
   disk    [--size SIZE] [--cluster-size N] [-p] DIR:TAG|docker://REF OUTDIR
           build an ext4 VM disk as a qcow2 chain, one level per layer
           (named by ChainID), and print the top image's path
+  pull    [--platform P] [--all-platforms] REF DIR:TAG
+          copy an image from a registry into the layout DIR
+  push    DIR:TAG REF
+          copy an image (or index) of the layout DIR to a registry
 
-A layout reference is DIR[:TAG]; TAG defaults to latest.
+A layout reference is DIR[:TAG]; TAG defaults to latest. A registry
+reference REF is HOST[:PORT]/REPO[:TAG|@DIGEST], with or without docker://.
+Credentials: --creds, --authfile, else $REGISTRY_AUTH_FILE,
+${XDG_RUNTIME_DIR}/containers/auth.json, ~/.config/containers/auth.json,
+~/.docker/config.json (and its credential helpers).
 Run 'imgtool image SUBCOMMAND --help' for the options of one.
 `
 
@@ -42,6 +50,8 @@ func runImage(args []string, stdout, stderr io.Writer) error {
 		subcommand{[]string{"ls", "list"}, runImageLs},
 		subcommand{[]string{"verify"}, runImageVerify},
 		subcommand{[]string{"disk"}, runImageDisk},
+		subcommand{[]string{"pull"}, runImagePull},
+		subcommand{[]string{"push"}, runImagePush},
 	)
 }
 

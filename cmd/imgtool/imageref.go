@@ -53,3 +53,26 @@ func openLayoutArg(fs *pflag.FlagSet) (*layers.Layout, error) {
 	}
 	return layers.OpenLayout(fs.Arg(0))
 }
+
+// openStoreRemote opens the store for a docker:// image: the platform to
+// pick, per-layer progress and the registry options of the flags.
+func openStoreRemote(storeDir, platform string, progress bool, rf *registryFlags, stderr io.Writer) (*overlay.Store, overlay.ImageOptions, overlay.RemoteOptions, error) {
+	plat, err := parsePlatform(platform)
+	if err != nil {
+		return nil, overlay.ImageOptions{}, overlay.RemoteOptions{}, err
+	}
+	ro, err := rf.options()
+	if err != nil {
+		return nil, overlay.ImageOptions{}, overlay.RemoteOptions{}, err
+	}
+	s, err := rootfsOpenStore(storeDir)
+	if err != nil {
+		return nil, overlay.ImageOptions{}, overlay.RemoteOptions{}, err
+	}
+	return s, overlay.ImageOptions{Platform: plat, Progress: rootfsProgress(progress, stderr)}, overlay.RemoteOptions{Registry: ro}, nil
+}
+
+// stringer prints a string where a fmt.Stringer is wanted.
+type stringer string
+
+func (s stringer) String() string { return string(s) }

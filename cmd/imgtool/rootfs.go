@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
@@ -93,7 +94,7 @@ func rootfsProgress(on bool, w io.Writer) func(overlay.Progress) {
 }
 
 func runRootfsMount(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG TARGET", stderr)
+	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG|docker://REF TARGET", stderr)
 	store := rootfsStoreFlag(fs)
 	name := fs.String("name", "", "container `NAME`; an existing unmounted container of that name is mounted again with its changes (default: generated)")
 	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir; with --copy, hardlink the files from the store (never write such a copy: it would change the store)")
@@ -101,19 +102,35 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
+	rf := addRegistryFlags(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
 	if fs.NArg() != 2 {
-		return usagef("want DIR:TAG and TARGET, got %d arguments", fs.NArg())
+		return usagef("want DIR:TAG (or docker://REF) and TARGET, got %d arguments", fs.NArg())
 	}
-	s, ref, iopts, err := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
-	if err != nil {
-		return err
+	mopts := overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode}
+	var (
+		c   *overlay.Container
+		st  overlay.UnpackStats
+		ref fmt.Stringer
+	)
+	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
+		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
+		if oerr != nil {
+			return oerr
+		}
+		c, st, err = s.MountRemote(context.Background(), remote, fs.Arg(1), mopts, iopts, ropts)
+		ref = stringer(remote)
+	} else {
+		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
+		if oerr != nil {
+			return oerr
+		}
+		c, st, err = s.Mount(context.Background(), lref, fs.Arg(1), mopts, iopts)
+		ref = lref
 	}
-	c, st, err := s.Mount(context.Background(), ref, fs.Arg(1),
-		overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode}, iopts)
 	if errors.Is(err, overlay.ErrMountUnsupported) {
 		return fmt.Errorf("%w\nhint: where overlayfs cannot be mounted, 'imgtool rootfs mount --copy' makes a flattened copy instead", err)
 	}

@@ -145,23 +145,38 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 }
 
 func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG", stderr)
+	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG|docker://REF", stderr)
 	store := rootfsStoreFlag(fs)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
+	rf := addRegistryFlags(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
 	}
 	if fs.NArg() != 1 {
-		return usagef("want one DIR:TAG argument, got %d", fs.NArg())
+		return usagef("want one DIR:TAG (or docker://REF) argument, got %d", fs.NArg())
 	}
-	s, ref, iopts, err := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
-	if err != nil {
-		return err
+	var (
+		st  overlay.UnpackStats
+		ref fmt.Stringer
+	)
+	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
+		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
+		if oerr != nil {
+			return oerr
+		}
+		st, err = s.UnpackRemote(context.Background(), remote, iopts, ropts)
+		ref = stringer(remote)
+	} else {
+		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
+		if oerr != nil {
+			return oerr
+		}
+		st, err = s.Unpack(context.Background(), lref, iopts)
+		ref = lref
 	}
-	st, err := s.Unpack(context.Background(), ref, iopts)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,88 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/imgtool/imgtool/layers"
+)
+
+func runImagePull(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image pull", "[--platform OS/ARCH[/VARIANT]] [--all-platforms] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR[:TAG]", stderr)
+	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to take from a multi-platform image (default: the host's)")
+	all := fs.Bool("all-platforms", false, "keep a multi-platform index whole, with every image it lists")
+	rf := addRegistryFlags(fs)
+	progress := fs.BoolP("progress", "p", false, "show one progress bar per blob on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	asJSON, err := parseFlagsOutput(fs, args, output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want REF and DIR[:TAG], got %d arguments", fs.NArg())
+	}
+	dst, plat, err := parseImageArg(fs.Arg(1), *platform)
+	if err != nil {
+		return err
+	}
+	if *all && plat != nil {
+		return usagef("--platform and --all-platforms exclude each other")
+	}
+	ropts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	update, finish := newBlobProgress(*progress, stderr)
+	res, err := layers.Pull(context.Background(), fs.Arg(0), dst, layers.PullOptions{Registry: ropts, Platform: plat, AllPlatforms: *all, Progress: update})
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(stdout, "pulled %s into %s: %s, %s: %d fetched (%s), %d already there\n",
+		res.Reference, dst, res.Descriptor.Digest, plural(res.Blobs, "blob"), res.Fetched, storeBytes(res.Bytes), res.Present)
+	return nil
+}
+
+func runImagePush(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("image push", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] DIR[:TAG] REF", stderr)
+	rf := addRegistryFlags(fs)
+	mountFrom := fs.String("mount-from", "", "`HOST/REPO` of the same registry to mount missing blobs from (default: where the image was pulled from)")
+	progress := fs.BoolP("progress", "p", false, "show one progress bar per blob on stderr")
+	output := fs.String("output", "human", "output format: human or json")
+	asJSON, err := parseFlagsOutput(fs, args, output)
+	if err != nil {
+		return err
+	}
+	if fs.NArg() != 2 {
+		return usagef("want DIR[:TAG] and REF, got %d arguments", fs.NArg())
+	}
+	src, _, err := parseImageArg(fs.Arg(0), "")
+	if err != nil {
+		return err
+	}
+	ropts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	update, finish := newBlobProgress(*progress, stderr)
+	res, err := layers.Push(context.Background(), src, fs.Arg(1), layers.PushOptions{Registry: ropts, MountFrom: *mountFrom, Progress: update})
+	finish()
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	fmt.Fprintf(stdout, "pushed %s to %s: %s, %s: %d uploaded (%s), %d already there\n",
+		src, res.Reference, res.Descriptor.Digest, plural(res.Blobs, "layer blob"), res.Uploaded, storeBytes(res.Bytes), res.Skipped)
+	return nil
+}
