@@ -57,7 +57,7 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", vmchain.DefaultChainBase, "name of the base level")
 	format := fs.StringP("format", "f", "", "format of IMG: qcow2 or raw (probed when omitted)")
 	clusterSize := fs.String("cluster-size", "", "cluster size of the chain's images (default 64K)")
-	progress := fs.BoolP("progress", "p", false, "show progress")
+	progress := progressFlags(fs, "show progress")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -91,7 +91,7 @@ func runChainAdd(args []string, stdout, stderr io.Writer) error {
 	from := fs.String("from", "", "the level to build on")
 	imp := fs.String("import", "", "a standalone disk whose differences from PARENT the level stores")
 	format := fs.StringP("format", "f", "", "format of the --import image: qcow2 or raw (probed when omitted)")
-	progress := fs.BoolP("progress", "p", false, "show progress (with --import)")
+	progress := progressFlags(fs, "show progress (with --import)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -276,7 +276,7 @@ func runChainRm(args []string, stdout, stderr io.Writer) error {
 
 func runChainSquash(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("chain squash", "DIR NAME [-p]", stderr)
-	progress := fs.BoolP("progress", "p", false, "show progress")
+	progress := progressFlags(fs, "show progress")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

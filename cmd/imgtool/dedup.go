@@ -55,7 +55,7 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	chunk := fs.String("chunk-size", "", "image chunk size (default: the largest cluster size, 64 KiB for raw)")
 	forceShare := fs.BoolP("force-share", "U", false, "open images without taking image locks")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -108,7 +108,7 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 	clusterSize := fs.String("cluster-size", "", "cluster size of the base and overlays (default: the images' largest, else 64 KiB)")
 	forceShare := fs.BoolP("force-share", "U", false, "open images without taking image locks")
 	output := fs.String("output", "human", "output format: human or json")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -160,7 +160,7 @@ func allocatedOrData(res *dedup.RebaseResult) int64 {
 func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dedup sparsify", "[-p] IMG", stderr)
 	output := fs.String("output", "human", "output format: human or json")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -208,7 +208,7 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	minSize := fs.String("min-size", "", "smallest file to consider (default 1 byte)")
 	dry := fs.BoolP("dry-run", "n", false, "report what would be shared, change nothing")
 	output := fs.String("output", "human", "output format: human or json")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err

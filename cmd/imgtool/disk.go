@@ -21,7 +21,7 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	sizeStr := fs.String("size", "16G", "virtual disk `SIZE`, 16M to 1T (fixed, so images sharing layers share levels)")
 	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {

@@ -227,3 +227,20 @@ func TestBackingRootRefusesEscape(t *testing.T) {
 		t.Errorf("a refused convert left output: %v", err)
 	}
 }
+
+// TestQuietBeatsProgress: on the commands whose -p draws progress, -q
+// silences it in either order.
+func TestQuietBeatsProgress(t *testing.T) {
+	src := t.TempDir()
+	os.WriteFile(filepath.Join(src, "f"), bytes.Repeat([]byte("x"), 1<<20), 0o644)
+	out := filepath.Join(t.TempDir(), "l.tar")
+	for _, flags := range [][]string{{"-p", "-q"}, {"-q", "-p"}, {"-pq"}} {
+		args := append(append([]string{"layer", "create"}, flags...), "--output-file", out, src)
+		if code, _, stderr := runCmd(args...); code != 0 || strings.Contains(stderr, "100") {
+			t.Errorf("%v: exit %d, stderr %q; want no progress", flags, code, stderr)
+		}
+	}
+	if code, _, stderr := runCmd("layer", "create", "-p", "--output-file", out, src); code != 0 || !strings.Contains(stderr, "(100.00/100%)") {
+		t.Errorf("-p alone: exit %d, stderr %q; want a final 100%% line", code, stderr)
+	}
+}

@@ -97,7 +97,7 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick the base from an index, or to record for an image from scratch (default: the host's)")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
 	tmp := fs.String("tmpdir", "", "`DIR` for the scratch tree that directory layers are diffed against (default: $TMPDIR)")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -166,7 +166,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 	fs.Var(idMapFlag{&ao.UIDMap}, "uid-map", "map layer uids to host uids (repeatable, for rootless use)")
 	fs.Var(idMapFlag{&ao.GIDMap}, "gid-map", "map layer gids to host gids (repeatable)")
 	fs.BoolVar(&ao.SkipDevices, "skip-devices", false, "skip device nodes when they may not be created (not root) instead of failing")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {

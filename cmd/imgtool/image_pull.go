@@ -14,7 +14,7 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to take from a multi-platform image (default: the host's)")
 	all := fs.Bool("all-platforms", false, "keep a multi-platform index whole, with every image it lists")
 	rf := addRegistryFlags(fs)
-	progress := fs.BoolP("progress", "p", false, "show one progress bar per blob on stderr")
+	progress := progressFlags(fs, "show one progress bar per blob on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -54,7 +54,7 @@ func runImagePush(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image push", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] DIR[:TAG] REF", stderr)
 	rf := addRegistryFlags(fs)
 	mountFrom := fs.String("mount-from", "", "`HOST/REPO` of the same registry to mount missing blobs from (default: where the image was pulled from)")
-	progress := fs.BoolP("progress", "p", false, "show one progress bar per blob on stderr")
+	progress := progressFlags(fs, "show one progress bar per blob on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {

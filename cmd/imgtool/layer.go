@@ -71,7 +71,7 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 	level := fs.Int("level", 0, "compression level: gzip 1-9 (default 5), zstd 1-22 (default 3; 1 is about 1.4x cheaper for ~5% bigger blobs)")
 	out := fs.String("output-file", "", "write the blob to FILE (- for standard output)")
 	output := fs.String("output", "human", "report format: human or json")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	for _, a := range args {
 		if a == "--" {
 			break
@@ -217,7 +217,7 @@ func runLayerApply(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&opts.SkipDevices, "skip-devices", false, "skip device nodes when they may not be created (not root) instead of failing")
 	expect := fs.String("expect-digest", "", "fail unless the blob has this digest")
 	output := fs.String("output", "human", "report format: human or json")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err

@@ -3,10 +3,12 @@ package main
 import (
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/imgtool/imgtool/internal/qemusize"
+	"github.com/spf13/pflag"
 )
 
 // redrawEvery is how often a progress line is redrawn at most.
@@ -82,3 +84,47 @@ func (p *progressLine) draw(end string) {
 	// Pad over the rest of a longer earlier line.
 	fmt.Fprintf(p.w, "\r%-70s%s", line, end)
 }
+
+// progressFlags adds -p/--progress and -q/--quiet to fs and returns the
+// bool the command reads: true when -p was given and -q was not, in
+// whatever order they come (qemu-img's -q wins over -p).
+func progressFlags(fs *pflag.FlagSet, usage string) *bool {
+	pq := &progressQuiet{}
+	p := fs.VarPF(&pqFlag{pq: pq, quiet: false}, "progress", "p", usage)
+	p.NoOptDefVal = "true"
+	q := fs.VarPF(&pqFlag{pq: pq, quiet: true}, "quiet", "q", "quiet: no progress, even with -p")
+	q.NoOptDefVal = "true"
+	return &pq.on
+}
+
+// progressQuiet is the state -p and -q share.
+type progressQuiet struct{ progress, quiet, on bool }
+
+// pqFlag is the pflag.Value of -p (quiet false) or -q (quiet true).
+type pqFlag struct {
+	pq    *progressQuiet
+	quiet bool
+}
+
+func (f *pqFlag) Set(s string) error {
+	v, err := strconv.ParseBool(s)
+	if err != nil {
+		return err
+	}
+	if f.quiet {
+		f.pq.quiet = v
+	} else {
+		f.pq.progress = v
+	}
+	f.pq.on = f.pq.progress && !f.pq.quiet
+	return nil
+}
+
+func (f *pqFlag) String() string {
+	if f.pq == nil {
+		return "false"
+	}
+	return strconv.FormatBool(map[bool]bool{false: f.pq.progress, true: f.pq.quiet}[f.quiet])
+}
+
+func (f *pqFlag) Type() string { return "bool" }

@@ -148,7 +148,7 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG|docker://REF", stderr)
 	store := rootfsStoreFlag(fs)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
-	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
+	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
 	rf := addRegistryFlags(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
