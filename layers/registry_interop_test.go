@@ -3,7 +3,16 @@ package layers
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -35,6 +44,13 @@ type realRegistry struct {
 // GET /v2/ answers.
 func startRegistry(t *testing.T) *realRegistry {
 	t.Helper()
+	return startRegistryWith(t, "", nil)
+}
+
+// startRegistryWith starts it with extra YAML under http: (tls) and at the
+// top level (auth); client is what waits for it (nil: plain HTTP).
+func startRegistryWith(t *testing.T, extra string, client *http.Client) *realRegistry {
+	t.Helper()
 	bin := testutil.NeedTool(t, "docker-registry")
 	dir := t.TempDir()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -45,7 +61,7 @@ func startRegistry(t *testing.T) *realRegistry {
 	l.Close()
 	r := &realRegistry{Host: host, Data: filepath.Join(dir, "data")}
 	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\nstorage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\nhttp: {addr: %s}\n", r.Data, host)
+	conf := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\nstorage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\nhttp:\n  addr: %s\n%s", r.Data, host, extra)
 	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -73,11 +89,18 @@ func startRegistry(t *testing.T) *realRegistry {
 		cmd.Wait()
 		<-done
 	})
+	url := "http://" + host + "/v2/"
+	if client == nil {
+		client = http.DefaultClient
+	} else {
+		url = "https://" + host + "/v2/"
+	}
 	for deadline := time.Now().Add(20 * time.Second); ; {
-		resp, err := http.Get("http://" + host + "/v2/")
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			// 401: up, and asking for credentials.
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
 				return r
 			}
 		}
@@ -244,4 +267,104 @@ func TestRegistryInterop(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key into dir.
+func selfSigned(t *testing.T, dir string) (crt, key string) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
+	return crt, key
+}
+
+// TestRegistryAuthInterop: a self-signed TLS registry with htpasswd
+// authentication. TLS is refused unless verification is turned off;
+// pull and push work with --creds and with an auth file, and without
+// credentials the error names the registry and the files tried.
+func TestRegistryAuthInterop(t *testing.T) {
+	htpasswd := testutil.NeedTool(t, "htpasswd")
+	dir := t.TempDir()
+	crt, key := selfSigned(t, dir)
+	users := filepath.Join(dir, "htpasswd")
+	out, err := exec.Command(htpasswd, "-Bbn", "alice", "s3cret").Output()
+	if err != nil {
+		t.Fatalf("htpasswd: %v", err)
+	}
+	os.WriteFile(users, out, 0o600)
+	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
+	reg := startRegistryWith(t, fmt.Sprintf("  tls: {certificate: %s, key: %s}\nauth:\n  htpasswd: {realm: test, path: %s}\n", crt, key, users), insecure)
+
+	ctx := context.Background()
+	src := t.TempDir()
+	imgTestTreeA(t, filepath.Join(src, "tree"))
+	layout := filepath.Join(src, "layout")
+	if _, err := Build(ctx, layout, BuildOptions{Layers: []string{filepath.Join(src, "tree")}, Tag: "v1"}); err != nil {
+		t.Fatal(err)
+	}
+	ref := reg.Host + "/private/app:v1"
+	// No credential file anywhere the default keychain looks.
+	env := func(k string) string {
+		if k == "HOME" {
+			return dir
+		}
+		return ""
+	}
+
+	// Verified TLS (the default) refuses the self-signed certificate.
+	_, err = Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: "alice:s3cret", Env: env}})
+	if err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("push to a self-signed registry with verification: %v, want a certificate error", err)
+	}
+	// --creds and --tls-verify=false.
+	if _, err := Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: "alice:s3cret", Insecure: true, Env: env}}); err != nil {
+		t.Fatal(err)
+	}
+	// No credentials: refused, naming the registry and what was tried.
+	_, err = Pull(ctx, ref, ImageRef{Dir: filepath.Join(dir, "none"), Tag: "v1"}, PullOptions{Registry: registry.Options{Insecure: true, Env: env}})
+	if err == nil || !strings.Contains(err.Error(), reg.Host) || !strings.Contains(err.Error(), "tried") {
+		t.Fatalf("pull without credentials: %v; want an error naming %s and the files tried", err, reg.Host)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "none", "blobs")); err == nil {
+		entries, _ := os.ReadDir(filepath.Join(dir, "none", "blobs", "sha256"))
+		if len(entries) > 0 {
+			t.Errorf("a refused pull kept %d blobs", len(entries))
+		}
+	}
+	// Wrong password: refused.
+	_, err = Pull(ctx, ref, ImageRef{Dir: filepath.Join(dir, "wrong"), Tag: "v1"}, PullOptions{Registry: registry.Options{Creds: "alice:nope", Insecure: true, Env: env}})
+	if err == nil || !strings.Contains(err.Error(), reg.Host) {
+		t.Fatalf("pull with a wrong password: %v", err)
+	}
+	// An auth file, as podman and docker write it.
+	auth := filepath.Join(dir, "auth.json")
+	os.WriteFile(auth, []byte(fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte("alice:s3cret")))), 0o600)
+	got := filepath.Join(dir, "pulled")
+	if _, err := Pull(ctx, ref, ImageRef{Dir: got, Tag: "v1"}, PullOptions{Registry: registry.Options{AuthFile: auth, Insecure: true, Env: env}}); err != nil {
+		t.Fatalf("pull with --authfile: %v", err)
+	}
+	if testutil.InteropRequired() || os.Geteuid() == 0 {
+		sameTrees(t, imgTestOurUnpack(t, layout, "v1"), imgTestOurUnpack(t, got, "v1"))
+	}
 }
