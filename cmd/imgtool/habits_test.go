@@ -177,6 +177,18 @@ func TestLockHintOnlyWithDashU(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "Use -U") {
 		t.Errorf("info of a held image: exit %d, %q; want a -U hint", code, stderr)
 	}
+	// create --overwrite onto the held image is refused as qemu-img
+	// refuses it, and the image is left as it was.
+	before, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCmd("create", "--overwrite", p, "2M"); code == 0 || !strings.Contains(stderr, `Failed to get "write" lock`) {
+		t.Errorf("create --overwrite of a held image: exit %d, %q; want the write-lock error", code, stderr)
+	}
+	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
+		t.Error("the refused create --overwrite changed the held image")
+	}
 	for _, args := range [][]string{{"write", p, "0", "512"}, {"resize", p, "2M"}, {"snapshot", "-c", "s", p}, {"commit", p}} {
 		_, _, stderr := runCmd(args...)
 		if stderr == "" || strings.Contains(stderr, "-U") {

@@ -48,7 +48,7 @@ func commands() []command {
 		{"snapshot", "list, create, apply and delete internal snapshots", runSnapshot},
 		{"write", "write bytes, zeroes or a discard into an image at a guest offset", runWrite},
 		{"layer", "create, apply and list OCI layer tarballs (tar, tar+gzip, tar+zstd)", runLayer},
-		{"image", "build, unpack, list and verify images of an OCI image layout; make a VM disk of one (ext4 qcow2 chain)", runImage},
+		{"image", "build, unpack, list and verify images of an OCI image layout; pull and push them; make a VM disk of one (ext4 qcow2 chain)", runImage},
 		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
 		{"store", "list, unpack into, garbage-collect and dedup the layer store used by rootfs", runStore},
 		{"chain", "manage a directory of VM base images that build on each other (qcow2 backing chains)", runChain},
