@@ -219,7 +219,47 @@ func (p *pusher) image(ctx context.Context, desc ocispec.Descriptor) (v1.Image, 
 		p.all[ld.Digest] = ld
 	}
 	p.mu.Unlock()
-	return partial.CompressedToImage(core)
+	img, err := partial.CompressedToImage(core)
+	if err != nil {
+		return nil, err
+	}
+	if p.mount.RegistryStr() == "" {
+		return img, nil
+	}
+	return &pushMountImage{Image: img, core: core}, nil
+}
+
+// pushMountImage hands remote.Write its layers as *remote.MountableLayer.
+// partial.CompressedToImage wraps whatever LayerByDigest returns in its
+// own layer type, and remote.Write only asks for a cross-repository mount
+// when the layer's dynamic type is *remote.MountableLayer.
+type pushMountImage struct {
+	v1.Image
+	core *pushImageCore
+}
+
+func (i *pushMountImage) Layers() ([]v1.Layer, error) {
+	hs, err := partial.FSLayers(i.Image)
+	if err != nil {
+		return nil, err
+	}
+	ls := make([]v1.Layer, 0, len(hs))
+	for _, h := range hs {
+		l, err := i.LayerByDigest(h)
+		if err != nil {
+			return nil, err
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+func (i *pushMountImage) LayerByDigest(h v1.Hash) (v1.Layer, error) {
+	ld, ok := i.core.layers[h.String()]
+	if !ok {
+		return i.Image.LayerByDigest(h) // the config
+	}
+	return &remote.MountableLayer{Layer: &pushLayer{p: i.core.p, desc: ld}, Reference: i.core.p.mount.Digest(h.String())}, nil
 }
 
 type pushImageCore struct {
@@ -243,11 +283,7 @@ func (c *pushImageCore) LayerByDigest(h v1.Hash) (partial.CompressedLayer, error
 	if !ok {
 		return nil, fmt.Errorf("%w: image %s has no layer %s", ErrBlobNotFound, c.desc.Digest, h)
 	}
-	pl := &pushLayer{p: c.p, desc: ld}
-	if c.p.mount.RegistryStr() != "" {
-		return &remote.MountableLayer{Layer: pl, Reference: c.p.mount.Digest(h.String())}, nil
-	}
-	return pl, nil
+	return &pushLayer{p: c.p, desc: ld}, nil
 }
 
 // pushLayer is one layout blob as a v1.Layer for remote.Write, which reads

@@ -1,0 +1,354 @@
+package main
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/internal/treecmp"
+	"github.com/imgtool/imgtool/layers"
+)
+
+// registryUmociLayout builds with umoci a layout with tags v1 (two
+// layers) and v2 (v1's layers plus one), and returns its directory.
+func registryUmociLayout(t *testing.T) string {
+	t.Helper()
+	testutil.NeedTool(t, "umoci")
+	work := t.TempDir()
+	dir := filepath.Join(work, "layout")
+	testutil.Run(t, "umoci", "init", "--layout", dir)
+	testutil.Run(t, "umoci", "new", "--image", dir+":base")
+	bundle := filepath.Join(work, "bundle")
+	step := func(from, to string, edit func(r string)) {
+		t.Helper()
+		os.RemoveAll(bundle)
+		testutil.Run(t, "umoci", "unpack", "--image", dir+":"+from, bundle)
+		edit(filepath.Join(bundle, "rootfs"))
+		testutil.Run(t, "umoci", "repack", "--image", dir+":"+to, bundle)
+	}
+	w := func(r, p, s string, mode os.FileMode, uid int) {
+		t.Helper()
+		p = filepath.Join(r, p)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(s), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	step("base", "l1", func(r string) {
+		w(r, "etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644, 0)
+		w(r, "usr/bin/tool", strings.Repeat("binary ", 40000), 0o4755, 0)
+		w(r, "home/user/notes", "notes\n", 0o640, 1000)
+		if err := os.Symlink("../usr/bin/tool", filepath.Join(r, "etc/tool-link")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("l1", "v1", func(r string) {
+		w(r, "srv/data", strings.Repeat("data ", 100000), 0o600, 42)
+		if err := os.Remove(filepath.Join(r, "home/user/notes")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	step("v1", "v2", func(r string) {
+		w(r, "var/log/app.log", strings.Repeat("log line\n", 50000), 0o644, 0)
+		if err := os.RemoveAll(filepath.Join(r, "srv")); err != nil {
+			t.Fatal(err)
+		}
+	})
+	return dir
+}
+
+// registryCompare unpacks both layout refs with umoci raw unpack and
+// compares the trees.
+func registryCompare(t *testing.T, a, b string) {
+	t.Helper()
+	da, db := filepath.Join(t.TempDir(), "a"), filepath.Join(t.TempDir(), "b")
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", a, da)
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", b, db)
+	registryCompareDirs(t, da, db)
+}
+
+func registryCompareDirs(t *testing.T, want, got string) {
+	t.Helper()
+	registryCompareDirsOpts(t, want, got, treecmp.Options{})
+}
+
+func registryCompareDirsOpts(t *testing.T, want, got string, o treecmp.Options) {
+	t.Helper()
+	sa, err := treecmp.Snapshot(want, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, err := treecmp.Snapshot(got, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := treecmp.Diff(sa, sb); len(d) > 0 {
+		t.Errorf("%s and %s differ:\n%s", want, got, strings.Join(d, "\n"))
+	}
+	if len(sa) < 5 {
+		t.Errorf("only %d entries in %s", len(sa), want)
+	}
+}
+
+func registryRun(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errb := imageTestRun(t, args...)
+	if code != 0 {
+		t.Fatalf("imgtool %s: exit %d\n%s%s", strings.Join(args, " "), code, out, errb)
+	}
+	return out
+}
+
+func registryFail(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errb := imageTestRun(t, args...)
+	if code == 0 {
+		t.Fatalf("imgtool %s succeeded, want a failure\n%s", strings.Join(args, " "), out)
+	}
+	return errb
+}
+
+// TestRegistryInterop: an umoci image pushed by skopeo to the real
+// registry, pulled by imgtool; the second tag shares layers and moves only
+// the new one; imgtool's push (with a cross-repository mount) copied back
+// by skopeo unpacks the same.
+func TestRegistryInterop(t *testing.T) {
+	testutil.NeedTool(t, "skopeo")
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	src := registryUmociLayout(t)
+	for _, tag := range []string{"v1", "v2"} {
+		testutil.Run(t, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+src+":"+tag, "docker://"+reg.Host+"/test/app:"+tag)
+	}
+	dst := filepath.Join(t.TempDir(), "pulled")
+	mark := len(reg.Log())
+	registryRun(t, "image", "pull", "-p", "docker://"+reg.Host+"/test/app:v1", dst+":v1")
+	v1Bytes := reg.BlobBytesSent(mark)
+	registryCompare(t, src+":v1", dst+":v1")
+	if _, err := os.Stat(filepath.Join(dst, "blobs")); err != nil {
+		t.Fatal(err)
+	}
+
+	// v2 shares v1's two layers: only its new layer and config move.
+	l, err := layers.OpenLayout(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img2, err := l.Resolve(t.Context(), "v2", layers.ResolveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newLayer := img2.Manifest.Layers[len(img2.Manifest.Layers)-1]
+	mark = len(reg.Log())
+	out := registryRun(t, "image", "pull", "--output", "json", reg.Host+"/test/app:v2", dst+":v2")
+	var res layers.PullResult
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatal(err)
+	}
+	got, want := reg.BlobBytesSent(mark), newLayer.Size+img2.Manifest.Config.Size
+	if got != want || res.Fetched != 2 || res.Present != 2 {
+		t.Errorf("second pull moved %d blob bytes (%+v), want %d (the new layer and the config; v1 moved %d)", got, res, want, v1Bytes)
+	}
+	registryCompare(t, src+":v2", dst+":v2")
+
+	// Push to another repository of the same registry: the blobs are
+	// mounted from test/app (recorded at pull), nothing uploaded.
+	mark = len(reg.Log())
+	out = registryRun(t, "image", "push", "--output", "json", dst+":v2", "docker://"+reg.Host+"/copy/app:v2")
+	var pres layers.PushResult
+	if err := json.Unmarshal([]byte(out), &pres); err != nil {
+		t.Fatal(err)
+	}
+	log := reg.Log()[mark:]
+	if pres.Uploaded != 0 || pres.Skipped != 3 || strings.Count(log, "from=test") != 3 {
+		t.Errorf("push to copy/app: %+v; want 3 layers mounted from test/app; log:\n%s", pres, log)
+	}
+	// Push to a fresh registry: everything uploaded; skopeo copies it back.
+	reg2 := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	out = registryRun(t, "image", "push", "--output", "json", dst+":v2", reg2.Host+"/pushed:v2")
+	if err := json.Unmarshal([]byte(out), &pres); err != nil {
+		t.Fatal(err)
+	}
+	if pres.Uploaded != 3 {
+		t.Errorf("push to a new registry: %+v, want 3 uploads", pres)
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	testutil.Run(t, "skopeo", "copy", "--src-tls-verify=false", "docker://"+reg2.Host+"/pushed:v2", "oci:"+back+":v2")
+	registryCompare(t, src+":v2", back+":v2")
+	// Pushed by digest the same bytes: same manifest digest.
+	if pres.Descriptor.Digest != img2.Descriptor.Digest {
+		t.Errorf("pushed manifest %s, the layout's is %s", pres.Descriptor.Digest, img2.Descriptor.Digest)
+	}
+}
+
+// TestRegistryInteropAuth: an htpasswd registry (TLS, self-signed).
+func TestRegistryInteropAuth(t *testing.T) {
+	testutil.NeedTool(t, "skopeo")
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{Auth: true})
+	src := registryUmociLayout(t)
+	creds := testutil.RegistryUser + ":" + testutil.RegistryPassword
+	testutil.Run(t, "skopeo", "copy", "--dest-cert-dir", reg.CertDir, "--dest-creds", creds, "oci:"+src+":v1", "docker://"+reg.Host+"/sec/app:v1")
+	ref := "docker://" + reg.Host + "/sec/app:v1"
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv("XDG_CONFIG_HOME", "")
+	t.Setenv("REGISTRY_AUTH_FILE", "")
+	t.Setenv("DOCKER_CONFIG", "")
+
+	// No credentials: refused, naming the registry and the files tried.
+	msg := registryFail(t, "image", "pull", "--tls-verify=false", ref, filepath.Join(t.TempDir(), "x"))
+	for _, want := range []string{reg.Host, "none were found", filepath.Join(home, ".docker", "config.json")} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("no-credentials error %q does not say %q", msg, want)
+		}
+	}
+	// Wrong password: refused, naming where it came from.
+	msg = registryFail(t, "image", "pull", "--tls-verify=false", "--creds", "alice:wrong", ref, filepath.Join(t.TempDir(), "x"))
+	if !strings.Contains(msg, "refused the credentials from --creds") || !strings.Contains(msg, reg.Host) {
+		t.Errorf("wrong-credentials error: %q", msg)
+	}
+	// --creds.
+	d1 := filepath.Join(t.TempDir(), "a")
+	registryRun(t, "image", "pull", "--tls-verify=false", "--creds", creds, ref, d1+":v1")
+	registryCompare(t, src+":v1", d1+":v1")
+	// --authfile, and the same file found as $REGISTRY_AUTH_FILE.
+	af := filepath.Join(t.TempDir(), "auth.json")
+	b, _ := json.Marshal(map[string]any{"auths": map[string]any{reg.Host: map[string]string{"auth": base64.StdEncoding.EncodeToString([]byte(creds))}}})
+	if err := os.WriteFile(af, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2 := filepath.Join(t.TempDir(), "b")
+	registryRun(t, "image", "pull", "--tls-verify=false", "--authfile", af, ref, d2+":v1")
+	registryCompare(t, src+":v1", d2+":v1")
+	// Push: refused without, done with credentials.
+	msg = registryFail(t, "image", "push", "--tls-verify=false", d2+":v1", "docker://"+reg.Host+"/sec/copy:v1")
+	if !strings.Contains(msg, reg.Host) || !strings.Contains(msg, "credentials") {
+		t.Errorf("push without credentials: %q", msg)
+	}
+	t.Setenv("REGISTRY_AUTH_FILE", af)
+	registryRun(t, "image", "push", "--tls-verify=false", d2+":v1", "docker://"+reg.Host+"/sec/copy:v1")
+	back := filepath.Join(t.TempDir(), "back")
+	testutil.Run(t, "skopeo", "copy", "--src-cert-dir", reg.CertDir, "--src-creds", creds, "docker://"+reg.Host+"/sec/copy:v1", "oci:"+back+":v1")
+	registryCompare(t, src+":v1", back+":v1")
+}
+
+// TestRegistryInteropTLS: a self-signed registry is refused by default and
+// accepted with --tls-verify=false.
+func TestRegistryInteropTLS(t *testing.T) {
+	testutil.NeedTool(t, "skopeo")
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{TLS: true})
+	src := registryUmociLayout(t)
+	testutil.Run(t, "skopeo", "copy", "--dest-cert-dir", reg.CertDir, "oci:"+src+":v1", "docker://"+reg.Host+"/tls/app:v1")
+	dst := filepath.Join(t.TempDir(), "d")
+	msg := registryFail(t, "image", "pull", reg.Host+"/tls/app:v1", dst+":v1")
+	if !strings.Contains(msg, "certificate") || !strings.Contains(msg, "--tls-verify=false") {
+		t.Errorf("self-signed registry: error %q, want a certificate error with a hint", msg)
+	}
+	if _, err := os.Stat(dst); err == nil {
+		t.Errorf("a refused pull created %s", dst)
+	}
+	registryRun(t, "image", "pull", "--tls-verify=false", reg.Host+"/tls/app:v1", dst+":v1")
+	registryCompare(t, src+":v1", dst+":v1")
+}
+
+// TestRegistryInteropCorrupt: a blob corrupted in the registry's storage
+// is caught by pull and by store unpack, and nothing of it is kept.
+func TestRegistryInteropCorrupt(t *testing.T) {
+	testutil.NeedTool(t, "skopeo")
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	src := registryUmociLayout(t)
+	testutil.Run(t, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+src+":v1", "docker://"+reg.Host+"/bad/app:v1")
+	l, _ := layers.OpenLayout(src)
+	img, err := l.Resolve(t.Context(), "v1", layers.ResolveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := img.Manifest.Layers[1].Digest
+	p := reg.BlobPath(bad.String())
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x55
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "d")
+	msg := registryFail(t, "image", "pull", reg.Host+"/bad/app:v1", dst+":v1")
+	if !strings.Contains(msg, bad.String()) {
+		t.Errorf("error %q does not name %s", msg, bad)
+	}
+	ents, _ := os.ReadDir(filepath.Join(dst, "blobs", "sha256"))
+	for _, e := range ents {
+		if strings.Contains(e.Name(), bad.Encoded()) {
+			t.Errorf("kept %s", e.Name())
+		}
+	}
+	if idx, _ := os.ReadFile(filepath.Join(dst, "index.json")); strings.Contains(string(idx), `"org.opencontainers.image.ref.name":"v1"`) {
+		t.Errorf("index.json tags the broken image: %s", idx)
+	}
+	// store unpack: the layer is not committed.
+	store := filepath.Join(t.TempDir(), "store")
+	msg = registryFail(t, "store", "unpack", "--store", store, "docker://"+reg.Host+"/bad/app:v1")
+	if !strings.Contains(msg, bad.String()) {
+		t.Errorf("store unpack error %q does not name %s", msg, bad)
+	}
+	out := registryRun(t, "store", "ls", "--store", store, "--output", "json")
+	if strings.Count(out, "chain_id") > 1 {
+		t.Errorf("store holds more than the one good layer:\n%s", out)
+	}
+}
+
+// TestRegistryInteropRootfs: rootfs mount docker://REF from an empty
+// store gives umoci's tree; a second image sharing layers fetches only the
+// new layer.
+func TestRegistryInteropRootfs(t *testing.T) {
+	testutil.NeedRoot(t)
+	testutil.NeedTool(t, "skopeo")
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	src := registryUmociLayout(t)
+	for _, tag := range []string{"v1", "v2"} {
+		testutil.Run(t, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+src+":"+tag, "docker://"+reg.Host+"/fs/app:"+tag)
+	}
+	store := filepath.Join(t.TempDir(), "store")
+	for i, tag := range []string{"v1", "v2"} {
+		target := t.TempDir()
+		mark := len(reg.Log())
+		code, out, errb := imageTestRun(t, "rootfs", "mount", "-p", "--store", store, "docker://"+reg.Host+"/fs/app:"+tag, target)
+		if code != 0 {
+			if strings.Contains(errb, "cannot mount overlayfs") {
+				t.Skip(errb)
+			}
+			t.Fatalf("rootfs mount: %d %s%s", code, out, errb)
+		}
+		t.Cleanup(func() { imageTestRun(t, "rootfs", "umount", "--store", store, "--rm", target) })
+		// umoci's tree, directory mtimes aside: a directory that a layer
+		// creates only implicitly (as the parent of a whiteout) gets the
+		// unpack time in the store, and overlayfs shows the top one. That
+		// is layer extraction's doing (a rootfs mount of the layout shows
+		// it too), not the registry path's.
+		want := filepath.Join(t.TempDir(), "umoci")
+		testutil.Run(t, "umoci", "raw", "unpack", "--image", src+":"+tag, want)
+		registryCompareDirsOpts(t, want, target, treecmp.Options{NoDirMtime: true})
+		if i == 1 {
+			l, _ := layers.OpenLayout(src)
+			img, _ := l.Resolve(t.Context(), tag, layers.ResolveOptions{})
+			newLayer := img.Manifest.Layers[len(img.Manifest.Layers)-1]
+			if got, want := reg.BlobBytesSent(mark), newLayer.Size+img.Manifest.Config.Size; got != want {
+				t.Errorf("mount of %s moved %d blob bytes, want %d (new layer and config)", tag, got, want)
+			}
+		}
+	}
+}
