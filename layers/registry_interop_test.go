@@ -1,136 +1,34 @@
 package layers
 
 import (
-	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
 	"fmt"
-	"math/big"
-	"net"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
 )
 
-// realRegistry is a docker-registry (distribution) process serving plain
-// HTTP on 127.0.0.1, with its storage in a temp dir and its access log
-// kept for counting bytes.
-type realRegistry struct {
-	Host string // 127.0.0.1:PORT
-	Data string // storage root directory
-	mu   sync.Mutex
-	log  []string
-}
-
-// startRegistry starts `docker-registry serve CONFIG` and waits until
-// GET /v2/ answers.
-func startRegistry(t *testing.T) *realRegistry {
-	t.Helper()
-	return startRegistryWith(t, "", nil)
-}
-
-// startRegistryWith starts it with extra YAML under http: (tls) and at the
-// top level (auth); client is what waits for it (nil: plain HTTP).
-func startRegistryWith(t *testing.T, extra string, client *http.Client) *realRegistry {
-	t.Helper()
-	bin := testutil.NeedTool(t, "docker-registry")
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	host := l.Addr().String()
-	l.Close()
-	r := &realRegistry{Host: host, Data: filepath.Join(dir, "data")}
-	cfg := filepath.Join(dir, "config.yml")
-	conf := fmt.Sprintf("version: 0.1\nlog: {level: error, accesslog: {disabled: false}}\nstorage:\n  filesystem: {rootdirectory: %s}\n  delete: {enabled: true}\nhttp:\n  addr: %s\n%s", r.Data, host, extra)
-	if err := os.WriteFile(cfg, []byte(conf), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", cfg)
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(out)
-		for sc.Scan() {
-			r.mu.Lock()
-			r.log = append(r.log, sc.Text())
-			r.mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		<-done
-	})
-	url := "http://" + host + "/v2/"
-	if client == nil {
-		client = http.DefaultClient
-	} else {
-		url = "https://" + host + "/v2/"
-	}
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		resp, err := client.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			// 401: up, and asking for credentials.
-			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry on %s did not answer: %v\n%s", host, err, strings.Join(r.lines(), "\n"))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-func (r *realRegistry) lines() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return append([]string(nil), r.log...)
-}
-
 var blobGet = regexp.MustCompile(`"GET /v2/[^ ]+/blobs/(sha256:[0-9a-f]{64}) HTTP/[0-9.]+" (200|206) ([0-9]+)`)
 
-// blobBytes sums the bytes of blob GETs logged from line from on, by
-// digest.
-func (r *realRegistry) blobBytes(from int) (map[string]int64, int) {
-	lines := r.lines()
+// blobBytes sums the bytes of blob GETs in reg's access log from byte
+// offset from on, by digest, and returns the log's length for the next
+// call.
+func blobBytes(reg *testutil.Registry, from int) (map[string]int64, int) {
+	log := reg.Log()
 	got := map[string]int64{}
-	for _, l := range lines[min(from, len(lines)):] {
-		if m := blobGet.FindStringSubmatch(l); m != nil {
-			n, _ := strconv.ParseInt(m[3], 10, 64)
-			got[m[1]] += n
-		}
+	for _, m := range blobGet.FindAllStringSubmatch(log[min(from, len(log)):], -1) {
+		n, _ := strconv.ParseInt(m[3], 10, 64)
+		got[m[1]] += n
 	}
-	return got, len(lines)
+	return got, len(log)
 }
 
 // umociImage builds DIR:TAG with umoci from the trees, one layer each,
@@ -179,7 +77,7 @@ func TestRegistryInterop(t *testing.T) {
 	testutil.NeedTool(t, "umoci")
 	testutil.NeedTool(t, "skopeo")
 	testutil.NeedRoot(t) // umoci unpack/repack keep owners
-	reg := startRegistry(t)
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	ctx := context.Background()
 	ro := registry.Options{Insecure: true}
 	work := t.TempDir()
@@ -195,14 +93,14 @@ func TestRegistryInterop(t *testing.T) {
 
 	// Pull v1; umoci unpacks both layouts the same.
 	got := filepath.Join(work, "pulled")
-	_, mark := reg.blobBytes(0)
+	_, mark := blobBytes(reg, 0)
 	if _, err := Pull(ctx, reg.Host+"/umoci/app:v1", ImageRef{Dir: got, Tag: "v1"}, PullOptions{Registry: ro}); err != nil {
 		t.Fatal(err)
 	}
 	sameTrees(t, imgTestUmociRawUnpack(t, src+":v1"), imgTestUmociRawUnpack(t, got+":v1"))
-	first, mark := reg.blobBytes(mark)
+	first, mark := blobBytes(reg, mark)
 	if len(first) < 2 {
-		t.Fatalf("the access log shows %d blob GETs for the first pull; want the layer and config:\n%s", len(first), strings.Join(reg.lines(), "\n"))
+		t.Fatalf("the access log shows %d blob GETs for the first pull; want the layer and config:\n%s", len(first), reg.Log())
 	}
 
 	// Pull v2 into the same layout: only v2's new layer (and config).
@@ -210,7 +108,7 @@ func TestRegistryInterop(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second, _ := reg.blobBytes(mark)
+	second, _ := blobBytes(reg, mark)
 	t.Logf("first pull: %v; second pull: %v", first, second)
 	for d := range second {
 		if _, again := first[d]; again {
@@ -247,7 +145,7 @@ func TestRegistryInterop(t *testing.T) {
 	// A corrupted blob in the registry's storage: the pull fails naming
 	// it, and the layout keeps nothing of it.
 	hex := newLayer.Digest.Encoded()
-	data := filepath.Join(reg.Data, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
+	data := reg.BlobPath(newLayer.Digest.String())
 	b, err := os.ReadFile(data)
 	if err != nil {
 		t.Fatal(err)
@@ -269,52 +167,14 @@ func TestRegistryInterop(t *testing.T) {
 	})
 }
 
-// selfSigned writes a certificate for 127.0.0.1 and its key into dir.
-func selfSigned(t *testing.T, dir string) (crt, key string) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := x509.MarshalECPrivateKey(k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	crt, key = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	os.WriteFile(crt, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
-	os.WriteFile(key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600)
-	return crt, key
-}
-
 // TestRegistryAuthInterop: a self-signed TLS registry with htpasswd
 // authentication. TLS is refused unless verification is turned off;
 // pull and push work with --creds and with an auth file, and without
 // credentials the error names the registry and the files tried.
 func TestRegistryAuthInterop(t *testing.T) {
-	htpasswd := testutil.NeedTool(t, "htpasswd")
 	dir := t.TempDir()
-	crt, key := selfSigned(t, dir)
-	users := filepath.Join(dir, "htpasswd")
-	out, err := exec.Command(htpasswd, "-Bbn", "alice", "s3cret").Output()
-	if err != nil {
-		t.Fatalf("htpasswd: %v", err)
-	}
-	os.WriteFile(users, out, 0o600)
-	insecure := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
-	reg := startRegistryWith(t, fmt.Sprintf("  tls: {certificate: %s, key: %s}\nauth:\n  htpasswd: {realm: test, path: %s}\n", crt, key, users), insecure)
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{Auth: true})
+	creds := testutil.RegistryUser + ":" + testutil.RegistryPassword
 
 	ctx := context.Background()
 	src := t.TempDir()
@@ -333,12 +193,12 @@ func TestRegistryAuthInterop(t *testing.T) {
 	}
 
 	// Verified TLS (the default) refuses the self-signed certificate.
-	_, err = Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: "alice:s3cret", Env: env}})
+	_, err := Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: creds, Env: env}})
 	if err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("push to a self-signed registry with verification: %v, want a certificate error", err)
 	}
 	// --creds and --tls-verify=false.
-	if _, err := Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: "alice:s3cret", Insecure: true, Env: env}}); err != nil {
+	if _, err := Push(ctx, ImageRef{Dir: layout, Tag: "v1"}, ref, PushOptions{Registry: registry.Options{Creds: creds, Insecure: true, Env: env}}); err != nil {
 		t.Fatal(err)
 	}
 	// No credentials: refused, naming the registry and what was tried.
@@ -353,13 +213,13 @@ func TestRegistryAuthInterop(t *testing.T) {
 		}
 	}
 	// Wrong password: refused.
-	_, err = Pull(ctx, ref, ImageRef{Dir: filepath.Join(dir, "wrong"), Tag: "v1"}, PullOptions{Registry: registry.Options{Creds: "alice:nope", Insecure: true, Env: env}})
+	_, err = Pull(ctx, ref, ImageRef{Dir: filepath.Join(dir, "wrong"), Tag: "v1"}, PullOptions{Registry: registry.Options{Creds: testutil.RegistryUser + ":nope", Insecure: true, Env: env}})
 	if err == nil || !strings.Contains(err.Error(), reg.Host) {
 		t.Fatalf("pull with a wrong password: %v", err)
 	}
 	// An auth file, as podman and docker write it.
 	auth := filepath.Join(dir, "auth.json")
-	os.WriteFile(auth, []byte(fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte("alice:s3cret")))), 0o600)
+	os.WriteFile(auth, []byte(fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, reg.Host, base64.StdEncoding.EncodeToString([]byte(creds)))), 0o600)
 	got := filepath.Join(dir, "pulled")
 	if _, err := Pull(ctx, ref, ImageRef{Dir: got, Tag: "v1"}, PullOptions{Registry: registry.Options{AuthFile: auth, Insecure: true, Env: env}}); err != nil {
 		t.Fatalf("pull with --authfile: %v", err)

@@ -15,9 +15,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/ext4"
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/qcow2"
@@ -186,14 +186,14 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 	if err := os.Chmod(tmp, 0o755); err != nil {
 		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
-	if err := syncDir(tmp); err != nil {
+	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, err
 	}
 	os.Remove(outdir) // an empty outdir gives way
 	if err := os.Rename(tmp, outdir); err != nil {
 		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
-	if err := syncDir(filepath.Dir(outdir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(outdir)); err != nil {
 		return nil, err
 	}
 	res.Top = res.Levels[len(res.Levels)-1].Path
@@ -262,16 +262,4 @@ func (p *progressReader) Read(b []byte) (int, error) {
 		p.fn(p.done)
 	}
 	return n, err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("vmdisk: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil && !strings.Contains(err.Error(), "invalid argument") {
-		return fmt.Errorf("vmdisk: sync %s: %w", dir, err)
-	}
-	return nil
 }
