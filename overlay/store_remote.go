@@ -58,21 +58,7 @@ func (s *Store) resolveRemote(ctx context.Context, ref string, opts ImageOptions
 		if !layers.IsLayerMediaType(desc.MediaType) {
 			return nil, fmt.Errorf("%w: %s: layer %d has media type %q", layers.ErrUnsupportedMediaType, ref, i, desc.MediaType)
 		}
-		rec := Layer{ChainID: chain[i], DiffID: diffIDs[i], Blob: desc.Digest, MediaType: desc.MediaType}
-		if i > 0 {
-			rec.Parent = chain[i-1]
-		}
-		ao := layers.ApplyOptions{
-			Overlay:      true,
-			UserXattr:    s.userXattr,
-			Limits:       opts.Limits,
-			ExpectDigest: desc.Digest,
-			ExpectDiffID: diffIDs[i],
-		}
-		if s.userXattr {
-			no := false
-			ao.AllowDevices, ao.SkipDevices = &no, true
-		}
+		rec, ao := s.layerJobSpec(i, desc, chain, diffIDs, opts.Limits)
 		rep := registry.Progress{Digest: desc.Digest, MediaType: desc.MediaType, Size: desc.Size}
 		im.Jobs = append(im.Jobs, layerJob{rec: rec, fill: func(ctx context.Context, dir string) (int64, error) {
 			rep.State = registry.BlobStarted

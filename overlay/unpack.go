@@ -49,24 +49,7 @@ func (s *Store) resolveImage(ctx context.Context, ref layers.ImageRef, opts Imag
 	im := &imageSpec{Dir: dir, Tag: ref.Tag, Manifest: img.Descriptor, Platform: opts.Platform}
 	im.Manifest.Annotations = nil
 	for i, desc := range img.Manifest.Layers {
-		rec := Layer{ChainID: chain[i], DiffID: diffIDs[i], Blob: desc.Digest, MediaType: desc.MediaType}
-		if i > 0 {
-			rec.Parent = chain[i-1]
-		}
-		ao := layers.ApplyOptions{
-			Overlay:      true,
-			UserXattr:    s.userXattr,
-			Limits:       opts.Limits,
-			ExpectDigest: desc.Digest,
-			ExpectDiffID: diffIDs[i],
-		}
-		if s.userXattr {
-			// A user namespace cannot create device nodes (other than
-			// the 0/0 whiteouts): leave them out, as rootless Docker and
-			// umoci --rootless do.
-			no := false
-			ao.AllowDevices, ao.SkipDevices = &no, true
-		}
+		rec, ao := s.layerJobSpec(i, desc, chain, diffIDs, opts.Limits)
 		im.Jobs = append(im.Jobs, layerJob{rec: rec, fill: func(ctx context.Context, dir string) (int64, error) {
 			rc, err := l.OpenBlob(desc)
 			if err != nil {
@@ -128,4 +111,30 @@ func (s *Store) Mount(ctx context.Context, ref layers.ImageRef, target string, o
 		return nil, st, fmt.Errorf("mount %s on %s: %w", ref, target, err)
 	}
 	return c, st, nil
+}
+
+// layerJobSpec is the store record of layer i (blob desc) of an image
+// whose ChainIDs and diffIDs are chain and diffIDs, and the options that
+// apply it in overlay format with both digests verified, for local and
+// registry images alike.
+func (s *Store) layerJobSpec(i int, desc ocispec.Descriptor, chain, diffIDs []digest.Digest, limits layers.Limits) (Layer, layers.ApplyOptions) {
+	rec := Layer{ChainID: chain[i], DiffID: diffIDs[i], Blob: desc.Digest, MediaType: desc.MediaType}
+	if i > 0 {
+		rec.Parent = chain[i-1]
+	}
+	ao := layers.ApplyOptions{
+		Overlay:      true,
+		UserXattr:    s.userXattr,
+		Limits:       limits,
+		ExpectDigest: desc.Digest,
+		ExpectDiffID: diffIDs[i],
+	}
+	if s.userXattr {
+		// A user namespace cannot create device nodes (other than the 0/0
+		// whiteouts): leave them out, as rootless Docker and umoci
+		// --rootless do.
+		no := false
+		ao.AllowDevices, ao.SkipDevices = &no, true
+	}
+	return rec, ao
 }
