@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 
+	"github.com/imgtool/imgtool/internal/tarname"
+
 	digest "github.com/opencontainers/go-digest"
 )
 
@@ -152,50 +154,23 @@ func mapID(m []IDMap, id int, what string) (int, error) {
 
 // Whiteout names (OCI image-spec layer.md).
 const (
-	whiteoutPrefix = ".wh."
-	opaqueName     = ".wh..wh..opq"
+	whiteoutPrefix = tarname.WhiteoutPrefix
+	opaqueName     = tarname.OpaqueMarker
 )
 
-// cleanName validates a tar entry name or hardlink target and returns it
-// without a leading "./" or trailing "/"; "." stands for the root. It
-// rejects rather than cleans anything non-local.
+// cleanName validates a tar entry name or hardlink target (tarname.Clean)
+// and returns it without a leading "./" or trailing "/"; "." stands for
+// the root.
 func cleanName(name string) (string, error) {
-	n := strings.TrimPrefix(name, "./")
-	n = strings.TrimSuffix(n, "/")
-	if n == "" || n == "." {
-		if name == "" {
-			return "", fmt.Errorf("%w: empty name", ErrUnsafePath)
-		}
-		return ".", nil
-	}
-	if strings.HasPrefix(n, "/") {
-		return "", fmt.Errorf("%w: absolute name %q", ErrUnsafePath, name)
-	}
-	if strings.IndexByte(n, 0) >= 0 {
-		return "", fmt.Errorf("%w: NUL in name %q", ErrUnsafePath, name)
-	}
-	for c := range strings.SplitSeq(n, "/") {
-		switch c {
-		case "..":
-			return "", fmt.Errorf("%w: %q has a \"..\" component", ErrUnsafePath, name)
-		case ".", "":
-			return "", fmt.Errorf("%w: %q is not a clean path", ErrUnsafePath, name)
-		}
+	n, err := tarname.Clean(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnsafePath, err)
 	}
 	return n, nil
 }
 
 // splitName splits a clean name into its parent directory and base name.
-func splitName(n string) (dir, base string) {
-	if n == "." {
-		return ".", "."
-	}
-	i := strings.LastIndexByte(n, '/')
-	if i < 0 {
-		return ".", n
-	}
-	return n[:i], n[i+1:]
-}
+func splitName(n string) (dir, base string) { return tarname.Split(n) }
 
 // entryReader is what an applier reads entry contents from.
 type entryReader interface {

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/imgtool/imgtool/internal/tarname"
 )
 
 // Errors for bad layer content.
@@ -28,8 +30,8 @@ type LayerStats struct {
 }
 
 const (
-	whPrefix   = ".wh."
-	opaqueName = ".wh..wh..opq"
+	whPrefix   = tarname.WhiteoutPrefix
+	opaqueName = tarname.OpaqueMarker
 	maxLinks   = 40
 )
 
@@ -50,7 +52,6 @@ func (f *FS) ApplyLayer(ctx context.Context, r io.Reader, w io.WriterAt) (LayerS
 	}
 	f.w = w
 	f.stats = LayerStats{}
-	freeBefore := f.freeTotal()
 	err := f.applyLayer(ctx, r)
 	if err == nil {
 		err = f.commit()
@@ -60,16 +61,7 @@ func (f *FS) ApplyLayer(ctx context.Context, r io.Reader, w io.WriterAt) (LayerS
 		f.err = fmt.Errorf("ext4: an earlier layer failed: %w", err)
 		return f.stats, err
 	}
-	_ = freeBefore
 	return f.stats, nil
-}
-
-func (f *FS) freeTotal() int64 {
-	var n int64
-	for _, v := range f.freeBlks {
-		n += int64(v)
-	}
-	return n
 }
 
 func (f *FS) applyLayer(ctx context.Context, r io.Reader) error {
@@ -93,30 +85,14 @@ func (f *FS) applyLayer(ctx context.Context, r io.Reader) error {
 	}
 }
 
-// cleanName is layers' rule: no absolute names, no "..", "." or empty
-// components; "./" prefix and "/" suffix dropped; "." is the root.
+// cleanName is layers' rule (tarname.Clean), plus ext4's limit on the
+// length of each component.
 func cleanName(name string) (string, error) {
-	n := strings.TrimPrefix(name, "./")
-	n = strings.TrimSuffix(n, "/")
-	if n == "" || n == "." {
-		if name == "" {
-			return "", fmt.Errorf("%w: empty name", ErrUnsafePath)
-		}
-		return ".", nil
+	n, err := tarname.Clean(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrUnsafePath, err)
 	}
-	if strings.HasPrefix(n, "/") {
-		return "", fmt.Errorf("%w: absolute name %q", ErrUnsafePath, name)
-	}
-	if strings.IndexByte(n, 0) >= 0 {
-		return "", fmt.Errorf("%w: NUL in name %q", ErrUnsafePath, name)
-	}
-	for _, c := range strings.Split(n, "/") {
-		switch c {
-		case "..":
-			return "", fmt.Errorf("%w: %q has a \"..\" component", ErrUnsafePath, name)
-		case ".", "":
-			return "", fmt.Errorf("%w: %q is not a clean path", ErrUnsafePath, name)
-		}
+	for c := range strings.SplitSeq(n, "/") {
 		if len(c) > maxNameLen {
 			return "", fmt.Errorf("%w: %q", ErrNameTooLong, c)
 		}
@@ -124,13 +100,7 @@ func cleanName(name string) (string, error) {
 	return n, nil
 }
 
-func splitName(n string) (string, string) {
-	i := strings.LastIndexByte(n, '/')
-	if i < 0 {
-		return ".", n
-	}
-	return n[:i], n[i+1:]
-}
+func splitName(n string) (string, string) { return tarname.Split(n) }
 
 // resolveDir walks dir (a clean name) from the root, following symlinks
 // as if the root were "/", and returns the directory inode. Missing
