@@ -3,6 +3,7 @@ package qcow2
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -17,32 +18,30 @@ type chainState struct {
 }
 
 // open opens path at the given depth of the chain, and below it its
-// backing file.
-func (st *chainState) open(path string, format Format, depth int) (*Image, error) {
-	img, err := openFile(path, format, &st.opts)
+// backing file. With r non-nil the image's bytes come from r (size
+// bytes) instead of the file at path.
+func (st *chainState) open(path string, format Format, depth int, r io.ReaderAt, size int64) (*Image, error) {
+	var img *Image
+	var err error
+	if r != nil {
+		img, err = newImage(path, r, size, format, &st.opts)
+	} else {
+		img, err = openFile(path, format, &st.opts)
+	}
 	if err != nil {
 		return nil, err
 	}
 	img.depth = depth
-	fi, err := img.f.Stat()
-	if err != nil {
-		img.f.Close()
-		return nil, fmt.Errorf("qcow2: %w", err)
+	if err := st.seeOnce(img); err != nil {
+		img.closeFile()
+		return nil, err
 	}
-	for i, s := range st.seen {
-		if os.SameFile(s, fi) {
-			img.f.Close()
-			return nil, fmt.Errorf("%w: %s is its own backing file (via %s)", ErrChainLoop, path, st.paths[i])
-		}
-	}
-	st.seen = append(st.seen, fi)
-	st.paths = append(st.paths, path)
 	if img.hdr == nil || img.hdr.BackingFile == "" {
 		return img, nil
 	}
 	bpath, bfmt, err := img.resolveBacking(st.opts.CheckReference)
 	if err != nil {
-		img.f.Close()
+		img.closeFile()
 		return nil, err
 	}
 	img.backingPath, img.backingFmt = bpath, bfmt
@@ -50,20 +49,68 @@ func (st *chainState) open(path string, format Format, depth int) (*Image, error
 		return img, nil
 	}
 	if depth+1 > st.maxDepth {
-		img.f.Close()
+		img.closeFile()
 		return nil, fmt.Errorf("%w: %s: more than %d backing files", ErrChainTooDeep, st.paths[0], st.maxDepth)
 	}
-	b, err := st.open(bpath, bfmt, depth+1)
+	var br io.ReaderAt
+	var bsize int64
+	switch {
+	case st.opts.OpenBacking != nil:
+		br, bsize, err = st.opts.OpenBacking(Reference{Kind: "backing", Image: path, Name: img.hdr.BackingFile, Path: bpath})
+		if err != nil {
+			img.closeFile()
+			return nil, &backingError{parent: path, err: fmt.Errorf("qcow2: %w", err)}
+		}
+	case img.f == nil:
+		img.closeFile()
+		return nil, fmt.Errorf("%w: backing file %q of %s: no OpenBacking to open it with", ErrRefused, img.hdr.BackingFile, path)
+	}
+	b, err := st.open(bpath, bfmt, depth+1, br, bsize)
 	if err != nil {
-		img.f.Close()
+		if c, ok := br.(io.Closer); ok {
+			c.Close()
+		}
+		img.closeFile()
 		var be *backingError
 		if errors.As(err, &be) || errors.Is(err, ErrChainTooDeep) || errors.Is(err, ErrChainLoop) {
 			return nil, err // said once, by the level that failed
 		}
 		return nil, &backingError{parent: path, err: err}
 	}
+	if c, ok := br.(io.Closer); ok {
+		b.closer = c
+	}
 	img.backing = b
 	return img, nil
+}
+
+// seeOnce records img in the chain and fails with ErrChainLoop if it was
+// opened before: the same file, or the same name for images not read
+// from local files.
+func (st *chainState) seeOnce(img *Image) error {
+	var fi os.FileInfo
+	if img.f != nil {
+		var err error
+		if fi, err = img.f.Stat(); err != nil {
+			return fmt.Errorf("qcow2: %w", err)
+		}
+	}
+	for i, s := range st.seen {
+		if fi != nil && s != nil && os.SameFile(s, fi) || fi == nil && s == nil && st.paths[i] == img.path {
+			return fmt.Errorf("%w: %s is its own backing file (via %s)", ErrChainLoop, img.path, st.paths[i])
+		}
+	}
+	st.seen = append(st.seen, fi)
+	st.paths = append(st.paths, img.path)
+	return nil
+}
+
+// closeFile closes the file of an image whose open failed (not its
+// backing chain).
+func (img *Image) closeFile() {
+	if img.f != nil {
+		img.f.Close()
+	}
 }
 
 // backingError is a failure to open the backing file of parent. The

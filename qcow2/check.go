@@ -271,7 +271,7 @@ func (img *Image) check(refStructs bool) (*CheckResult, *checker, error) {
 		}
 		size = s
 	} else {
-		rd = readOnlyStorage{img.f}
+		rd = readOnlyStorage{img.r}
 		size = img.fileSize
 	}
 	res := &CheckResult{Filename: img.path, Format: "qcow2"}

@@ -288,7 +288,7 @@ func (img *Image) rawStatus(off, n int64, wantZero bool) (subType, int64, int64,
 // image whose file now ends before the size it had when opened was
 // truncated under us: that is an error, not zeros.
 func (img *Image) readHost(dst []byte, off int64) error {
-	n, err := img.f.ReadAt(dst, off)
+	n, err := img.r.ReadAt(dst, off)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("qcow2: reading %s at %#x: %w", img.path, off, err)
 	}

@@ -19,6 +19,7 @@
 package qcow2
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,13 @@ type Options struct {
 	// and may refuse it by returning an error. json: and protocol names
 	// (nbd:, http://, ...) are refused before it is asked.
 	CheckReference func(Reference) error
+	// OpenBacking, if set, opens backing files instead of the local file
+	// system: it gets the reference (after CheckReference accepted it)
+	// and returns the file's bytes and size. The image closes the reader
+	// when it is closed, if it is an io.Closer. Images opened with
+	// OpenReaderAt need it to open a backing file at all. Default nil:
+	// backing files are local files.
+	OpenBacking func(Reference) (io.ReaderAt, int64, error)
 	// Writable opens the top image for writing (WriteAt, Flush,
 	// WriteZeroes, Discard, snapshots, resize; a raw image has no
 	// snapshots), taking QEMU's writer lock on it. Backing images stay
@@ -113,7 +121,9 @@ func (o *Options) validate() error {
 // excludes them.
 type Image struct {
 	path     string
-	f        *os.File
+	f        *os.File    // the image file; nil when opened by OpenReaderAt
+	r        io.ReaderAt // what reads go to: f, or the reader given to OpenReaderAt
+	closer   io.Closer   // closed with the image (OpenBacking's reader), or nil
 	format   Format
 	fileSize int64
 	size     int64 // guest size
@@ -162,7 +172,7 @@ func Open(path string, opts Options) (*Image, error) {
 	if st.maxDepth == 0 {
 		st.maxDepth = DefaultMaxChainDepth
 	}
-	img, err := st.open(path, opts.Format, 0)
+	img, err := st.open(path, opts.Format, 0, nil, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -173,32 +183,60 @@ func Open(path string, opts Options) (*Image, error) {
 	return img, nil
 }
 
+// OpenReaderAt opens the image whose bytes r holds (size bytes), named
+// name in messages and in the References its backing names resolve
+// against, and, unless opts.NoBacking, its backing chain through
+// opts.OpenBacking (an image with a backing file and no OpenBacking is
+// refused: names read from r never reach the local file system). The
+// image is read-only and takes no locks; r must be safe for concurrent
+// ReadAt calls, and is not closed by the image.
+func OpenReaderAt(name string, r io.ReaderAt, size int64, opts Options) (*Image, error) {
+	if err := opts.validate(); err != nil {
+		return nil, err
+	}
+	if opts.Writable {
+		return nil, fmt.Errorf("qcow2: %s: an image opened from a reader cannot be written", name)
+	}
+	if size < 0 {
+		return nil, fmt.Errorf("qcow2: %s: size %d is negative", name, size)
+	}
+	st := &chainState{opts: opts, maxDepth: opts.MaxChainDepth}
+	if st.maxDepth == 0 {
+		st.maxDepth = DefaultMaxChainDepth
+	}
+	return st.open(name, opts.Format, 0, r, size)
+}
+
 // openFile opens one image file without its backing file.
 func openFile(path string, format Format, opts *Options) (*Image, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("qcow2: %w", err)
 	}
-	img, err := newImage(path, f, format, opts)
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("qcow2: %w", err)
+	}
+	if fi.IsDir() {
+		f.Close()
+		return nil, fmt.Errorf("qcow2: %s is a directory", path)
+	}
+	img, err := newImage(path, f, fi.Size(), format, opts)
 	if err != nil {
 		f.Close()
 		return nil, err
 	}
+	img.f = f
 	return img, nil
 }
 
-func newImage(path string, f *os.File, format Format, opts *Options) (*Image, error) {
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("qcow2: %w", err)
-	}
-	if fi.IsDir() {
-		return nil, fmt.Errorf("qcow2: %s is a directory", path)
-	}
-	img := &Image{path: path, f: f, fileSize: fi.Size()}
+// newImage parses the image in r (size bytes) without its backing file.
+func newImage(path string, r io.ReaderAt, size int64, format Format, opts *Options) (*Image, error) {
+	img := &Image{path: path, r: r, fileSize: size}
 	if format == "" {
 		var magic [4]byte
-		n, err := f.ReadAt(magic[:], 0)
+		n, err := r.ReadAt(magic[:], 0)
 		if err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("qcow2: probing %s: %w", path, err)
 		}
@@ -224,11 +262,22 @@ func newImage(path string, f *os.File, format Format, opts *Options) (*Image, er
 
 func (img *Image) openQcow2(opts *Options) error {
 	// The header, its extensions and the backing name live in cluster 0,
-	// which is at most 2 MiB.
-	n := min(img.fileSize, 1<<maxClusterBits)
+	// which is at most 2 MiB. Read the first 4 KiB, then the rest of the
+	// cluster its header names (reads of a remote image stay small).
+	n := min(img.fileSize, 4096)
 	buf := make([]byte, n)
-	if _, err := img.f.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := img.r.ReadAt(buf, 0); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("qcow2: reading header of %s: %w", img.path, err)
+	}
+	if len(buf) >= 24 {
+		if bits := binary.BigEndian.Uint32(buf[20:]); bits >= minClusterBits && bits <= maxClusterBits && int64(1)<<bits > n {
+			more := make([]byte, min(img.fileSize, int64(1)<<bits))
+			copy(more, buf)
+			if _, err := img.r.ReadAt(more[n:], n); err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("qcow2: reading header of %s: %w", img.path, err)
+			}
+			buf = more
+		}
 	}
 	h, err := parseHeader(img.path, buf, img.fileSize)
 	if err != nil {
@@ -264,7 +313,7 @@ func (img *Image) openQcow2(opts *Options) error {
 	}
 	// Active L1 table (size checked against the 32 MiB limit and the file).
 	raw := make([]byte, int64(h.L1Size)*8)
-	if _, err := img.f.ReadAt(raw, int64(h.L1TableOffset)); err != nil {
+	if _, err := img.r.ReadAt(raw, int64(h.L1TableOffset)); err != nil {
 		return fmt.Errorf("qcow2: reading L1 table of %s: %w", img.path, err)
 	}
 	img.l1 = decodeTable(raw)
@@ -326,8 +375,15 @@ func (img *Image) Close() error {
 	img.closeOnce.Do(func() {
 		err = img.closeWriter()
 		for l := img; l != nil; l = l.backing {
-			if e := l.f.Close(); e != nil && err == nil {
-				err = e
+			if l.f != nil {
+				if e := l.f.Close(); e != nil && err == nil {
+					err = e
+				}
+			}
+			if l.closer != nil {
+				if e := l.closer.Close(); e != nil && err == nil {
+					err = e
+				}
 			}
 			if l.decompressor != nil {
 				l.decompressor.close()

@@ -163,7 +163,7 @@ func (img *Image) bitmapInfo() ([]BitmapInfo, error) {
 		return nil, err
 	}
 	dir := make([]byte, b.DirectorySize)
-	if _, err := img.f.ReadAt(dir, int64(b.DirectoryOffset)); err != nil && err != io.EOF {
+	if _, err := img.r.ReadAt(dir, int64(b.DirectoryOffset)); err != nil && err != io.EOF {
 		return nil, fmt.Errorf("qcow2: reading bitmap directory of %s: %w", img.path, err)
 	}
 	var out []BitmapInfo

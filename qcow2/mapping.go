@@ -95,7 +95,7 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 	rawBuf := img.decompressor.getInput(img.clusterSize) // pooled; only the decoded table is kept
 	defer img.decompressor.putInput(rawBuf)
 	raw := *rawBuf
-	if _, err := img.f.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
+	if _, err := img.r.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("qcow2: reading L2 table of %s at %#x: %w", img.path, off, err)
 	}
 	if img.l2.gen.Load() != gen {

@@ -21,7 +21,7 @@ func (img *Image) loadRefcountTable() error {
 	img.refOnce.Do(func() {
 		h := img.hdr
 		raw := make([]byte, int64(h.RefcountTableClusters)<<h.ClusterBits)
-		if _, err := img.f.ReadAt(raw, int64(h.RefcountTableOffset)); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := img.r.ReadAt(raw, int64(h.RefcountTableOffset)); err != nil && !errors.Is(err, io.EOF) {
 			img.refErr = fmt.Errorf("qcow2: reading refcount table of %s: %w", img.path, err)
 			return
 		}
@@ -65,7 +65,7 @@ func (r *refcountReader) refcount(c int64) (uint64, error) {
 		if r.block == nil {
 			r.block = make([]byte, img.clusterSize)
 		}
-		if _, err := img.f.ReadAt(r.block, boff); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := img.r.ReadAt(r.block, boff); err != nil && !errors.Is(err, io.EOF) {
 			return 0, fmt.Errorf("qcow2: reading refcount block of %s at %#x: %w", img.path, boff, err)
 		}
 		r.blockOff = boff

@@ -45,7 +45,7 @@ func (img *Image) loadSnapshots() error {
 			return nil, img.corrupt("snapshot table", off, "entry of %d bytes runs past the end of the table area", n)
 		}
 		b := make([]byte, n)
-		if _, err := img.f.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
+		if _, err := img.r.ReadAt(b, off); err != nil && !errors.Is(err, io.EOF) {
 			return nil, fmt.Errorf("qcow2: reading snapshot table of %s: %w", img.path, err)
 		}
 		return b, nil
