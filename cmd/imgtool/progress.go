@@ -70,19 +70,61 @@ func (p *progressLine) finish() {
 // draw writes the current state, ended by end ("\r" to redraw in place,
 // "\n" to leave the line).
 func (p *progressLine) draw(end string) {
-	pct := 100.0
-	if p.total > 0 {
-		pct = 100 * float64(min(p.done, p.total)) / float64(p.total)
-	}
-	line := fmt.Sprintf("    (%.2f/100%%)", pct)
-	if p.description != "" {
-		line += " " + p.description
-	}
-	if p.total > 0 {
+	var line string
+	switch {
+	case p.total < 0 && end == "\n":
+		// No total was known; the job is done.
+		line = fmt.Sprintf("    (100.00/100%%) %s: %s", p.description, qemusize.String(p.done))
+	case p.total < 0:
+		// No total known yet: the description and the bytes so far.
+		line = fmt.Sprintf("    %s: %s", p.description, qemusize.String(p.done))
+	case p.total == 0:
+		line = "    (100.00/100%)"
+		if p.description != "" {
+			line += " " + p.description
+		}
+	default:
+		pct := 100 * float64(min(p.done, p.total)) / float64(p.total)
+		line = fmt.Sprintf("    (%.2f/100%%)", pct)
+		if p.description != "" {
+			line += " " + p.description
+		}
 		line += fmt.Sprintf(": %s of %s", qemusize.String(min(p.done, p.total)), qemusize.String(p.total))
 	}
 	// Pad over the rest of a longer earlier line.
 	fmt.Fprintf(p.w, "\r%-70s%s", line, end)
+}
+
+// newPhaseProgress is newProgress for work whose total is not known in
+// advance and that runs in phases (rootfs commit: "diff", then "store"):
+// one line per phase with the bytes done so far, each phase's line left
+// with its final count when the next phase starts or at finish.
+func newPhaseProgress(enabled bool, w io.Writer) (update func(phase string, done int64), finish func()) {
+	if !enabled {
+		return func(string, int64) {}, func() {}
+	}
+	var mu sync.Mutex
+	var cur *progressLine
+	update = func(phase string, done int64) {
+		mu.Lock()
+		if cur == nil || cur.description != phase {
+			if cur != nil {
+				cur.finish()
+			}
+			cur = &progressLine{w: w, description: phase}
+		}
+		line := cur
+		mu.Unlock()
+		line.update(done, -1)
+	}
+	finish = func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if cur != nil {
+			cur.finish()
+		}
+	}
+	return update, finish
 }
 
 // progressFlags adds -p/--progress and -q/--quiet to fs and returns the

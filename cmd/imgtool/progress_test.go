@@ -40,3 +40,28 @@ func TestProgressDisabledAndUnused(t *testing.T) {
 		t.Errorf("wrote %q", b.String())
 	}
 }
+
+// TestPhaseProgressEndsEachPhase : rootfs commit's phases of unknown
+// size each leave a line with their final count, even when the updates
+// came too fast to be redrawn.
+func TestPhaseProgressEndsEachPhase(t *testing.T) {
+	var b bytes.Buffer
+	update, finish := newPhaseProgress(true, &b)
+	update("diff", 0)
+	update("diff", 5<<20) // within 100 ms: not drawn
+	update("store", 1<<20)
+	update("store", 2<<20)
+	finish()
+	var finals []string
+	for _, l := range strings.Split(b.String(), "\n") {
+		if l == "" {
+			continue
+		}
+		parts := strings.Split(l, "\r")
+		finals = append(finals, strings.TrimSpace(parts[len(parts)-1]))
+	}
+	want := []string{"(100.00/100%) diff: 5 MiB", "(100.00/100%) store: 2 MiB"}
+	if strings.Join(finals, "|") != strings.Join(want, "|") {
+		t.Errorf("final lines %q, want %q (output %q)", finals, want, b.String())
+	}
+}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/overlay"
@@ -197,17 +196,8 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return usagef("want TARGET and DIR:TAG, got %d arguments", fs.NArg())
 	}
-	var report func(string, int64)
-	if *progress {
-		var last time.Time
-		report = func(phase string, done int64) {
-			if now := time.Now(); now.Sub(last) >= 200*time.Millisecond {
-				last = now
-				fmt.Fprintf(stderr, "\r%s: %s   ", phase, storeBytes(done))
-			}
-		}
-		defer fmt.Fprintln(stderr)
-	}
+	report, finish := newPhaseProgress(*progress, stderr)
+	defer finish()
 	ref, err := layers.ParseImageRef(fs.Arg(1))
 	if err != nil {
 		return usagef("%v", err)
