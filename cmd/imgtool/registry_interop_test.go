@@ -8,9 +8,16 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
 	"github.com/imgtool/imgtool/layers"
+	"github.com/imgtool/imgtool/overlay"
 )
 
 // registryUmociLayout builds with umoci a layout with tags v1 (two
@@ -350,5 +357,82 @@ func TestRegistryInteropRootfs(t *testing.T) {
 				t.Errorf("mount of %s moved %d blob bytes, want %d (new layer and config)", tag, got, want)
 			}
 		}
+	}
+}
+
+// TestRegistryInteropVanish: the real registry is cut off (connections
+// dropped) half-way through a layer of store unpack docker://REF. The
+// command fails naming the blob and commits nothing of it; the same
+// command run again once the registry is back fetches only the layers the
+// store lacks: no layer committed by the first run crosses the wire again.
+// (The layout pull's resumption from partial blobs after a stall is
+// layers.TestRegistryVanishInterop.)
+func TestRegistryInteropVanish(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	proxy := testutil.StartProxy(t, reg.Host)
+	img := empty.Image
+	for _, size := range []int64{40 << 10, 120 << 10, 160 << 10, 2 << 20} {
+		l, err := random.Layer(size, types.DockerLayer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if img, err = mutate.AppendLayers(img, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nr, err := name.ParseReference(reg.Host + "/vanish/app:v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(nr, img); err != nil {
+		t.Fatal(err)
+	}
+	m, _ := img.Manifest()
+	big := m.Layers[len(m.Layers)-1]
+	store := filepath.Join(t.TempDir(), "store")
+	args := []string{"store", "unpack", "--store", store, "--output", "json", "docker://" + proxy.Host + "/vanish/app:v1"}
+
+	proxy.Break(testutil.ProxyCut, big.Digest.String(), big.Size/2)
+	msg := registryFail(t, args...)
+	t.Logf("first run: %s", msg)
+	if !strings.Contains(msg, big.Digest.String()) {
+		t.Errorf("error %q does not name the layer being fetched, %s", msg, big.Digest)
+	}
+	s, err := overlay.OpenStore(store, overlay.StoreOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]bool{}
+	ls, err := s.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range ls {
+		kept[l.Blob.String()] = true
+	}
+	if kept[big.Digest.String()] || len(kept) == 0 {
+		t.Fatalf("after the failure the store holds the layers of %v; want some, not %s", kept, big.Digest)
+	}
+
+	proxy.Heal()
+	mark := proxy.Mark()
+	out := registryRun(t, args...)
+	var st overlay.UnpackStats
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	again := proxy.BlobBytes(mark)
+	t.Logf("kept after the failure: %v; second run fetched %v; %+v", kept, again, st)
+	for _, l := range m.Layers {
+		d := l.Digest.String()
+		switch {
+		case kept[d] && again[d] != 0:
+			t.Errorf("layer %s, committed by the first run, was fetched again (%d bytes)", d, again[d])
+		case !kept[d] && again[d] != l.Size:
+			t.Errorf("layer %s, missing after the first run, moved %d bytes, want %d", d, again[d], l.Size)
+		}
+	}
+	if st.Present != len(kept) || st.Unpacked != len(m.Layers)-len(kept) {
+		t.Errorf("second run %+v; want %d present, %d unpacked", st, len(kept), len(m.Layers)-len(kept))
 	}
 }
