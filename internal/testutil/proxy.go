@@ -48,7 +48,7 @@ type Proxy struct {
 	srv       *http.Server
 
 	mu      sync.Mutex
-	reqs    []ProxyRequest
+	reqs    []*ProxyRequest
 	fault   ProxyFault
 	match   string
 	budget  int64
@@ -113,15 +113,20 @@ func (p *Proxy) Stalled() int {
 	return p.stalled
 }
 
-// Requests returns the requests so far (finished ones, in the order they
-// finished).
+// Requests returns the requests so far, in the order they came, with
+// the bytes moved until now (a request still running may move more).
 func (p *Proxy) Requests() []ProxyRequest {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return append([]ProxyRequest(nil), p.reqs...)
+	rs := make([]ProxyRequest, len(p.reqs))
+	for i, r := range p.reqs {
+		rs[i] = *r
+	}
+	return rs
 }
 
-// Mark is the number of requests so far, for BlobBytes(from).
+// Mark is the number of requests so far, for BlobBytes(from): requests
+// that came before it count before it, however long they run.
 func (p *Proxy) Mark() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -151,13 +156,11 @@ func BlobDigestOf(path string) string {
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rec := ProxyRequest{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range")}
-	defer func() {
-		p.mu.Lock()
-		p.reqs = append(p.reqs, rec)
-		p.mu.Unlock()
-	}()
-	out, err := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), &countReader{r: r.Body, n: &rec.In})
+	rec := &ProxyRequest{Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery, Range: r.Header.Get("Range")}
+	p.mu.Lock()
+	p.reqs = append(p.reqs, rec)
+	p.mu.Unlock()
+	out, err := http.NewRequestWithContext(r.Context(), r.Method, p.target+r.URL.RequestURI(), &countReader{p: p, r: r.Body, n: &rec.In})
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
@@ -174,7 +177,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
+	p.mu.Lock()
 	rec.Status = resp.StatusCode
+	p.mu.Unlock()
 	for k, v := range resp.Header {
 		w.Header()[k] = v
 	}
@@ -187,7 +192,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			send, fail := p.allow(r.URL.Path, n)
 			if send > 0 {
 				m, werr := w.Write(buf[:send])
+				p.mu.Lock()
 				rec.Out += int64(m)
+				p.mu.Unlock()
 				if werr != nil {
 					return
 				}
@@ -242,12 +249,15 @@ func (p *Proxy) failNow(r *http.Request) {
 }
 
 type countReader struct {
+	p *Proxy
 	r io.Reader
 	n *int64
 }
 
 func (c *countReader) Read(b []byte) (int, error) {
 	k, err := c.r.Read(b)
+	c.p.mu.Lock()
 	*c.n += int64(k)
+	c.p.mu.Unlock()
 	return k, err
 }
