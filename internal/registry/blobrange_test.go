@@ -29,7 +29,7 @@ import (
 type rangeServer struct {
 	host string
 
-	mode     atomic.Value // "": honest; "norange": drop Range; "badrange": wrong Content-Range; "stall": hang blob GETs
+	mode     atomic.Value           // "": honest; "norange": drop Range; "badrange": wrong Content-Range; "stall": hang blob GETs
 	only     atomic.Pointer[string] // count only requests of paths ending so
 	mu       sync.Mutex
 	ranges   []string
