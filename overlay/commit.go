@@ -7,9 +7,13 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/layers"
+	digest "github.com/opencontainers/go-digest"
 )
 
 // ErrBaseMoved: the tag a container was mounted from no longer names the
@@ -40,9 +44,15 @@ type CommitOptions struct {
 	// nothing.
 	AllowEmpty bool
 	// Progress, when set, is called with a phase ("diff" while the
-	// layer is written from the container's changes, "store" while the
-	// image is written into the layout) and the bytes done in it.
+	// layer is written from the container's changes, "base" while the
+	// base image of a container mounted from a registry is fetched,
+	// "store" while the image is written into the layout) and the bytes
+	// done in it.
 	Progress func(phase string, done int64)
+	// Remote reaches the registry of a container mounted from a registry
+	// (MountRemote), whose base image Commit fetches from there; its
+	// Progress is not used.
+	Remote RemoteOptions
 }
 
 // CommitResult describes the image Commit wrote.
@@ -57,6 +67,13 @@ type CommitResult struct {
 // the result into the layout dst.Dir under dst.Tag (the layout is created
 // if missing; the base image's blobs are copied when it is another
 // layout).
+//
+// For a container mounted from a registry (MountRemote), the store holds
+// the base image's layers unpacked but not their blobs: Commit fetches
+// the base image by the manifest digest the container was mounted from
+// (so a tag moved since does not matter) through opts.Remote, skipping
+// the layer blobs dst.Dir has already, as umoci repack and podman commit
+// write the whole image.
 //
 // The layer is the upper dir read as an overlayfs upperdir (0/0 char
 // devices become whiteouts, the opaque xattr an opaque marker), with the
@@ -102,23 +119,28 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	default:
 		return nil, fmt.Errorf("overlay: commit %s: container %q has unknown mode %q", target, c.Name, c.Mode)
 	}
-	base, err := layers.OpenLayout(c.ImageDir)
+	work, err := os.MkdirTemp(s.path("tmp"), "commit-")
+	if err != nil {
+		return nil, fmt.Errorf("overlay: %w", err)
+	}
+	defer removeTree(work)
+	baseDir, baseTag := c.ImageDir, c.Tag
+	if isRemotePin(c.ImageDir) {
+		if baseDir, baseTag, err = s.commitRemoteBase(ctx, c, dst, work, opts); err != nil {
+			return nil, fmt.Errorf("overlay: commit %s: base image %s:%s: %w", target, c.ImageDir, c.Tag, err)
+		}
+	}
+	base, err := layers.OpenLayout(baseDir)
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
 	}
-	img, err := base.Resolve(ctx, c.Tag, layers.ResolveOptions{Platform: c.Platform})
+	img, err := base.Resolve(ctx, baseTag, layers.ResolveOptions{Platform: c.Platform})
 	if err != nil {
 		return nil, fmt.Errorf("overlay: commit %s: base image: %w", target, err)
 	}
 	if img.Descriptor.Digest != c.Manifest.Digest {
 		return nil, fmt.Errorf("%w: %s:%s is %s, the container was made from %s", ErrBaseMoved, c.ImageDir, c.Tag, img.Descriptor.Digest, c.Manifest.Digest)
 	}
-
-	work, err := os.MkdirTemp(s.path("tmp"), "commit-")
-	if err != nil {
-		return nil, fmt.Errorf("overlay: %w", err)
-	}
-	defer removeTree(work)
 	lower := filepath.Join(work, "lower")
 	if err := os.Mkdir(lower, 0o700); err != nil {
 		return nil, fmt.Errorf("overlay: %w", err)
@@ -162,8 +184,8 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 		by = "imgtool rootfs commit"
 	}
 	res, err := layers.Build(ctx, dst.Dir, layers.BuildOptions{
-		BaseLayout:      c.ImageDir,
-		Base:            c.Tag,
+		BaseLayout:      baseDir,
+		Base:            baseTag,
 		Platform:        c.Platform,
 		Layers:          []string{blob},
 		Tag:             dst.Tag,
@@ -179,6 +201,53 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 		return nil, fmt.Errorf("overlay: commit %s to %s: %w", target, dst, err)
 	}
 	return &CommitResult{Container: c, Layer: d, Image: res}, nil
+}
+
+// commitRemoteBase fetches the base image of c, a container mounted from
+// a registry, by its manifest digest into a layout in work, tagged
+// "base", and returns that layout. Layer blobs dst's layout holds are
+// linked in first (same file system) so that they are not fetched again.
+func (s *Store) commitRemoteBase(ctx context.Context, c *Container, dst layers.ImageRef, work string, opts CommitOptions) (string, string, error) {
+	dir := filepath.Join(work, "base")
+	if _, err := layers.InitLayout(dir); err != nil {
+		return "", "", err
+	}
+	if have, err := layers.OpenLayout(dst.Dir); err == nil {
+		for _, id := range c.Layers {
+			l, err := s.Layer(id)
+			if err != nil || l.Blob == "" {
+				continue
+			}
+			from, err1 := have.BlobPath(l.Blob)
+			to, err2 := filepath.Join(dir, "blobs", l.Blob.Algorithm().String(), l.Blob.Encoded()), l.Blob.Validate()
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			if os.MkdirAll(filepath.Dir(to), 0o755) == nil {
+				os.Link(from, to) // best effort: Pull fetches what is missing
+			}
+		}
+	}
+	ref := strings.TrimPrefix(c.ImageDir, remotePinPrefix) + "@" + c.Manifest.Digest.String()
+	popts := layers.PullOptions{Registry: opts.Remote.Registry, Client: opts.Remote.Client}
+	if opts.Progress != nil {
+		var mu sync.Mutex
+		done := map[digest.Digest]int64{}
+		popts.Progress = func(p registry.Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			done[p.Digest] = p.Done
+			var n int64
+			for _, d := range done {
+				n += d
+			}
+			opts.Progress("base", n)
+		}
+	}
+	if _, err := layers.Pull(ctx, ref, layers.ImageRef{Dir: dir, Tag: "base"}, popts); err != nil {
+		return "", "", err
+	}
+	return dir, "base", nil
 }
 
 // mountLowerView mounts the merged, read-only view of c's image layers on

@@ -356,7 +356,70 @@ func TestRegistryInteropRootfs(t *testing.T) {
 			if got, want := reg.BlobBytesSent(mark), newLayer.Size+img.Manifest.Config.Size; got != want {
 				t.Errorf("mount of %s moved %d blob bytes, want %d (new layer and config)", tag, got, want)
 			}
+			registryCommitRemote(t, reg, src, tag, target)
 		}
+	}
+}
+
+// registryCommitRemote: rootfs commit of a container mounted from
+// docker://REF writes the base image (fetched by the digest it was
+// mounted from, its blobs unchanged) plus the container's changes as a
+// new layer; umoci unpacks it to the container's tree. A second commit
+// into the same layout fetches no base layer again.
+func registryCommitRemote(t *testing.T, reg *testutil.Registry, src, tag, target string) {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(target, "etc", "committed"), []byte("changed in the container\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(target, "etc", "passwd")); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "out")
+	mark := len(reg.Log())
+	registryRun(t, "rootfs", "commit", "-p", target, out+":c1")
+	baseBytes := reg.BlobBytesSent(mark)
+	t.Logf("commit of %s fetched %d blob bytes of the base", tag, baseBytes)
+	l, err := layers.OpenLayout(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := l.Resolve(t.Context(), tag, layers.ResolveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ol, err := layers.OpenLayout(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := ol.Resolve(t.Context(), "c1", layers.ResolveOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(base.Manifest.Layers); len(got.Manifest.Layers) != n+1 {
+		t.Fatalf("committed image has %d layers, want the base's %d and one", len(got.Manifest.Layers), n)
+	}
+	var want int64 = base.Manifest.Config.Size
+	for i, ld := range base.Manifest.Layers {
+		want += ld.Size
+		if got.Manifest.Layers[i].Digest != ld.Digest {
+			t.Errorf("committed layer %d is %s, the base's is %s", i, got.Manifest.Layers[i].Digest, ld.Digest)
+		}
+	}
+	if baseBytes != want {
+		t.Errorf("commit fetched %d blob bytes, want the base's %d", baseBytes, want)
+	}
+	if _, err := ol.Verify(t.Context(), layers.Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	unpacked := filepath.Join(t.TempDir(), "unpacked")
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", out+":c1", unpacked)
+	registryCompareDirsOpts(t, target, unpacked, treecmp.Options{NoDirMtime: true})
+
+	// Again into the same layout: only the config moves.
+	mark = len(reg.Log())
+	registryRun(t, "rootfs", "commit", target, out+":c2")
+	if n := reg.BlobBytesSent(mark); n != base.Manifest.Config.Size {
+		t.Errorf("second commit into the same layout fetched %d blob bytes, want only the config's %d", n, base.Manifest.Config.Size)
 	}
 }
 

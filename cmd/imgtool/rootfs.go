@@ -17,7 +17,7 @@ import (
 const rootfsUsage = `Usage: imgtool rootfs SUBCOMMAND [OPTIONS] ARGS...
 
 Subcommands:
-  mount   [--name NAME] [--readonly] [--copy] DIR:TAG TARGET
+  mount   [--name NAME] [--readonly] [--copy] DIR:TAG|docker://REF TARGET
           unpack the image's missing layers into the store and mount an
           overlayfs container of them on TARGET (created if missing)
   umount  [--rm] TARGET
@@ -25,7 +25,9 @@ Subcommands:
           a TARGET that mount created is removed
   commit  TARGET DIR:TAG
           turn the changes made in the container on TARGET into a new layer
-          on top of its image, written to the layout DIR as TAG
+          on top of its image, written to the layout DIR as TAG (for a
+          container mounted from docker://REF, the base image is fetched
+          from the registry by the digest it was mounted from)
 
 Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
 else ~/.local/share/imgtool/store); umount and commit find the store of a
@@ -189,6 +191,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	progress := progressFlags(fs, "show progress on stderr")
 	allowEmpty := fs.Bool("allow-empty", false, "commit an empty layer when the container has no changes (by default nothing is written)")
 	output := fs.String("output", "human", "output format: human or json")
+	rf := addRegistryFlags(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -210,11 +213,15 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	ro, err := rf.options()
+	if err != nil {
+		return err
+	}
 	s, err := rootfsOpenStore(rootfsStoreOfTarget(*store, fs.Arg(0)))
 	if err != nil {
 		return err
 	}
-	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report, AllowEmpty: *allowEmpty})
+	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report, AllowEmpty: *allowEmpty, Remote: overlay.RemoteOptions{Registry: ro}})
 	if errors.Is(err, overlay.ErrNoChanges) {
 		return fmt.Errorf("%w; nothing written (--allow-empty commits an empty layer)", err)
 	}
