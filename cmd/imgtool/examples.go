@@ -36,6 +36,8 @@ var examples = map[string][]string{
 	"chain add":      {"imgtool chain add /var/lib/vms db --from base --import db.qcow2"},
 	"chain vm":       {"imgtool chain vm /var/lib/vms vm1 --from db"},
 	"chain tree":     {"imgtool chain tree /var/lib/vms"},
+	"push":           {"imgtool push -p /var/lib/vms/web.qcow2 registry.example.com/vms/web:1", "imgtool push --flatten --tls-verify=false --creds user:secret web.qcow2 localhost:5000/vms/web:disk", "imgtool push --authfile auth.json --output json -q web.qcow2 registry.example.com/vms/web:1"},
+	"pull":           {"imgtool pull -p registry.example.com/vms/web:2 /var/lib/vms", "imgtool pull --tls-verify=false --creds user:secret --authfile auth.json -q localhost:5000/vms/web:1 ./vms", "imgtool pull --output json registry.example.com/vms/web:2 ./vms"},
 	"chain rm":       {"imgtool chain rm /var/lib/vms vm1"},
 	"chain squash":   {"imgtool chain squash /var/lib/vms web"},
 	"dedup scan":     {"imgtool dedup scan *.qcow2", "imgtool dedup scan --output json ./oci"},

@@ -52,6 +52,8 @@ func commands() []command {
 		{"rootfs", "mount, unmount and commit container root filesystems of image layers (overlayfs)", runRootfs},
 		{"store", "list, unpack into, garbage-collect and dedup the layer store used by rootfs", runStore},
 		{"chain", "manage a directory of VM base images that build on each other (qcow2 backing chains)", runChain},
+		{"push", "push a qcow2 image and its backing chain to a registry, one layer per level (--flatten: one standalone disk)", runPush},
+		{"pull", "rebuild a VM chain image from a registry in a directory, fetching only the levels it lacks; prints the top image", runPull},
 		{"dedup", "find and remove duplicate data across images and layouts (scan, rebase, sparsify)", runDedup},
 	}
 }
