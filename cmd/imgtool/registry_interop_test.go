@@ -129,18 +129,20 @@ func registryFail(t *testing.T, args ...string) string {
 
 // TestRegistryInterop: an umoci image pushed by skopeo to the real
 // registry, pulled by imgtool; the second tag shares layers and moves only
-// the new one; imgtool's push (with a cross-repository mount) copied back
-// by skopeo unpacks the same.
+// the new one (bytes counted by a proxy between imgtool and the registry,
+// and in the registry's access log); imgtool's push (with a
+// cross-repository mount) copied back by skopeo unpacks the same.
 func TestRegistryInterop(t *testing.T) {
 	testutil.NeedTool(t, "skopeo")
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	proxy := testutil.StartProxy(t, reg.Host)
 	src := registryUmociLayout(t)
 	for _, tag := range []string{"v1", "v2"} {
 		testutil.Run(t, "skopeo", "copy", "--dest-tls-verify=false", "oci:"+src+":"+tag, "docker://"+reg.Host+"/test/app:"+tag)
 	}
 	dst := filepath.Join(t.TempDir(), "pulled")
 	mark := len(reg.Log())
-	registryRun(t, "image", "pull", "-p", "docker://"+reg.Host+"/test/app:v1", dst+":v1")
+	registryRun(t, "image", "pull", "-p", "docker://"+proxy.Host+"/test/app:v1", dst+":v1")
 	v1Bytes := reg.BlobBytesSent(mark)
 	registryCompare(t, src+":v1", dst+":v1")
 	if _, err := os.Stat(filepath.Join(dst, "blobs")); err != nil {
@@ -157,29 +159,34 @@ func TestRegistryInterop(t *testing.T) {
 		t.Fatal(err)
 	}
 	newLayer := img2.Manifest.Layers[len(img2.Manifest.Layers)-1]
-	mark = len(reg.Log())
-	out := registryRun(t, "image", "pull", "--output", "json", reg.Host+"/test/app:v2", dst+":v2")
+	mark, pmark := len(reg.Log()), proxy.Mark()
+	out := registryRun(t, "image", "pull", "--output", "json", proxy.Host+"/test/app:v2", dst+":v2")
 	var res layers.PullResult
 	if err := json.Unmarshal([]byte(out), &res); err != nil {
 		t.Fatal(err)
 	}
 	got, want := reg.BlobBytesSent(mark), newLayer.Size+img2.Manifest.Config.Size
-	if got != want || res.Fetched != 2 || res.Present != 2 {
-		t.Errorf("second pull moved %d blob bytes (%+v), want %d (the new layer and the config; v1 moved %d)", got, res, want, v1Bytes)
+	moved := proxy.BlobBytes(pmark)
+	if got != want || res.Fetched != 2 || res.Present != 2 || len(moved) != 2 || moved[newLayer.Digest.String()] != newLayer.Size || moved[img2.Manifest.Config.Digest.String()] != img2.Manifest.Config.Size {
+		t.Errorf("second pull moved %d blob bytes by the log, %v through the proxy (%+v); want %d (the new layer and the config; v1 moved %d)", got, moved, res, want, v1Bytes)
 	}
 	registryCompare(t, src+":v2", dst+":v2")
 
 	// Push to another repository of the same registry: the blobs are
 	// mounted from test/app (recorded at pull), nothing uploaded.
-	mark = len(reg.Log())
-	out = registryRun(t, "image", "push", "--output", "json", dst+":v2", "docker://"+reg.Host+"/copy/app:v2")
+	mark, pmark = len(reg.Log()), proxy.Mark()
+	out = registryRun(t, "image", "push", "--output", "json", dst+":v2", "docker://"+proxy.Host+"/copy/app:v2")
 	var pres layers.PushResult
 	if err := json.Unmarshal([]byte(out), &pres); err != nil {
 		t.Fatal(err)
 	}
 	log := reg.Log()[mark:]
-	if pres.Uploaded != 0 || pres.Skipped != 3 || strings.Count(log, "from=test") != 3 {
-		t.Errorf("push to copy/app: %+v; want 3 layers mounted from test/app; log:\n%s", pres, log)
+	var sent int64
+	for _, r := range proxy.Requests()[pmark:] {
+		sent += r.In
+	}
+	if pres.Uploaded != 0 || pres.Skipped != 3 || strings.Count(log, "from=test") != 3 || sent > img2.Descriptor.Size+img2.Manifest.Config.Size {
+		t.Errorf("push to copy/app: %+v, %d bytes sent; want 3 layers mounted from test/app, only config and manifest sent; log:\n%s", pres, sent, log)
 	}
 	// Push to a fresh registry: everything uploaded; skopeo copies it back.
 	reg2 := testutil.StartRegistry(t, testutil.RegistryOptions{})
@@ -268,6 +275,12 @@ func TestRegistryInteropTLS(t *testing.T) {
 	}
 	registryRun(t, "image", "pull", "--tls-verify=false", reg.Host+"/tls/app:v1", dst+":v1")
 	registryCompare(t, src+":v1", dst+":v1")
+	// Push, the same.
+	msg = registryFail(t, "image", "push", dst+":v1", reg.Host+"/tls/copy:v1")
+	if !strings.Contains(msg, "certificate") || !strings.Contains(msg, "--tls-verify=false") {
+		t.Errorf("push to a self-signed registry: error %q, want a certificate error with a hint", msg)
+	}
+	registryRun(t, "image", "push", "--tls-verify=false", dst+":v1", reg.Host+"/tls/copy:v1")
 }
 
 // TestRegistryInteropCorrupt: a blob corrupted in the registry's storage
