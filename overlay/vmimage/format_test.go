@@ -360,3 +360,37 @@ func TestConfigJSON(t *testing.T) {
 		t.Errorf("CheckConfig of bad JSON = %v", err)
 	}
 }
+
+func TestLevelNames(t *testing.T) {
+	for in, want := range map[string]string{
+		"/vms/base.qcow2":                          "base",
+		"/vms/os image.qcow2":                      "os_image",
+		"/vms/.hidden.qcow2":                       "_hidden",
+		"/vms/-opt.qcow2":                          "_opt",
+		"/vms/web+2.img":                           "web_2.img",
+		"/vms/.qcow2":                              "level",
+		"/vms/ünï.qcow2":                           "______",
+		"/x/" + strings.Repeat("a", 80) + ".qcow2": strings.Repeat("a", 64),
+	} {
+		got := levelName(in)
+		if got != want {
+			t.Errorf("levelName(%q) = %q, want %q", in, got, want)
+		}
+		if err := ValidName(got); err != nil {
+			t.Errorf("levelName(%q) = %q: %v", in, got, err)
+		}
+	}
+	used := map[string]bool{}
+	long := strings.Repeat("b", 64)
+	for _, want := range []string{"disk", "disk-2", "disk-3"} {
+		if got := uniqueName("disk", used); got != want {
+			t.Errorf("uniqueName(disk) = %q, want %q", got, want)
+		}
+	}
+	if got := uniqueName(long, used); got != long {
+		t.Errorf("uniqueName(long) = %q", got)
+	}
+	if got := uniqueName(long, used); len(got) != 64 || !strings.HasSuffix(got, "-2") || ValidName(got) != nil {
+		t.Errorf("uniqueName(long) again = %q", got)
+	}
+}
