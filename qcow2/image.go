@@ -189,7 +189,9 @@ func Open(path string, opts Options) (*Image, error) {
 // opts.OpenBacking (an image with a backing file and no OpenBacking is
 // refused: names read from r never reach the local file system). The
 // image is read-only and takes no locks; r must be safe for concurrent
-// ReadAt calls, and is not closed by the image.
+// ReadAt calls. If r is an io.Closer, closing the image closes it (as
+// it does OpenBacking's readers); when OpenReaderAt fails, r stays the
+// caller's to close.
 func OpenReaderAt(name string, r io.ReaderAt, size int64, opts Options) (*Image, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
@@ -204,7 +206,14 @@ func OpenReaderAt(name string, r io.ReaderAt, size int64, opts Options) (*Image,
 	if st.maxDepth == 0 {
 		st.maxDepth = DefaultMaxChainDepth
 	}
-	return st.open(name, opts.Format, 0, r, size)
+	img, err := st.open(name, opts.Format, 0, r, size)
+	if err != nil {
+		return nil, err
+	}
+	if c, ok := r.(io.Closer); ok {
+		img.closer = c
+	}
+	return img, nil
 }
 
 // openFile opens one image file without its backing file.

@@ -101,8 +101,28 @@ func TestOpenReaderAt(t *testing.T) {
 	if _, err := OpenReaderAt("mem/loop.qcow2", bytes.NewReader(lb), int64(len(lb)), Options{OpenBacking: self}); !errors.Is(err, ErrChainLoop) {
 		t.Errorf("name loop: %v, want ErrChainLoop", err)
 	}
+	// A reader that is an io.Closer is closed with the image.
+	cl := &closeCounter{ReaderAt: bytes.NewReader(files["base.qcow2"])}
+	img, err = OpenReaderAt("mem/base.qcow2", cl, int64(len(files["base.qcow2"])), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img.Close()
+	if cl.closed != 1 {
+		t.Errorf("reader closed %d times with the image, want 1", cl.closed)
+	}
 	// Writable is refused.
 	if _, err := OpenReaderAt("mem/x", bytes.NewReader(lb), int64(len(lb)), Options{Writable: true}); err == nil {
 		t.Error("writable OpenReaderAt accepted")
 	}
+}
+
+type closeCounter struct {
+	io.ReaderAt
+	closed int
+}
+
+func (c *closeCounter) Close() error {
+	c.closed++
+	return nil
 }

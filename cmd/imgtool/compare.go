@@ -13,7 +13,7 @@ import (
 // runCompare implements `imgtool compare`, with qemu-img compare's exit
 // codes: 0 identical, 1 different, 2 error.
 func runCompare(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("compare", "[-f FMT] [-F FMT] [-s] [-p] [-q] [-U] A B", stderr)
+	fs := newFlagSet("compare", "[-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] A B (each a file or docker://REF)", stderr)
 	fmtA := fs.StringP("format", "f", "", "format of A (qcow2 or raw); probed when omitted")
 	fmtB := fs.StringP("second-format", "F", "", "format of B (qcow2 or raw); probed when omitted")
 	strict := fs.BoolP("strict", "s", false, "strict mode: fail on a size mismatch or a different allocation status")
@@ -21,6 +21,7 @@ func runCompare(args []string, stdout, stderr io.Writer) error {
 	quiet := fs.BoolP("quiet", "q", false, "print nothing; only the exit status tells")
 	forceShare := fs.BoolP("force-share", "U", false, "open the images without taking image locks")
 	backingRoot := backingRootFlag(fs)
+	imgFlags := addImageFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return withCode(2, err)
 	}
@@ -31,18 +32,18 @@ func runCompare(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return withCode(2, err)
 	}
-	a, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*fmtA), ForceShare: *forceShare}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	a, err := imgFlags.open(ctx, fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*fmtA), ForceShare: *forceShare}))
 	if err != nil {
 		return withCode(2, err)
 	}
 	defer a.Close()
-	b, err := qcow2.Open(fs.Arg(1), ropts(qcow2.Options{Format: qcow2.Format(*fmtB), ForceShare: *forceShare}))
+	b, err := imgFlags.open(ctx, fs.Arg(1), ropts(qcow2.Options{Format: qcow2.Format(*fmtB), ForceShare: *forceShare}))
 	if err != nil {
 		return withCode(2, err)
 	}
 	defer b.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
 	update, finish := newProgress(*progress, stderr, "comparing")
 	res, err := qcow2.Compare(ctx, a, b, qcow2.CompareOptions{Strict: *strict, Progress: update})
 	finish()

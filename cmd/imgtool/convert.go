@@ -16,7 +16,7 @@ import (
 // runConvert implements `imgtool convert`: copy the guest content of an
 // image (chain) into a new image, as qemu-img convert.
 func runConvert(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] SRC DST", stderr)
+	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] SRC|docker://REF DST", stderr)
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
 	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
@@ -28,6 +28,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
 	backingRoot := backingRootFlag(fs)
+	imgFlags := addImageFlags(fs)
 	targetZero := fs.Bool("target-is-zero", false, "assume the target reads as zeros (always true for the new file convert creates; with -n, zeros are not written)")
 	cache := fs.StringP("cache", "t", "writeback", "output cache mode: writeback (fsync, then put in place), unsafe (no fsync), none (O_DIRECT for aligned writes; refused where the filesystem has no O_DIRECT), writethrough, directsync")
 	noCreate := fs.BoolP("no-create", "n", false, "DST exists (of format -O): write into it instead of creating it; it must be at least as large as SRC")
@@ -83,13 +84,13 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	src, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	src, err := imgFlags.open(ctx, fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
 	if err != nil {
 		return err
 	}
 	defer src.Close()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
-	defer stop()
 	update, finish := newProgress(*progress && !*quiet, stderr, "converting")
 	opts.Progress = update
 	err = qcow2.ConvertImage(ctx, src, fs.Arg(1), opts)

@@ -3,11 +3,11 @@ package main
 // examples holds the examples `imgtool help COMMAND` (and COMMAND --help)
 // shows under its options, keyed by the name given to newFlagSet.
 var examples = map[string][]string{
-	"info":           {"imgtool info vm1.qcow2", "imgtool info --backing-chain --output json vm1.qcow2"},
-	"map":            {"imgtool map vm1.qcow2", "imgtool map --output json --start-offset 1G --max-length 64M vm1.qcow2"},
-	"convert":        {"imgtool convert -p -O raw vm1.qcow2 vm1.raw", "imgtool convert -O qcow2 -c -o compression_type=zstd vm1.qcow2 small.qcow2"},
+	"info":           {"imgtool info vm1.qcow2", "imgtool info --backing-chain --output json vm1.qcow2", "imgtool info --backing-chain --tls-verify=false docker://localhost:5000/vm:2"},
+	"map":            {"imgtool map vm1.qcow2", "imgtool map --output json --start-offset 1G --max-length 64M vm1.qcow2", "imgtool map --output json --authfile auth.json docker://registry.example.com/vms/web:2"},
+	"convert":        {"imgtool convert -p -O raw vm1.qcow2 vm1.raw", "imgtool convert -O qcow2 -c -o compression_type=zstd vm1.qcow2 small.qcow2", "imgtool convert -p -O raw --creds user:secret docker://registry.example.com/vms/web:2 web.raw"},
 	"commit":         {"imgtool commit vm1.qcow2", "imgtool commit -b base.qcow2 -d vm1.qcow2"},
-	"compare":        {"imgtool compare a.qcow2 b.qcow2", "imgtool compare -s a.raw b.qcow2"},
+	"compare":        {"imgtool compare a.qcow2 b.qcow2", "imgtool compare -s a.raw b.qcow2", "imgtool compare docker://localhost:5000/vm:2 vm/web.qcow2"},
 	"create":         {"imgtool create -f qcow2 disk.qcow2 20G", "imgtool create -b base.qcow2 -F qcow2 vm1.qcow2"},
 	"check":          {"imgtool check vm1.qcow2", "imgtool check -r leaks --output json vm1.qcow2"},
 	"resize":         {"imgtool resize disk.qcow2 +10G", "imgtool resize --shrink disk.raw 8G"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,12 +11,13 @@ import (
 
 // runInfo implements `imgtool info`: what qemu-img info prints.
 func runInfo(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("info", "[--output human|json] [--backing-chain] [-f FMT] [-U] FILE", stderr)
+	fs := newFlagSet("info", "[--output human|json] [--backing-chain] [-f FMT] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	chain := fs.Bool("backing-chain", false, "show every image of the backing chain, top first")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
 	backingRoot := backingRootFlag(fs)
+	imgFlags := addImageFlags(fs)
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
 		return err
@@ -30,11 +32,11 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	opts := ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare})
 	var infos []*qcow2.ImageInfo
 	if *chain {
-		infos, err = qcow2.ChainInfo(fs.Arg(0), opts)
+		infos, err = imgFlags.chainInfo(context.Background(), fs.Arg(0), opts)
 	} else {
 		opts.NoBacking = true
 		var img *qcow2.Image
-		if img, err = qcow2.Open(fs.Arg(0), opts); err == nil {
+		if img, err = imgFlags.open(context.Background(), fs.Arg(0), opts); err == nil {
 			var info *qcow2.ImageInfo
 			info, err = img.Info()
 			img.Close()

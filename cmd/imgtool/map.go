@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 
 	"github.com/imgtool/imgtool/internal/qemusize"
@@ -10,11 +11,12 @@ import (
 // runMap implements `imgtool map`: how each guest range of the chain is
 // stored, as qemu-img map prints it.
 func runMap(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("map", "[--output human|json] [-f FMT] [-U] [--start-offset OFFSET] [--max-length LEN] FILE", stderr)
+	fs := newFlagSet("map", "[--output human|json] [-f FMT] [-U] [--start-offset OFFSET] [--max-length LEN] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
 	backingRoot := backingRootFlag(fs)
+	imgFlags := addImageFlags(fs)
 	startOffset := fs.String("start-offset", "", "map from this guest offset on (default 0)")
 	maxLength := fs.String("max-length", "", "map at most this many bytes (default: to the end)")
 	asJSON, err := parseFlagsOutput(fs, args, output)
@@ -39,7 +41,7 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	img, err := qcow2.Open(fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
+	img, err := imgFlags.open(context.Background(), fs.Arg(0), ropts(qcow2.Options{Format: qcow2.Format(*format), ForceShare: *forceShare}))
 	if err != nil {
 		return err
 	}

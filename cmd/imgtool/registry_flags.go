@@ -16,11 +16,20 @@ type registryFlags struct {
 }
 
 func addRegistryFlags(fs *pflag.FlagSet) *registryFlags {
+	f := addRegistryAuthFlags(fs)
+	f.jobs = fs.Int("jobs", registry.DefaultJobs, "blobs to transfer at once")
+	return f
+}
+
+// addRegistryAuthFlags adds the registry flags but --jobs (which stays
+// DefaultJobs), for commands that only read from a registry by the way.
+func addRegistryAuthFlags(fs *pflag.FlagSet) *registryFlags {
+	jobs := registry.DefaultJobs
 	return &registryFlags{
+		jobs:      &jobs,
 		tlsVerify: fs.Bool("tls-verify", true, "require HTTPS with a verified certificate (false: also plain HTTP and unverified TLS, for this command only; loopback registries may always use plain HTTP)"),
 		creds:     fs.String("creds", "", "`USER[:PASS]` for the registry (before any credential file)"),
 		authfile:  fs.String("authfile", "", "credential `FILE` (auth.json or Docker config.json) to read instead of $REGISTRY_AUTH_FILE, ${XDG_RUNTIME_DIR}/containers/auth.json, ~/.config/containers/auth.json and ~/.docker/config.json"),
-		jobs:      fs.Int("jobs", registry.DefaultJobs, "blobs to transfer at once"),
 	}
 }
 
