@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,7 +25,6 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/qcow2"
@@ -67,15 +65,6 @@ func makeChain(t *testing.T, dir string, names ...string) string {
 	}
 	return path
 }
-
-// rawManifest is a manifest to remote.Put as it is.
-type rawManifest struct {
-	raw []byte
-	mt  types.MediaType
-}
-
-func (m rawManifest) RawManifest() ([]byte, error)       { return m.raw, nil }
-func (m rawManifest) MediaType() (types.MediaType, error) { return m.mt, nil }
 
 // pushChain pushes the levels names (files NAME.qcow2 in dir, base first)
 // to ref as a chain image, building the layers by the format (a test
@@ -120,19 +109,11 @@ func pushChain(t *testing.T, ref string, dir string, names []string, tamper func
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := sha256.Sum256(cfg)
-	m := &v1.Manifest{
-		SchemaVersion: 2,
-		MediaType:     ManifestMediaType,
-		Config:        v1.Descriptor{MediaType: ConfigMediaType, Size: int64(len(cfg)), Digest: v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}},
-		Annotations:   map[string]string{AnnotationTop: names[len(names)-1]},
+	m, err := Manifest(levels, cfg)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for i, l := range levels {
-		a := map[string]string{AnnotationName: l.Name, AnnotationVirtualSize: strconv.FormatInt(l.VirtualSize, 10), AnnotationSize: strconv.FormatInt(l.Size, 10), AnnotationTitle: Title(l.Name)}
-		if l.Parent != "" {
-			a[AnnotationParent] = l.Parent
-		}
-		m.Layers = append(m.Layers, v1.Descriptor{MediaType: LayerMediaType, Size: l.BlobSize, Digest: l.Digest, Annotations: a})
+	for i := range levels {
 		if err := remote.WriteLayer(r.Context(), static.NewLayer(blobs[i], LayerMediaType)); err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +128,7 @@ func pushChain(t *testing.T, ref string, dir string, names []string, tamper func
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Put(r, rawManifest{raw, ManifestMediaType}); err != nil {
+	if err := remote.Put(r, rawManifest(raw)); err != nil {
 		t.Fatal(err)
 	}
 }
