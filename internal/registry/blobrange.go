@@ -28,6 +28,9 @@ const (
 	DefaultReadAhead = 4 << 20
 	// MaxRunBlocks is the most blocks one range request asks for.
 	MaxRunBlocks = 32
+	// seqThreshold is how many blocks' worth of sequential reads start
+	// the read-ahead.
+	seqThreshold = 8
 )
 
 // RangeOptions configure range readers. The zero value means the
@@ -148,8 +151,8 @@ type BlobRange struct {
 	cancel context.CancelFunc
 
 	mu    sync.Mutex
-	next  int64 // block after the last read, for sequential detection
-	seq   int   // consecutive sequential reads
+	end   int64 // window offset after the last read
+	run   int64 // bytes read sequentially up to end
 	raEnd int64 // block after the last one read-ahead claimed
 }
 
@@ -198,7 +201,7 @@ func (b *BlobRange) ReadAt(p []byte, off int64) (int, error) {
 	want := min(int64(len(p)), b.size-off)
 	bs := b.cache.opts.BlockSize
 	first, last := off/bs, (off+want-1)/bs
-	b.readAhead(first, last)
+	b.readAhead(off, want, last)
 	blocks, err := b.blocks(first, last)
 	if err != nil {
 		return 0, err
@@ -217,11 +220,12 @@ func (b *BlobRange) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// readAhead notes a read of blocks first..last and, when reads are
-// sequential, keeps ReadAhead bytes past it fetched or being fetched: once
-// half the window is used it claims the next half in one go, so the
-// read-ahead requests are large.
-func (b *BlobRange) readAhead(first, last int64) {
+// readAhead notes a read of want bytes at off (blocks first..last) and,
+// once reads have run sequentially for seqThreshold blocks' worth, keeps
+// ReadAhead bytes past them fetched or being fetched: when half the
+// window is used it claims the next half in one go, so the read-ahead
+// requests are large. Scattered reads (qcow2 metadata) never trigger it.
+func (b *BlobRange) readAhead(off, want, last int64) {
 	ra := b.cache.opts.ReadAhead
 	if ra <= 0 {
 		return
@@ -229,13 +233,13 @@ func (b *BlobRange) readAhead(first, last int64) {
 	bs := b.cache.opts.BlockSize
 	raBlocks := (ra + bs - 1) / bs
 	b.mu.Lock()
-	if first == b.next || first == b.next-1 {
-		b.seq++
+	if off >= b.end && off-b.end < bs {
+		b.run += want
 	} else {
-		b.seq, b.raEnd = 0, 0
+		b.run, b.raEnd = want, 0
 	}
-	b.next = last + 1
-	if b.seq < 2 {
+	b.end = off + want
+	if b.run < seqThreshold*bs {
 		b.mu.Unlock()
 		return
 	}
