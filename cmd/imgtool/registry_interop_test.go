@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -471,8 +472,8 @@ func TestRegistryInteropVanish(t *testing.T) {
 	proxy.Break(testutil.ProxyCut, big.Digest.String(), big.Size/2)
 	msg := registryFail(t, args...)
 	t.Logf("first run: %s", msg)
-	if !strings.Contains(msg, big.Digest.String()) {
-		t.Errorf("error %q does not name the layer being fetched, %s", msg, big.Digest)
+	if !strings.Contains(msg, big.Digest.String()) || !strings.Contains(msg, fmt.Sprintf(" of %d bytes", big.Size)) {
+		t.Errorf("error %q does not name the layer being fetched, %s, and where it broke off (about %d of %d bytes)", msg, big.Digest, big.Size/2, big.Size)
 	}
 	s, err := overlay.OpenStore(store, overlay.StoreOptions{})
 	if err != nil {
