@@ -150,10 +150,9 @@ type BlobRange struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu    sync.Mutex
-	end   int64 // window offset after the last read
-	run   int64 // bytes read sequentially up to end
-	raEnd int64 // block after the last one read-ahead claimed
+	mu      sync.Mutex
+	streams [maxStreams]stream // sequential readers (parallel workers each read on)
+	tick    int64
 }
 
 // RangeReader returns a reader of size bytes of blob d from byte offset
@@ -176,6 +175,18 @@ func (r *Repo) RangeReader(ctx context.Context, d digest.Digest, off, size int64
 	ctx, cancel := context.WithCancel(ctx)
 	return &BlobRange{repo: r, d: d, off: off, size: size, cache: cache, ctx: ctx, cancel: cancel}, nil
 }
+
+// stream is one sequential reader of a BlobRange: convert's parallel
+// workers each read their own part of a level in order.
+type stream struct {
+	end   int64 // window offset after its last read
+	run   int64 // bytes it has read sequentially up to end
+	raEnd int64 // block after the last one its read-ahead claimed
+	used  int64 // tick of its last read (0: unused)
+}
+
+// maxStreams is how many sequential readers a BlobRange follows at once.
+const maxStreams = 8
 
 // Size returns the window's size.
 func (b *BlobRange) Size() int64 { return b.size }
@@ -233,23 +244,37 @@ func (b *BlobRange) readAhead(off, want, last int64) {
 	bs := b.cache.opts.BlockSize
 	raBlocks := (ra + bs - 1) / bs
 	b.mu.Lock()
-	if off >= b.end && off-b.end < bs {
-		b.run += want
-	} else {
-		b.run, b.raEnd = want, 0
+	b.tick++
+	st := &b.streams[0]
+	found := false
+	for i := range b.streams {
+		s := &b.streams[i]
+		if s.used != 0 && off >= s.end && off-s.end < bs {
+			st, found = s, true
+			break
+		}
+		if s.used < st.used {
+			st = s // least recently used, for a new stream
+		}
 	}
-	b.end = off + want
-	if b.run < seqThreshold*bs {
+	if found {
+		st.run += want
+	} else {
+		*st = stream{}
+		st.run = want
+	}
+	st.end, st.used = off+want, b.tick
+	if st.run < seqThreshold*bs {
 		b.mu.Unlock()
 		return
 	}
-	from := max(b.raEnd, last+1)
+	from := max(st.raEnd, last+1)
 	if from-(last+1) > raBlocks/2 {
 		b.mu.Unlock()
 		return
 	}
 	end := min(last+1+raBlocks, b.nblocks())
-	b.raEnd = max(b.raEnd, end)
+	st.raEnd = max(st.raEnd, end)
 	b.mu.Unlock()
 	if end <= from {
 		return
