@@ -78,9 +78,6 @@ const (
 	chainExt      = ".qcow2"
 	chainTmpPref  = ".tmp-" // images being built; stale ones are removed by the next mutation
 	chainFormat   = 1
-	// Modes of chain images: levels with dependents are read-only.
-	chainModeRW = 0o644
-	chainModeRO = 0o444
 )
 
 // chainManifestData is chain.json. Parents are not recorded: the backing
@@ -108,13 +105,14 @@ type chainSquashJournal struct {
 // On-disk layout:
 //
 //	chain.json     the manifest: the kind (level or vm) of each image
-//	NAME.qcow2     one image per level or VM; mode 0444 while it has
-//	               dependents, 0644 otherwise
+//	NAME.qcow2     one image per level or VM; no write bits while it has
+//	               dependents, writable by its owner otherwise (read
+//	               bits as created: 0666 masked by the umask)
 //	.chain.lock    flock, exclusive while a mutation runs
 //	.tmp-*         images being built, renamed into place when complete
 //
-// Levels that have dependents are kept read-only: their files have mode
-// 0444, and Open refuses to open them for writing (the mode alone does
+// Levels that have dependents are kept read-only: their files have no
+// write bits, and Open refuses to open them for writing (the mode alone does
 // not stop root). Writing a level that others build on would silently
 // change every dependent.
 //
@@ -344,26 +342,36 @@ func containsString(list []string, s string) bool {
 	return false
 }
 
-// fixModes makes every image with dependents read-only (0444) and every
-// other image writable by its owner (0644).
+// fixModes makes every image with dependents read-only (its write bits
+// cleared: 0444 under umask 022, 0400 under 077) and every other image
+// writable by its owner. Read bits are the ones the image was created with
+// (0666 masked by the umask, as qemu-img creates), so a private chain
+// stays private.
 func (c *ChainDir) fixModes(g *chainGraph) error {
 	for name, n := range g.nodes {
-		mode := fs.FileMode(chainModeRW)
-		if len(n.children) > 0 {
-			mode = chainModeRO
-		}
 		p := filepath.Join(c.dir, name+chainExt)
-		fi, err := os.Stat(p)
-		if err != nil {
+		if err := setWritable(p, len(n.children) == 0); err != nil {
 			return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
-		}
-		if fi.Mode().Perm() != mode {
-			if err := os.Chmod(p, mode); err != nil {
-				return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
-			}
 		}
 	}
 	return nil
+}
+
+// setWritable clears every write bit of the file at path, or sets its
+// owner's, leaving the rest of its mode as it is.
+func setWritable(path string, writable bool) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	mode := fi.Mode().Perm() &^ 0o222
+	if writable {
+		mode = fi.Mode().Perm() | 0o200
+	}
+	if mode == fi.Mode().Perm() {
+		return nil
+	}
+	return os.Chmod(path, mode)
 }
 
 // removeStale deletes temporaries left by an interrupted mutation. The

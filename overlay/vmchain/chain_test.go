@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 
 	"github.com/imgtool/imgtool/qcow2"
@@ -586,5 +587,43 @@ func TestChainInitFromQcow2Chain(t *testing.T) {
 	defer o.Close()
 	if o.ClusterSize() != 4096 {
 		t.Errorf("cluster size %d, want 4096", o.ClusterSize())
+	}
+}
+
+// TestChainUmask: under umask 077 a chain stays private. Levels with
+// dependents lose only their write bits (0400), the others are 0600,
+// where fixed modes once made every image world-readable.
+func TestChainUmask(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "chain")
+	raw := filepath.Join(t.TempDir(), "base.raw")
+	writeRawBase(t, raw)
+	c, err := InitChain(ctx, dir, raw, InitChainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddLevel(ctx, "db", "base", AddLevelOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.AddVM(ctx, "vm0", "db"); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]os.FileMode{"base": 0o400, "db": 0o400, "vm0": 0o600} {
+		fi, err := os.Stat(filepath.Join(dir, name+".qcow2"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != want {
+			t.Errorf("%s: mode %v, want %v", name, fi.Mode().Perm(), want)
+		}
+	}
+	// Removing the VM makes db writable again, by its owner only.
+	if err := c.Remove(ctx, "vm0", RemoveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "db.qcow2")); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("db after removing its VM: %v, %v; want 0600", fi.Mode(), err)
 	}
 }

@@ -377,13 +377,20 @@ func checkLevelFile(path string, l Level) error {
 }
 
 // fixModes makes the new levels (todo) that other levels build on
-// read-only (0444), as a chain directory keeps them.
+// read-only, as a chain directory keeps them: their write bits are
+// cleared and their read bits stay as created (0666 masked by the umask,
+// so 0444 under umask 022 and 0400 under 077).
 func fixModes(dir string, levels []Level, todo []int) error {
 	for _, i := range todo {
 		if i == len(levels)-1 {
 			continue
 		}
-		if err := os.Chmod(filepath.Join(dir, levels[i].File()), 0o444); err != nil {
+		p := filepath.Join(dir, levels[i].File())
+		fi, err := os.Stat(p)
+		if err != nil {
+			return err
+		}
+		if err := os.Chmod(p, fi.Mode().Perm()&^0o222); err != nil {
 			return err
 		}
 	}
