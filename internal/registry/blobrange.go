@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"bytes"
 	"container/list"
 	"context"
 	"errors"
@@ -195,6 +196,33 @@ func (b *BlobRange) Size() int64 { return b.size }
 func (b *BlobRange) Close() error {
 	b.cancel()
 	return nil
+}
+
+// Seed puts data, bytes of the window at off that the caller read by
+// other means (a request that also covered what precedes the window),
+// into the cache: the whole blocks it covers; blocks the cache holds or
+// is fetching are left alone.
+func (b *BlobRange) Seed(off int64, data []byte) {
+	bs := b.cache.opts.BlockSize
+	c := b.cache
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := (off + bs - 1) / bs; i < b.nblocks(); i++ {
+		start, n := i*bs-off, b.blockLen(i)
+		if start+n > int64(len(data)) {
+			break
+		}
+		key := blockKey{b.d, i}
+		if _, ok := c.blocks[key]; ok {
+			continue
+		}
+		blk := &block{key: key, done: make(chan struct{}), data: bytes.Clone(data[start : start+n])}
+		close(blk.done)
+		c.blocks[key] = blk
+		blk.elem = c.lru.PushFront(blk)
+		c.used += n
+	}
+	c.evictLocked()
 }
 
 // ReadAt reads len(p) bytes at window offset off; it returns io.EOF with

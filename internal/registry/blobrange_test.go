@@ -275,6 +275,24 @@ func TestBlobRange(t *testing.T) {
 		t.Errorf("8 readers of one block made requests %q, want one for the block", reqs)
 	}
 
+	// Seeded blocks are read without a request; partial blocks at the
+	// ends of the seed are not kept.
+	s.reset()
+	br3.Seed(100, win[100:3*bs+100])
+	b := make([]byte, bs)
+	if _, err := br3.ReadAt(b, bs); err != nil || !bytes.Equal(b, win[bs:2*bs]) {
+		t.Errorf("seeded block: %v", err)
+	}
+	if reqs, _, _ := s.stats(); len(reqs) != 0 {
+		t.Errorf("reading a seeded block made requests %q", reqs)
+	}
+	if _, err := br3.ReadAt(b, 0); err != nil || !bytes.Equal(b, win[:bs]) {
+		t.Errorf("block 0: %v", err)
+	}
+	if reqs, _, _ := s.stats(); len(reqs) != 1 {
+		t.Errorf("block 0, only partly seeded, made requests %q, want one", reqs)
+	}
+
 	// Close cancels: a later read of an uncached block fails.
 	br3.Close()
 	if _, err := br3.ReadAt(make([]byte, 10), 40*bs); !errors.Is(err, context.Canceled) {

@@ -106,13 +106,16 @@ func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image,
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if errs[i] = checkRemoteLayer(ctx, repo, r, l); errs[i] != nil {
+			br, err := open(i)
+			if err != nil {
+				errs[i] = err
 				return
 			}
-			if br, err := open(i); err == nil {
-				prefetchMetadata(br, l.Size, budget)
-				br.Close()
+			defer br.Close()
+			if errs[i] = checkRemoteLayer(ctx, repo, r, l, br, cache.Options().BlockSize); errs[i] != nil {
+				return
 			}
+			prefetchMetadata(br, l.Size, budget)
 		}()
 	}
 	wg.Wait()
@@ -215,13 +218,17 @@ func remotePlan(ctx context.Context, c *registry.Client, r name.Reference) ([]Le
 // by range requests and checks both are exactly what the format writes:
 // one regular file disk/NAME.qcow2 of the annotated size, then padding and
 // the end-of-archive.
-func checkRemoteLayer(ctx context.Context, repo *registry.Repo, r name.Reference, l Level) error {
+//
+// The header is read with the file's first block (bs bytes), which goes
+// into br's cache: the qcow2 header is read next anyway.
+func checkRemoteLayer(ctx context.Context, repo *registry.Repo, r name.Reference, l Level, br *registry.BlobRange, bs int64) error {
 	d := digest.Digest(l.Digest.String())
-	h, err := repo.ReadRange(ctx, d, 0, HeaderSize)
+	h, err := repo.ReadRange(ctx, d, 0, int(HeaderSize+min(l.Size, bs)))
 	if err != nil {
 		return remoteError(r, fmt.Errorf("vmimage: %s: level %s: %w", r, l.Name, err))
 	}
-	size, err := ParseHeader(h, l.Name)
+	br.Seed(0, h[HeaderSize:])
+	size, err := ParseHeader(h[:HeaderSize], l.Name)
 	if err != nil {
 		return fmt.Errorf("vmimage: %s: %w", r, err)
 	}
