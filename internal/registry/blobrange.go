@@ -26,7 +26,7 @@ const (
 	DefaultCacheSize = 64 << 20
 	// DefaultReadAhead is how far past a sequential read the reader
 	// fetches ahead (bytes).
-	DefaultReadAhead = 4 << 20
+	DefaultReadAhead = 16 << 20
 	// MaxRunBlocks is the most blocks one range request asks for.
 	MaxRunBlocks = 32
 	// seqThreshold is how many blocks' worth of sequential reads start
