@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -436,6 +437,28 @@ func registryCommitRemote(t *testing.T, reg *testutil.Registry, src, tag, target
 	if n := reg.BlobBytesSent(mark); n != base.Manifest.Config.Size {
 		t.Errorf("second commit into the same layout fetched %d blob bytes, want only the config's %d", n, base.Manifest.Config.Size)
 	}
+	// To the registry: the base layers are mounted from the container's
+	// repository, only the new layer and the config are uploaded; skopeo
+	// copies it back and umoci unpacks the container's tree.
+	mark = len(reg.Log())
+	pushed := "docker://" + reg.Host + "/committed/app:c3"
+	outJSON := registryRun(t, "rootfs", "commit", "-p", "--output", "json", target, pushed)
+	var res struct {
+		Layer layers.Descriptor  `json:"layer"`
+		Push  *layers.PushResult `json:"push"`
+	}
+	if err := json.Unmarshal([]byte(outJSON), &res); err != nil {
+		t.Fatalf("%v: %s", err, outJSON)
+	}
+	log := reg.Log()[mark:]
+	if res.Push == nil || res.Push.Uploaded != 1 || res.Push.Skipped != len(base.Manifest.Layers) || len(regexp.MustCompile(`POST /v2/committed/app/blobs/uploads/\?from=fs%2Fapp&mount=[^ ]+ HTTP/[0-9.]+" 201 `).FindAllString(log, -1)) != len(base.Manifest.Layers) {
+		t.Errorf("commit to %s: %s; want the new layer uploaded, %d base layers mounted from fs/app; log:\n%s", pushed, outJSON, len(base.Manifest.Layers), log)
+	}
+	back := filepath.Join(t.TempDir(), "back")
+	testutil.Run(t, "skopeo", "copy", "--src-tls-verify=false", pushed, "oci:"+back+":c3")
+	unpacked = filepath.Join(t.TempDir(), "unpacked-pushed")
+	testutil.Run(t, "umoci", "raw", "unpack", "--image", back+":c3", unpacked)
+	registryCompareDirsOpts(t, target, unpacked, treecmp.Options{NoDirMtime: true})
 }
 
 // TestRegistryInteropVanish: the real registry is cut off (the

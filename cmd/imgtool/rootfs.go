@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 
@@ -23,11 +25,12 @@ Subcommands:
   umount  [--rm] TARGET
           unmount the container on TARGET; its upper dir is kept unless --rm;
           a TARGET that mount created is removed
-  commit  TARGET DIR:TAG
+  commit  TARGET DIR:TAG|docker://REF
           turn the changes made in the container on TARGET into a new layer
-          on top of its image, written to the layout DIR as TAG (for a
-          container mounted from docker://REF, the base image is fetched
-          from the registry by the digest it was mounted from)
+          on top of its image, written to the layout DIR as TAG or pushed to
+          REF (for a container mounted from docker://REF, the base image is
+          fetched from the registry by the digest it was mounted from, and
+          a push mounts its layers from there instead of uploading them)
 
 Every subcommand takes --store DIR (default $XDG_DATA_HOME/imgtool/store,
 else ~/.local/share/imgtool/store); umount and commit find the store of a
@@ -184,7 +187,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 }
 
 func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG", stderr)
+	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG|docker://REF", stderr)
 	store := rootfsStoreFlag(fs)
 	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")
@@ -197,13 +200,26 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if fs.NArg() != 2 {
-		return usagef("want TARGET and DIR:TAG, got %d arguments", fs.NArg())
+		return usagef("want TARGET and DIR:TAG (or docker://REF), got %d arguments", fs.NArg())
 	}
 	report, finish := newPhaseProgress(*progress, stderr)
 	defer finish()
-	ref, err := layers.ParseImageRef(fs.Arg(1))
-	if err != nil {
-		return usagef("%v", err)
+	// docker://REF: commit into a scratch layout, then push it.
+	var dest fmt.Stringer
+	var ref layers.ImageRef
+	remote := strings.HasPrefix(fs.Arg(1), "docker://")
+	if remote {
+		tmp, err := os.MkdirTemp("", "imgtool-commit-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		ref, dest = layers.ImageRef{Dir: filepath.Join(tmp, "oci"), Tag: "commit"}, stringer(fs.Arg(1))
+	} else {
+		if ref, err = layers.ParseImageRef(fs.Arg(1)); err != nil {
+			return usagef("%v", err)
+		}
+		dest = ref
 	}
 	c, err := layers.ParseCompression(*comp)
 	if err != nil {
@@ -228,15 +244,32 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var pushed *layers.PushResult
+	if remote {
+		// Base layers the registry has in the container's repository
+		// are mounted, not uploaded.
+		from := ""
+		if rest, ok := strings.CutPrefix(res.Container.ImageDir, "docker://"); ok {
+			from = rest
+		}
+		finish() // the commit's phase line, before the push's blob lines
+		update, done := newBlobProgress(*progress, stderr)
+		pushed, err = layers.Push(context.Background(), ref, fs.Arg(1), layers.PushOptions{Registry: ro, MountFrom: from, Progress: update})
+		done()
+		if err != nil {
+			return fmt.Errorf("push of the committed image: %w", err)
+		}
+	}
 	if asJSON {
 		return rootfsJSON(stdout, struct {
 			Container string              `json:"container"`
 			Layer     layers.Descriptor   `json:"layer"`
 			Image     *layers.BuildResult `json:"image"`
-		}{res.Container.Name, res.Layer, res.Image})
+			Push      *layers.PushResult  `json:"push,omitempty"`
+		}{res.Container.Name, res.Layer, res.Image, pushed})
 	}
 	fmt.Fprintf(stdout, "committed container %s as %s: manifest %s, new layer %s (%d bytes)\n",
-		res.Container.Name, ref, res.Image.Manifest.Digest, res.Layer.Digest, res.Layer.Size)
+		res.Container.Name, dest, res.Image.Manifest.Digest, res.Layer.Digest, res.Layer.Size)
 	return nil
 }
 
