@@ -150,8 +150,8 @@ func fileSize(b *testing.B, p string) float64 {
 	return float64(fi.Size())
 }
 
-// benchConvertPair runs ConvertImage and qemu-img convert on src.
-func benchConvertPair(b *testing.B, src string, opts ConvertImageOptions, qemuArgs ...string) {
+// benchConvertPair runs Convert and qemu-img convert on src.
+func benchConvertPair(b *testing.B, src string, opts ConvertOptions, qemuArgs ...string) {
 	testutil.NeedTool(b, "qemu-img")
 	out := outDir(b)
 	b.Run("imgtool", func(b *testing.B) {
@@ -160,7 +160,7 @@ func benchConvertPair(b *testing.B, src string, opts ConvertImageOptions, qemuAr
 		b.SetBytes(realisticSize)
 		b.ReportAllocs()
 		for b.Loop() {
-			if err := ConvertImage(context.Background(), img, dst, opts); err != nil {
+			if err := Convert(context.Background(), img, dst, opts); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -180,20 +180,20 @@ func benchConvertPair(b *testing.B, src string, opts ConvertImageOptions, qemuAr
 }
 
 func BenchmarkRealisticConvertToRaw(b *testing.B) {
-	benchConvertPair(b, realisticQcow2(b), ConvertImageOptions{Create: CreateOptions{Format: FormatRaw}}, "-O", "raw")
+	benchConvertPair(b, realisticQcow2(b), ConvertOptions{Create: CreateOptions{Format: FormatRaw}}, "-O", "raw")
 }
 
 func BenchmarkRealisticConvertToQcow2(b *testing.B) {
-	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{}, "-f", "raw", "-O", "qcow2")
+	benchConvertPair(b, realisticRaw(b), ConvertOptions{}, "-f", "raw", "-O", "qcow2")
 }
 
 func BenchmarkRealisticConvertZstd(b *testing.B) {
-	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{Compress: true, Create: CreateOptions{CompressionType: "zstd"}},
+	benchConvertPair(b, realisticRaw(b), ConvertOptions{Compress: true, Create: CreateOptions{CompressionType: "zstd"}},
 		"-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd")
 }
 
 func BenchmarkRealisticConvertZlib(b *testing.B) {
-	benchConvertPair(b, realisticRaw(b), ConvertImageOptions{Compress: true}, "-f", "raw", "-O", "qcow2", "-c")
+	benchConvertPair(b, realisticRaw(b), ConvertOptions{Compress: true}, "-f", "raw", "-O", "qcow2", "-c")
 }
 
 // BenchmarkRealisticCommit commits the 25 %-dirty overlay into a fresh

@@ -134,7 +134,7 @@ func benchReadAll(b *testing.B, img *Image, buf []byte) {
 	}
 }
 
-// compareConvert runs the read, ConvertRaw and qemu-img convert -O raw
+// compareConvert runs the read, Convert to raw and qemu-img convert -O raw
 // sub-benchmarks on one image.
 func compareConvert(b *testing.B, path string, withRead bool) {
 	img := benchOpen(b, path)
@@ -154,7 +154,7 @@ func compareConvert(b *testing.B, path string, withRead bool) {
 		b.ReportAllocs()
 		dst := filepath.Join(out, "imgtool.raw")
 		for b.Loop() {
-			if err := ConvertRaw(context.Background(), img, dst, ConvertOptions{}); err != nil {
+			if err := Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}}); err != nil {
 				b.Fatal(err)
 			}
 			os.Remove(dst)

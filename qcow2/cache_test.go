@@ -62,7 +62,7 @@ func TestConvertCacheModes(t *testing.T) {
 	for _, f := range []Format{FormatRaw, FormatQcow2} {
 		for _, c := range []CacheMode{"", CacheWriteback, CacheWritethrough, CacheUnsafe, CacheNone, CacheDirectsync} {
 			dst := filepath.Join(dir, "out-"+string(c)+"."+string(f))
-			err := ConvertImage(context.Background(), cvOpen(t, srcPath), dst, ConvertImageOptions{Create: CreateOptions{Format: f}, Cache: c})
+			err := Convert(context.Background(), cvOpen(t, srcPath), dst, ConvertOptions{Create: CreateOptions{Format: f}, Cache: c})
 			if errors.Is(err, ErrNoDirectIO) {
 				t.Skipf("%s has no O_DIRECT: %v", dir, err)
 			}
@@ -84,7 +84,7 @@ func TestConvertCacheModes(t *testing.T) {
 	if _, err := ParseCacheMode("bogus"); err == nil || !strings.Contains(err.Error(), "writeback") {
 		t.Errorf("ParseCacheMode(bogus) = %v", err)
 	}
-	err := ConvertImage(context.Background(), cvOpen(t, srcPath), filepath.Join(dir, "x"), ConvertImageOptions{Cache: "bogus"})
+	err := Convert(context.Background(), cvOpen(t, srcPath), filepath.Join(dir, "x"), ConvertOptions{Cache: "bogus"})
 	if err == nil {
 		t.Error("cache mode bogus accepted")
 	}
@@ -101,7 +101,7 @@ func TestCacheNoneUnsupported(t *testing.T) {
 	dir := t.TempDir()
 	srcPath := writeRawFile(t, dir, "src.raw", mixedData(5, 1<<20))
 	for _, f := range []Format{FormatRaw, FormatQcow2} {
-		err := ConvertImage(context.Background(), cvOpen(t, srcPath), filepath.Join(dir, "out"), ConvertImageOptions{Create: CreateOptions{Format: f}, Cache: CacheNone})
+		err := Convert(context.Background(), cvOpen(t, srcPath), filepath.Join(dir, "out"), ConvertOptions{Create: CreateOptions{Format: f}, Cache: CacheNone})
 		if !errors.Is(err, ErrNoDirectIO) || !strings.Contains(err.Error(), "O_DIRECT") {
 			t.Errorf("%s: err = %v, want ErrNoDirectIO", f, err)
 		}
@@ -185,7 +185,7 @@ func TestConvertNoCreate(t *testing.T) {
 			}
 			testutil.Run(t, "qemu-img", append(args, src, ref)...)
 			before, _ := os.Stat(dst)
-			err := ConvertImage(context.Background(), cvOpen(t, src), dst, ConvertImageOptions{
+			err := Convert(context.Background(), cvOpen(t, src), dst, ConvertOptions{
 				Create: CreateOptions{Format: Format(f)}, NoCreate: true, TargetIsZero: tz})
 			if err != nil {
 				t.Fatalf("-n -O %s: %v", f, err)
@@ -204,11 +204,11 @@ func TestConvertNoCreate(t *testing.T) {
 	}
 	small := filepath.Join(dir, "small.qcow2")
 	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", small, "1M")
-	err := ConvertImage(context.Background(), cvOpen(t, src), small, ConvertImageOptions{NoCreate: true})
+	err := Convert(context.Background(), cvOpen(t, src), small, ConvertOptions{NoCreate: true})
 	if err == nil || !strings.Contains(err.Error(), "output file is smaller than input file") {
 		t.Errorf("smaller target: %v", err)
 	}
-	err = ConvertImage(context.Background(), cvOpen(t, src), filepath.Join(dir, "missing.qcow2"), ConvertImageOptions{NoCreate: true})
+	err = Convert(context.Background(), cvOpen(t, src), filepath.Join(dir, "missing.qcow2"), ConvertOptions{NoCreate: true})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing target: %v", err)
 	}
@@ -220,7 +220,7 @@ func TestConvertNoCreate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	err = ConvertImage(context.Background(), s, src, ConvertImageOptions{NoCreate: true})
+	err = Convert(context.Background(), s, src, ConvertOptions{NoCreate: true})
 	if err == nil || !strings.Contains(err.Error(), `"write" lock`) {
 		t.Errorf("-n onto the source's backing file: %v, want a write lock error", err)
 	}

@@ -2,45 +2,77 @@ package qcow2
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
+	"strings"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
-// ConvertOptions configures ConvertRaw. The zero value uses GOMAXPROCS
-// workers, 2 MiB chunks and no progress reporting.
+// ConvertOptions configures Convert. The zero value writes a qcow2 image
+// with qemu-img's defaults (version 3, 64 KiB clusters, 16-bit
+// refcounts), uncompressed, sparse, using twice GOMAXPROCS workers and
+// reporting no progress.
 type ConvertOptions struct {
-	// Workers is the number of goroutines reading (and decompressing)
-	// chunks in parallel. 0 means runtime.GOMAXPROCS(0).
+	// Create describes the output: Format (FormatQcow2 by default, or
+	// FormatRaw) and every create option (cluster size, version,
+	// extended L2, compression type, refcount bits, preallocation...).
+	// Size must be 0 (the source's size) or equal to the source size.
+	// BackingFile (qemu-img -B) makes the output an overlay of that
+	// file: only clusters whose content differs from what the backing
+	// file shows are written, so the delta is minimal. BackingFormat ""
+	// probes the backing file.
+	Create CreateOptions
+	// Compress stores data clusters compressed with
+	// Create.CompressionType (qemu-img -c; qcow2 only). A cluster whose
+	// compressed form is not smaller than the cluster is stored
+	// uncompressed, as QEMU does.
+	Compress bool
+	// NoSparse writes zeros too (qemu-img -S 0). By default a cluster of
+	// zeros stays unallocated, or becomes a zero cluster when a backing
+	// file would show through with other content; raw output keeps
+	// holes. Raw output with NoSparse is fully allocated, as with -o
+	// preallocation=full: its blocks are reserved with fallocate, or,
+	// where the filesystem can't, every byte is written.
+	NoSparse bool
+	// SparseSize is the zero-detection granularity of raw output
+	// (qemu-img -S): an aligned block of this many zero bytes is left
+	// as a hole, a shorter run of zeros is written. A multiple of 512;
+	// 0 means 4 KiB. qcow2 output detects zeros per cluster.
+	SparseSize int64
+	// Workers is the number of goroutines reading, comparing and
+	// compressing clusters (and writing them). 0 means twice
+	// runtime.GOMAXPROCS(0).
 	Workers int
-	// ChunkSize is the unit of work in bytes, rounded up to a multiple of
-	// 4 KiB. 0 means 2 MiB.
+	// ChunkSize is the unit of work of raw output in bytes, rounded up
+	// to a multiple of 4 KiB. 0 means 2 MiB.
 	ChunkSize int64
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
 	Progress func(done, total int64)
-	// NoSparse makes the output fully allocated, as qemu-img convert
-	// -S 0 (or -o preallocation=full) does for raw output: the file's
-	// blocks are reserved with fallocate, or, where the filesystem
-	// can't, every byte is written, zeros included.
-	NoSparse bool
-	// SparseSize is the granularity of zero detection (qemu-img
-	// convert -S): an aligned block of this many zero bytes is left as
-	// a hole; a shorter run of zeros is written. A multiple of 512; 0
-	// means 4 KiB.
-	SparseSize int64
-	// Cache is the -t mode of the output; "" is CacheWriteback.
+	// Cache is the -t mode of the output (see CacheMode); "" is
+	// CacheWriteback.
 	Cache CacheMode
+	// NoCreate writes into an existing dst of format Create.Format
+	// instead of creating it (qemu-img convert -n): dst must be at least
+	// as large as src; its first src.Size() bytes get src's content and
+	// the rest is left alone. No create option other than Format
+	// applies; -c and -B are refused.
+	NoCreate bool
+	// TargetIsZero (qemu-img --target-is-zero, with NoCreate) skips
+	// writing zeros where src reads as zeros.
+	TargetIsZero bool
 }
 
-// sparseBlock is the default granularity of zero detection in
-// ConvertRaw.
+// sparseBlock is the default granularity of zero detection in raw
+// output.
 const sparseBlock = 4096
 
-func (o *ConvertOptions) validate() error {
+// validate checks opts and fills in the defaults.
+func (o *ConvertOptions) validate(dst string) error {
 	if o.Workers < 0 || o.ChunkSize < 0 {
-		return fmt.Errorf("qcow2: negative Workers or ChunkSize in ConvertOptions")
+		return fmt.Errorf("qcow2: convert to %s: negative Workers or ChunkSize", dst)
 	}
 	if err := o.Cache.valid(); err != nil {
 		return err
@@ -52,31 +84,114 @@ func (o *ConvertOptions) validate() error {
 		o.SparseSize = sparseBlock
 	}
 	if o.Workers == 0 {
-		o.Workers = runtime.GOMAXPROCS(0)
+		// Reads and writes of cached data are CPU work inside syscalls;
+		// more goroutines than cores keep every core busy while some
+		// wait in the kernel (qemu-img keeps a pool of I/O threads too).
+		o.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = 2 << 20
 	}
 	o.ChunkSize = (o.ChunkSize + sparseBlock - 1) &^ (sparseBlock - 1)
+	if o.Create.Format == "" {
+		o.Create.Format = FormatQcow2
+	}
 	return nil
 }
 
-// ConvertRaw writes the guest content of src to dst as a raw image. The
-// output is sparse unless opts.NoSparse: unallocated and zero ranges, and
-// 4 KiB blocks that read as zeros, stay holes. Data is read and compressed clusters are
-// decompressed by parallel workers. dst is written through
-// internal/atomicfile: an existing dst that another process (or an image
-// open in this one, such as src's own chain) holds is refused with an
-// *atomicfile.LockError, a symlink is written through, a new file gets
-// 0666 minus the umask and a replaced one keeps its mode, and on error,
-// cancellation or kill dst is untouched and nothing is left behind.
-func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions) (err error) {
-	if err := opts.validate(); err != nil {
-		return err
-	}
+// Convert writes the guest content of src (a whole chain) to dst as a
+// new image described by opts.Create (qcow2 by default, or raw),
+// replacing dst if it exists, or, with opts.NoCreate, into the existing
+// image dst.
+//
+// Workers read (decompressing compressed clusters), compare and
+// compress the source in parallel. Raw output is sparse unless
+// opts.NoSparse: unallocated and zero ranges, and blocks that read as
+// zeros, stay holes. qcow2 output is laid out in guest order: data
+// clusters after the L1 table, compressed clusters packed back to back as
+// QEMU packs them (a host cluster holding parts of several compressed
+// clusters is counted once per entry), then the L2 tables, refcount
+// blocks and header.
+//
+// A new dst is written through internal/atomicfile: an existing dst that
+// another process (or an image open in this one, such as src's own
+// chain) holds is refused with an *atomicfile.LockError, a symlink is
+// written through, a new file gets 0666 minus the umask and a replaced
+// one keeps its mode, and on error, cancellation or kill dst is untouched
+// and nothing is left behind.
+func Convert(ctx context.Context, src *Image, dst string, opts ConvertOptions) error {
 	if err := src.Readable(); err != nil {
 		return err
 	}
+	if err := opts.validate(dst); err != nil {
+		return err
+	}
+	co := &opts.Create
+	if co.Size != 0 && co.Size != src.Size() {
+		return fmt.Errorf("qcow2: convert to %s: size %d differs from the source size %d", dst, co.Size, src.Size())
+	}
+	co.Size = src.Size()
+	if opts.NoCreate {
+		return convertExisting(ctx, src, dst, opts)
+	}
+	switch co.Format {
+	case FormatRaw:
+		switch {
+		case opts.Compress:
+			return fmt.Errorf("%w: compressed raw images (-c needs -O qcow2)", ErrUnsupportedFeature)
+		case co.BackingFile != "":
+			return fmt.Errorf("%w: a raw image cannot have a backing file", ErrUnsupportedFeature)
+		case co.Preallocation != "" && co.Preallocation != PreallocOff && co.Preallocation != PreallocFull:
+			return fmt.Errorf("%w: preallocation %q for raw output (off or full)", ErrUnsupportedFeature, co.Preallocation)
+		}
+		if co.Preallocation == PreallocFull {
+			opts.NoSparse = true
+		}
+		return convertRaw(ctx, src, dst, opts)
+	case FormatQcow2:
+		return convertQcow2(ctx, src, dst, opts)
+	}
+	return fmt.Errorf("%w: output format %q (qcow2 and raw are supported)", ErrUnsupportedFeature, co.Format)
+}
+
+// convertQcow2 is Convert to a new qcow2 image.
+func convertQcow2(ctx context.Context, src *Image, dst string, opts ConvertOptions) error {
+	co := opts.Create
+	switch co.Preallocation {
+	case "", PreallocOff, PreallocMetadata, PreallocFull:
+	default:
+		return fmt.Errorf("qcow2: convert to %s: preallocation %q (want off, metadata or full)", dst, co.Preallocation)
+	}
+	prealloc := co.Preallocation == PreallocMetadata || co.Preallocation == PreallocFull
+	if prealloc && opts.Compress {
+		return fmt.Errorf("qcow2: convert to %s: compression and preallocation cannot be used together", dst)
+	}
+	var bk *Image
+	if co.BackingFile != "" {
+		if err := checkRefName(co.BackingFile); err != nil {
+			return fmt.Errorf("%w: convert to %s: backing file %q: %v", ErrRefused, dst, co.BackingFile, err)
+		}
+		var err error
+		bk, err = Open(combinePath(dst, co.BackingFile), Options{Format: co.BackingFormat})
+		if err != nil {
+			return convertError(dst+": opening backing file", err)
+		}
+		defer bk.Close()
+		if err := bk.Readable(); err != nil {
+			return err
+		}
+		if co.BackingFormat == "" {
+			co.BackingFormat = bk.Format()
+		}
+	}
+	h, err := createHeader(&co)
+	if err != nil {
+		return fmt.Errorf("qcow2: convert to %s: %w", dst, err)
+	}
+
+	// src (and bk) are open with their read locks before dst is locked
+	// for writing, so a dst in src's own chain is refused, as qemu-img
+	// refuses it.
 	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Cache.sync()})
 	if err != nil {
 		return err
@@ -89,155 +204,66 @@ func ConvertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 		}
 		defer out.d.Close()
 	}
-	size := src.Size()
-	if err := tmp.Truncate(size); err != nil {
-		return fmt.Errorf("qcow2: convert: %w", err)
+	cw := newClusterWriter(out, h, prealloc, co.Preallocation == PreallocFull)
+	cv := &converter{
+		src: src, bk: bk, cw: cw, h: h,
+		cs:       h.ClusterSize(),
+		compress: opts.Compress,
+		noSparse: opts.NoSparse,
+		prealloc: prealloc,
+		workers:  opts.Workers,
+		chunk:    opts.ChunkSize,
+		progress: opts.Progress,
 	}
-	zeroFill := false
-	if opts.NoSparse {
-		// Reserved blocks read as zeros, so data can still skip its
-		// zero blocks; without fallocate, every zero is written.
-		zeroFill = fallocate(tmp.File, size) != nil
-	}
-	if err := convertInto(ctx, src, out, opts, zeroFill); err != nil {
-		return err
+	if err := cv.run(ctx); err != nil {
+		return convertError(dst, err)
 	}
 	if err := checkUnshrunk(src); err != nil {
 		return err
 	}
+	if err := cw.finish(); err != nil {
+		return convertError(dst, err)
+	}
 	return tmp.Commit()
 }
 
-// chunk is one unit of convert work: guest bytes to copy. host >= 0 is
-// where they lie, uncompressed and contiguous, in the top image's file,
-// read there with one pread; zeroChunk marks a range to fill with zeros.
-type chunk struct{ off, n, host int64 }
-
-const zeroChunk = -2
-
-// zeroBuf clears b and returns it.
-func zeroBuf(b []byte) []byte {
-	clear(b)
-	return b
-}
-
-// writeDense writes b at off in full, zeros included.
-func writeDense(w interface {
-	WriteAt([]byte, int64) (int, error)
-}, b []byte, off int64) error {
-	_, err := w.WriteAt(b, off)
-	return err
-}
-
-// convertInto copies the allocated content of src into w (already sized)
-// with parallel workers. zeroFill writes zeros over the ranges that read
-// as zeros too, instead of leaving holes.
-func convertInto(ctx context.Context, src *Image, w interface {
-	WriteAt([]byte, int64) (int, error)
-}, opts ConvertOptions, zeroFill bool) error {
-	size := src.Size()
-
-	advance := newProgressMeter(opts.Progress, size).add
-
-	// Uncompressed data of the top image (of a raw image: all of it) is
-	// read from its file with one pread per chunk (up to ChunkSize),
-	// bypassing the mapping; no mmap, so memory stays at Workers chunk
-	// buffers whatever the image size.
-	direct := src.w == nil && src.rw == nil && src.unreadable == nil
-
-	block := opts.SparseSize
-	if block <= 0 {
-		block = sparseBlock
-	}
-	write := func(w interface {
-		WriteAt([]byte, int64) (int, error)
-	}, b []byte, off int64) error {
-		return writeSparse(w, b, off, block)
-	}
-	if zeroFill {
-		write = writeDense
-	}
-	worker := func() func(chunk) error {
-		buf := make([]byte, opts.ChunkSize)
-		return func(c chunk) error {
-			if c.host == zeroChunk {
-				if err := writeDense(w, zeroBuf(buf[:c.n]), c.off); err != nil {
-					return fmt.Errorf("qcow2: convert: %w", err)
-				}
-				advance(c.n)
-				return nil
-			}
-			b := buf[:c.n]
-			if c.host >= 0 {
-				if err := src.readHost(b, c.host); err != nil {
-					return err
-				}
-			} else if _, err := src.ReadAt(b, c.off); err != nil {
-				return err
-			}
-			if err := write(w, b, c.off); err != nil {
-				return fmt.Errorf("qcow2: convert: %w", err)
-			}
-			advance(c.n)
-			return nil
-		}
-	}
-	// Walk the extents and cut data into chunks aligned to ChunkSize.
-	return runPool(ctx, opts.Workers, worker, func(ctx context.Context, emit func(chunk) error) error {
-		return src.WalkExtents(0, size, func(e Extent) error {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			data := e.Kind == KindData || e.Kind == KindCompressed
-			if !data && !zeroFill {
-				advance(e.Length)
-				return nil
-			}
-			for off, end := e.Start, e.Start+e.Length; off < end; {
-				next := min(end, (off/opts.ChunkSize+1)*opts.ChunkSize)
-				host := int64(-1)
-				if h := e.HostOffset + off - e.Start; !data {
-					host = zeroChunk
-				} else if direct && e.Kind == KindData && e.Depth == 0 &&
-					e.HostOffset >= 0 && h+next-off <= src.fileSize {
-					host = h
-				}
-				if err := emit(chunk{off, next - off, host}); err != nil {
-					return err
-				}
-				off = next
-			}
-			return nil
-		})
-	})
-}
-
-// writeSparse writes b at off, skipping blocks of zeros (block bytes,
-// aligned to guest offsets) so that they stay holes, and coalescing the
-// other blocks into single writes.
-func writeSparse(w interface {
-	WriteAt([]byte, int64) (int, error)
-}, b []byte, off, block int64) error {
-	start := -1 // start of pending non-zero run in b
-	i := 0
-	flush := func(end int) error {
-		if start < 0 {
-			return nil
-		}
-		_, err := w.WriteAt(b[start:end], off+int64(start))
-		start = -1
+// convertError says "qcow2: convert to DST: " before err, once: the
+// "qcow2: " an inner error (a read of the source, an open) starts with is
+// not repeated. Cancellation is returned as it is.
+func convertError(dst string, err error) error {
+	if errors.Is(err, context.Canceled) {
 		return err
 	}
-	for i < len(b) {
-		n := min(len(b)-i, int(block-(off+int64(i))%block))
-		if isZeroBytes(b[i : i+n]) {
-			if err := flush(i); err != nil {
-				return err
-			}
-		} else if start < 0 {
-			start = i
+	return &prefixedError{"qcow2: convert to " + dst + ": ", err}
+}
+
+type prefixedError struct {
+	prefix string
+	err    error
+}
+
+func (e *prefixedError) Error() string {
+	return e.prefix + strings.TrimPrefix(e.err.Error(), "qcow2: ")
+}
+
+func (e *prefixedError) Unwrap() error { return e.err }
+
+// checkUnshrunk reports an error when the file of a read-only image in
+// src's chain is now shorter than when it was opened: it was truncated
+// while convert read it, and reads past its new end (and SEEK_HOLE)
+// would have taken its lost data for zeros.
+func checkUnshrunk(src *Image) error {
+	for img := src; img != nil; img = img.backing {
+		if img.w != nil || img.rw != nil || img.f == nil {
+			continue
 		}
-		i += n
+		fi, err := img.f.Stat()
+		if err != nil {
+			return fmt.Errorf("qcow2: %s: %w", img.path, err)
+		}
+		if fi.Size() < img.fileSize {
+			return fmt.Errorf("qcow2: %s changed while it was read: the file shrank from %d to %d bytes", img.path, img.fileSize, fi.Size())
+		}
 	}
-	return flush(len(b))
+	return nil
 }

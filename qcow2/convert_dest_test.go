@@ -64,7 +64,7 @@ func TestConvertOntoOwnBacking(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = ConvertImage(context.Background(), src, web, ConvertImageOptions{Create: CreateOptions{Format: f}})
+		err = Convert(context.Background(), src, web, ConvertOptions{Create: CreateOptions{Format: f}})
 		src.Close()
 		wantWriteLockError(t, err)
 		if !strings.Contains(err.Error(), `Failed to get "write" lock`) {
@@ -102,7 +102,7 @@ func TestConvertHeldDestination(t *testing.T) {
 		release := testutil.HoldWithQemuIOFormat(t, dst, string(f))
 		before, _ := os.Stat(dst)
 		src := cvOpen(t, srcPath)
-		err := ConvertImage(context.Background(), src, dst, ConvertImageOptions{Create: CreateOptions{Format: f}})
+		err := Convert(context.Background(), src, dst, ConvertOptions{Create: CreateOptions{Format: f}})
 		src.Close()
 		wantWriteLockError(t, err)
 		after, _ := os.Stat(dst)
@@ -127,7 +127,7 @@ func TestConvertModeFollowsUmask(t *testing.T) {
 	for _, f := range []Format{FormatQcow2, FormatRaw} {
 		dst := filepath.Join(dir, "out-"+string(f))
 		src := cvOpen(t, srcPath)
-		if err := ConvertImage(context.Background(), src, dst, ConvertImageOptions{Create: CreateOptions{Format: f}}); err != nil {
+		if err := Convert(context.Background(), src, dst, ConvertOptions{Create: CreateOptions{Format: f}}); err != nil {
 			t.Fatal(err)
 		}
 		if fi, _ := os.Stat(dst); fi.Mode().Perm() != 0o600 {
@@ -136,7 +136,7 @@ func TestConvertModeFollowsUmask(t *testing.T) {
 		os.Chmod(dst, 0o640)
 		link := dst + ".link"
 		os.Symlink(filepath.Base(dst), link)
-		if err := ConvertImage(context.Background(), src, link, ConvertImageOptions{Create: CreateOptions{Format: f}}); err != nil {
+		if err := Convert(context.Background(), src, link, ConvertOptions{Create: CreateOptions{Format: f}}); err != nil {
 			t.Fatal(err)
 		}
 		src.Close()

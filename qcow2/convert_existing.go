@@ -7,13 +7,13 @@ import (
 	"github.com/imgtool/imgtool/internal/zero"
 )
 
-// convertExisting is ConvertImage with NoCreate (qemu-img convert -n):
+// convertExisting is Convert with NoCreate (qemu-img convert -n):
 // dst exists and is opened as opts.Create.Format (with QEMU's writer
 // lock, taken after src's read locks, so a dst in src's chain is
 // refused); the guest content of src is written over its first
 // src.Size() bytes, zeros included unless TargetIsZero, and the rest of
 // dst is left as it was.
-func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertImageOptions) error {
+func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertOptions) error {
 	co := opts.Create
 	switch {
 	case opts.Compress:
@@ -82,24 +82,4 @@ func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertIm
 		return convertError(dst, err)
 	}
 	return tgt.Close()
-}
-
-// checkUnshrunk reports an error when the file of a read-only image in
-// src's chain is now shorter than when it was opened: it was truncated
-// while convert read it, and reads past its new end (and SEEK_HOLE)
-// would have taken its lost data for zeros.
-func checkUnshrunk(src *Image) error {
-	for img := src; img != nil; img = img.backing {
-		if img.w != nil || img.rw != nil || img.f == nil {
-			continue
-		}
-		fi, err := img.f.Stat()
-		if err != nil {
-			return fmt.Errorf("qcow2: %s: %w", img.path, err)
-		}
-		if fi.Size() < img.fileSize {
-			return fmt.Errorf("qcow2: %s changed while it was read: the file shrank from %d to %d bytes", img.path, img.fileSize, fi.Size())
-		}
-	}
-	return nil
 }

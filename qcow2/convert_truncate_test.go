@@ -31,7 +31,7 @@ func TestConvertSourceTruncated(t *testing.T) {
 				t.Fatal(err)
 			}
 			var once sync.Once
-			err = ConvertImage(context.Background(), src, filepath.Join(dir, "out"), ConvertImageOptions{
+			err = Convert(context.Background(), src, filepath.Join(dir, "out"), ConvertOptions{
 				Create:  CreateOptions{Format: f},
 				Workers: 1,
 				Progress: func(done, total int64) {

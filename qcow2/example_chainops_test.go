@@ -11,7 +11,7 @@ import (
 
 // Convert a raw file to a compressed qcow2 image, check that both read
 // the same, and measure what a qcow2 copy of it needs.
-func ExampleConvertImage() {
+func ExampleConvert() {
 	dir, _ := os.MkdirTemp("", "example")
 	defer os.RemoveAll(dir)
 	raw := filepath.Join(dir, "disk.raw")
@@ -26,7 +26,7 @@ func ExampleConvertImage() {
 	}
 	defer src.Close()
 	dst := filepath.Join(dir, "disk.qcow2")
-	err = qcow2.ConvertImage(context.Background(), src, dst, qcow2.ConvertImageOptions{
+	err = qcow2.Convert(context.Background(), src, dst, qcow2.ConvertOptions{
 		Compress: true,
 		Create:   qcow2.CreateOptions{CompressionType: "zstd"},
 	})

@@ -45,7 +45,7 @@ func Example() {
 }
 
 // Convert a compressed image to a sparse raw file.
-func ExampleConvertRaw() {
+func ExampleConvert_raw() {
 	img, err := qcow2.Open("../testdata/qcow2/zstd.qcow2", qcow2.Options{})
 	if err != nil {
 		log.Fatal(err)
@@ -57,7 +57,7 @@ func ExampleConvertRaw() {
 	}
 	defer os.RemoveAll(dir)
 	dst := filepath.Join(dir, "disk.raw")
-	if err := qcow2.ConvertRaw(context.Background(), img, dst, qcow2.ConvertOptions{}); err != nil {
+	if err := qcow2.Convert(context.Background(), img, dst, qcow2.ConvertOptions{Create: qcow2.CreateOptions{Format: qcow2.FormatRaw}}); err != nil {
 		log.Fatal(err)
 	}
 	fi, err := os.Stat(dst)

@@ -292,17 +292,17 @@ func checkAgainstQemu(t *testing.T, path string) {
 		t.Fatalf("content differs from qemu-img convert at byte %#x: got %#x want %#x", i, got[i], wantData[i])
 	}
 
-	// ConvertRaw gives the same bytes.
+	// Convert to raw gives the same bytes.
 	conv := filepath.Join(t.TempDir(), "conv.raw")
-	if err := ConvertRaw(context.Background(), img, conv, ConvertOptions{Workers: 3, ChunkSize: 192 << 10}); err != nil {
-		t.Fatalf("ConvertRaw: %v", err)
+	if err := Convert(context.Background(), img, conv, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, Workers: 3, ChunkSize: 192 << 10}); err != nil {
+		t.Fatalf("Convert to raw: %v", err)
 	}
 	convData, err := os.ReadFile(conv)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if i := firstDiff(convData, wantData); i >= 0 {
-		t.Fatalf("ConvertRaw output differs from qemu-img convert at byte %#x", i)
+		t.Fatalf("Convert output differs from qemu-img convert at byte %#x", i)
 	}
 
 	// Map. Reading an unwritten extent brings its pages into the page
@@ -398,8 +398,8 @@ func TestInteropUnreadable(t *testing.T) {
 	if _, err := img.ReadAt(buf, 0); !errors.Is(err, ErrCannotRead) || !strings.HasPrefix(err.Error(), "qcow2: cannot read content: ") {
 		t.Errorf("ReadAt of data-file image: %v", err)
 	}
-	if err := ConvertRaw(context.Background(), img, filepath.Join(dir, "out.raw"), ConvertOptions{}); !errors.Is(err, ErrCannotRead) {
-		t.Errorf("ConvertRaw of data-file image: %v", err)
+	if err := Convert(context.Background(), img, filepath.Join(dir, "out.raw"), ConvertOptions{Create: CreateOptions{Format: FormatRaw}}); !errors.Is(err, ErrCannotRead) {
+		t.Errorf("Convert of data-file image: %v", err)
 	}
 	img.Close()
 	var want map[string]any

@@ -40,7 +40,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 2 {
 		return usagef("expected SRC and DST, got %d arguments", fs.NArg())
 	}
-	opts := qcow2.ConvertImageOptions{Compress: *compress}
+	opts := qcow2.ConvertOptions{Compress: *compress}
 	switch *outFormat {
 	case "raw", "qcow2":
 		opts.Create.Format = qcow2.Format(*outFormat)
@@ -93,7 +93,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	defer src.Close()
 	update, finish := newProgress(*progress && !*quiet, stderr, "converting")
 	opts.Progress = update
-	err = qcow2.ConvertImage(ctx, src, fs.Arg(1), opts)
+	err = qcow2.Convert(ctx, src, fs.Arg(1), opts)
 	finish()
 	return err
 }

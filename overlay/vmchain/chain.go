@@ -6,7 +6,7 @@ package vmchain
 
 // This file holds the directory model (names, manifest, scan, lock,
 // permissions); ops.go the mutations, built on the qcow2 package
-// (Create, ConvertImage with a backing file for imports, Commit and
+// (Create, Convert with a backing file for imports, Commit and
 // unsafe Rebase for squash).
 
 import (

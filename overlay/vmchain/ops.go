@@ -70,7 +70,7 @@ func InitChain(ctx context.Context, dir, base string, opts InitChainOptions) (*C
 	}
 	defer src.Close()
 	err = c.build(opts.Name, func(tmp string) error {
-		return qcow2.ConvertImage(ctx, src, tmp, qcow2.ConvertImageOptions{
+		return qcow2.Convert(ctx, src, tmp, qcow2.ConvertOptions{
 			Create:   qcow2.CreateOptions{ClusterSize: opts.ClusterSize},
 			Progress: opts.Progress,
 		})
@@ -199,7 +199,7 @@ func (c *ChainDir) add(ctx context.Context, name, parent string, kind ChainKind,
 		// qemu-img convert -B: only clusters whose content differs from
 		// what the parent shows are written.
 		mk = func(tmp string) error {
-			return qcow2.ConvertImage(ctx, src, tmp, qcow2.ConvertImageOptions{Create: create, Progress: opts.Progress})
+			return qcow2.Convert(ctx, src, tmp, qcow2.ConvertOptions{Create: create, Progress: opts.Progress})
 		}
 	}
 	if err := c.build(name, mk); err != nil {

@@ -78,30 +78,30 @@ func TestConvertImageInterop(t *testing.T) {
 	cases := []struct {
 		name     string
 		src      string
-		opts     ConvertImageOptions
+		opts     ConvertOptions
 		qemuArgs []string // qemu-img convert args to compare the output size with
 	}{
 		{name: "raw-default", src: raw},
 		{name: "sparse-raw", src: sparse},
-		{name: "sparse-raw-4k", src: sparse, opts: ConvertImageOptions{Create: CreateOptions{ClusterSize: 4096}}},
-		{name: "sparse-raw-2M-extl2", src: sparse, opts: ConvertImageOptions{Create: CreateOptions{ClusterSize: 2 << 20, ExtendedL2: true}}},
+		{name: "sparse-raw-4k", src: sparse, opts: ConvertOptions{Create: CreateOptions{ClusterSize: 4096}}},
+		{name: "sparse-raw-2M-extl2", src: sparse, opts: ConvertOptions{Create: CreateOptions{ClusterSize: 2 << 20, ExtendedL2: true}}},
 		{name: "qcow2-default", src: srcQ},
 		{name: "from-compressed", src: srcC},
-		{name: "zlib", src: raw, opts: ConvertImageOptions{Compress: true}, qemuArgs: []string{"-c"}},
-		{name: "zstd", src: raw, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{CompressionType: "zstd"}}, qemuArgs: []string{"-c", "-o", "compression_type=zstd"}},
-		{name: "zlib-512", src: srcQ, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{ClusterSize: 512}}},
-		{name: "zlib-2M", src: raw, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{ClusterSize: 2 << 20}}},
-		{name: "zstd-4k-refbits1", src: raw, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{ClusterSize: 4096, RefcountBits: 1, CompressionType: "zstd"}}},
-		{name: "zlib-refbits2", src: raw, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{RefcountBits: 2}}},
-		{name: "compat-0.10", src: srcC, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{Compat: "0.10"}}},
-		{name: "extl2", src: raw, opts: ConvertImageOptions{Create: CreateOptions{ExtendedL2: true, ClusterSize: 128 << 10}}},
-		{name: "extl2-zstd", src: raw, opts: ConvertImageOptions{Compress: true, Create: CreateOptions{ExtendedL2: true, CompressionType: "zstd"}}},
-		{name: "refbits64-lazy", src: srcQ, opts: ConvertImageOptions{Create: CreateOptions{RefcountBits: 64, LazyRefcounts: true}}},
-		{name: "nosparse", src: raw, opts: ConvertImageOptions{NoSparse: true, Create: CreateOptions{ClusterSize: 4096}}},
-		{name: "prealloc-metadata", src: raw, opts: ConvertImageOptions{Create: CreateOptions{Preallocation: PreallocMetadata}}},
-		{name: "prealloc-full", src: srcQ, opts: ConvertImageOptions{Create: CreateOptions{Preallocation: PreallocFull}}},
-		{name: "one-worker", src: raw, opts: ConvertImageOptions{Workers: 1, Compress: true}},
-		{name: "to-raw", src: srcC, opts: ConvertImageOptions{Create: CreateOptions{Format: FormatRaw}}},
+		{name: "zlib", src: raw, opts: ConvertOptions{Compress: true}, qemuArgs: []string{"-c"}},
+		{name: "zstd", src: raw, opts: ConvertOptions{Compress: true, Create: CreateOptions{CompressionType: "zstd"}}, qemuArgs: []string{"-c", "-o", "compression_type=zstd"}},
+		{name: "zlib-512", src: srcQ, opts: ConvertOptions{Compress: true, Create: CreateOptions{ClusterSize: 512}}},
+		{name: "zlib-2M", src: raw, opts: ConvertOptions{Compress: true, Create: CreateOptions{ClusterSize: 2 << 20}}},
+		{name: "zstd-4k-refbits1", src: raw, opts: ConvertOptions{Compress: true, Create: CreateOptions{ClusterSize: 4096, RefcountBits: 1, CompressionType: "zstd"}}},
+		{name: "zlib-refbits2", src: raw, opts: ConvertOptions{Compress: true, Create: CreateOptions{RefcountBits: 2}}},
+		{name: "compat-0.10", src: srcC, opts: ConvertOptions{Compress: true, Create: CreateOptions{Compat: "0.10"}}},
+		{name: "extl2", src: raw, opts: ConvertOptions{Create: CreateOptions{ExtendedL2: true, ClusterSize: 128 << 10}}},
+		{name: "extl2-zstd", src: raw, opts: ConvertOptions{Compress: true, Create: CreateOptions{ExtendedL2: true, CompressionType: "zstd"}}},
+		{name: "refbits64-lazy", src: srcQ, opts: ConvertOptions{Create: CreateOptions{RefcountBits: 64, LazyRefcounts: true}}},
+		{name: "nosparse", src: raw, opts: ConvertOptions{NoSparse: true, Create: CreateOptions{ClusterSize: 4096}}},
+		{name: "prealloc-metadata", src: raw, opts: ConvertOptions{Create: CreateOptions{Preallocation: PreallocMetadata}}},
+		{name: "prealloc-full", src: srcQ, opts: ConvertOptions{Create: CreateOptions{Preallocation: PreallocFull}}},
+		{name: "one-worker", src: raw, opts: ConvertOptions{Workers: 1, Compress: true}},
+		{name: "to-raw", src: srcC, opts: ConvertOptions{Create: CreateOptions{Format: FormatRaw}}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -118,7 +118,7 @@ func TestConvertImageInterop(t *testing.T) {
 				}
 				last = done
 			}
-			if err := ConvertImage(context.Background(), src, dst, c.opts); err != nil {
+			if err := Convert(context.Background(), src, dst, c.opts); err != nil {
 				t.Fatal(err)
 			}
 			if last != size {
@@ -166,7 +166,7 @@ func TestConvertImageBacking(t *testing.T) {
 			}
 			defer src.Close()
 			dst := filepath.Join(dir, "out.qcow2")
-			err = ConvertImage(context.Background(), src, dst, ConvertImageOptions{Create: CreateOptions{BackingFile: "base.qcow2", Compat: compat}})
+			err = Convert(context.Background(), src, dst, ConvertOptions{Create: CreateOptions{BackingFile: "base.qcow2", Compat: compat}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -205,7 +205,7 @@ func TestConvertImageEmpty(t *testing.T) {
 		testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", src, size)
 		for _, c := range []bool{false, true} {
 			dst := filepath.Join(dir, "out.qcow2")
-			if err := ConvertImage(context.Background(), cvOpen(t, src), dst, ConvertImageOptions{Compress: c}); err != nil {
+			if err := Convert(context.Background(), cvOpen(t, src), dst, ConvertOptions{Compress: c}); err != nil {
 				t.Fatal(err)
 			}
 			qemuSame(t, dst, src)
@@ -223,7 +223,7 @@ func TestConvertImageCancel(t *testing.T) {
 	defer src.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	dst := filepath.Join(dir, "out.qcow2")
-	err = ConvertImage(ctx, src, dst, ConvertImageOptions{Compress: true, Progress: func(done, total int64) {
+	err = Convert(ctx, src, dst, ConvertOptions{Compress: true, Progress: func(done, total int64) {
 		if done > 0 {
 			cancel()
 		}
@@ -248,18 +248,18 @@ func TestConvertImageBadOptions(t *testing.T) {
 	}
 	defer src.Close()
 	for _, c := range []struct {
-		opts ConvertImageOptions
+		opts ConvertOptions
 		want string
 	}{
-		{ConvertImageOptions{Create: CreateOptions{ClusterSize: 3000}}, "cluster size"},
-		{ConvertImageOptions{Create: CreateOptions{Size: 5}}, "differs from the source size"},
-		{ConvertImageOptions{Compress: true, Create: CreateOptions{Format: FormatRaw}}, "compressed raw"},
-		{ConvertImageOptions{Create: CreateOptions{BackingFile: "missing.qcow2"}}, "opening backing file"},
-		{ConvertImageOptions{Create: CreateOptions{BackingFile: "nbd://x"}}, "backing file"},
-		{ConvertImageOptions{Compress: true, Create: CreateOptions{Compat: "0.10", CompressionType: "zstd"}}, "compat"},
+		{ConvertOptions{Create: CreateOptions{ClusterSize: 3000}}, "cluster size"},
+		{ConvertOptions{Create: CreateOptions{Size: 5}}, "differs from the source size"},
+		{ConvertOptions{Compress: true, Create: CreateOptions{Format: FormatRaw}}, "compressed raw"},
+		{ConvertOptions{Create: CreateOptions{BackingFile: "missing.qcow2"}}, "opening backing file"},
+		{ConvertOptions{Create: CreateOptions{BackingFile: "nbd://x"}}, "backing file"},
+		{ConvertOptions{Compress: true, Create: CreateOptions{Compat: "0.10", CompressionType: "zstd"}}, "compat"},
 	} {
 		dst := filepath.Join(dir, "out.qcow2")
-		err := ConvertImage(context.Background(), src, dst, c.opts)
+		err := Convert(context.Background(), src, dst, c.opts)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%+v: err = %v, want %q", c.opts, err, c.want)
 		}

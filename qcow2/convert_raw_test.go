@@ -26,7 +26,7 @@ func TestConvertRawFixtures(t *testing.T) {
 			var mu sync.Mutex
 			var calls int
 			var last int64
-			err = ConvertRaw(context.Background(), img, dst, ConvertOptions{Workers: 2, ChunkSize: 8192, Progress: func(done, total int64) {
+			err = Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, Workers: 2, ChunkSize: 8192, Progress: func(done, total int64) {
 				mu.Lock()
 				defer mu.Unlock()
 				if done < last || total != img.Size() {
@@ -82,7 +82,7 @@ func TestConvertRawCancel(t *testing.T) {
 	os.WriteFile(dst, []byte("keep me"), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := ConvertRaw(ctx, img, dst, ConvertOptions{}); !errors.Is(err, context.Canceled) {
+	if err := Convert(ctx, img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}}); !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled convert: %v", err)
 	}
 	if b, _ := os.ReadFile(dst); string(b) != "keep me" {
@@ -144,7 +144,7 @@ func TestConvertRawNoSparse(t *testing.T) {
 	defer img.Close()
 	for _, noSparse := range []bool{false, true} {
 		dst := filepath.Join(dir, fmt.Sprintf("out-%v.raw", noSparse))
-		if err := ConvertRaw(context.Background(), img, dst, ConvertOptions{NoSparse: noSparse}); err != nil {
+		if err := Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, NoSparse: noSparse}); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(dst)
@@ -207,7 +207,7 @@ func TestConvertRawSparseSize(t *testing.T) {
 	alloc := map[int64]int64{}
 	for _, s := range []int64{0, 64 << 10} {
 		dst := filepath.Join(dir, fmt.Sprintf("out-%d.raw", s))
-		if err := ConvertRaw(context.Background(), img, dst, ConvertOptions{SparseSize: s}); err != nil {
+		if err := Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, SparseSize: s}); err != nil {
 			t.Fatal(err)
 		}
 		got, err := os.ReadFile(dst)
@@ -228,7 +228,7 @@ func TestConvertRawSparseSize(t *testing.T) {
 	if alloc[64<<10] < alloc[0]+16<<10 {
 		t.Errorf("-S 64k allocated %d bytes, -S 4k %d: the 16 KiB run should be written", alloc[64<<10], alloc[0])
 	}
-	if err := ConvertRaw(context.Background(), img, filepath.Join(dir, "bad"), ConvertOptions{SparseSize: 1000}); err == nil {
+	if err := Convert(context.Background(), img, filepath.Join(dir, "bad"), ConvertOptions{Create: CreateOptions{Format: FormatRaw}, SparseSize: 1000}); err == nil {
 		t.Error("-S 1000 accepted")
 	}
 }
