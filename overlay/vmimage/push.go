@@ -123,7 +123,7 @@ func Push(ctx context.Context, image, ref string, opts PushOptions) (*PushResult
 		}
 		defer os.RemoveAll(dir)
 		flat := filepath.Join(dir, FileName(FlattenName))
-		if err := qcow2.ConvertImage(ctx, img, flat, qcow2.ConvertImageOptions{Progress: opts.ConvertProgress}); err != nil {
+		if err := qcow2.Convert(ctx, img, flat, qcow2.ConvertOptions{Progress: opts.ConvertProgress}); err != nil {
 			return nil, fmt.Errorf("push %s --flatten: %w", image, err)
 		}
 		fimg, err := qcow2.Open(flat, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true})
