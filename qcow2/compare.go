@@ -124,10 +124,10 @@ func Compare(ctx context.Context, a, b *Image, opts CompareOptions) (*CompareRes
 		if !zeroKind(x.Kind) || !zeroKind(y.Kind) {
 			for p := off; p < end; p += compareChunk {
 				n := min(compareChunk, end-p)
-				if err := readGuestAt(a, bufA[:n], p); err != nil {
+				if err := readDataOnly(a, bufA[:n], p, 0, nil); err != nil {
 					return nil, err
 				}
-				if err := readGuestAt(b, bufB[:n], p); err != nil {
+				if err := readDataOnly(b, bufB[:n], p, 0, nil); err != nil {
 					return nil, err
 				}
 				if d := firstDiffSector(bufA[:n], bufB[:n]); d >= 0 {
@@ -157,7 +157,7 @@ func Compare(ctx context.Context, a, b *Image, opts CompareOptions) (*CompareRes
 			}
 			for p := e.Start; p < e.Start+e.Length; p += compareChunk {
 				n := min(compareChunk, e.Start+e.Length-p)
-				if err := readGuestAt(big, bufA[:n], p); err != nil {
+				if err := readDataOnly(big, bufA[:n], p, 0, nil); err != nil {
 					return err
 				}
 				if d := firstDiffSector(bufA[:n], zero[:n]); d >= 0 {

@@ -63,6 +63,12 @@ type ConvertOptions struct {
 	// TargetIsZero (qemu-img --target-is-zero, with NoCreate) skips
 	// writing zeros where src reads as zeros.
 	TargetIsZero bool
+	// CopyOffload (qemu-img -C) copies uncompressed runs of a host file
+	// into raw output with copy_file_range, in the kernel (a reflink
+	// where the file system shares blocks), without looking for zeros
+	// in them. Raw output with NoSparse does so too. Where the kernel
+	// can't copy between the two files, data is read and written.
+	CopyOffload bool
 }
 
 // sparseBlock is the default granularity of zero detection in raw
@@ -93,6 +99,9 @@ func (o *ConvertOptions) validate(dst string) error {
 		o.ChunkSize = 2 << 20
 	}
 	o.ChunkSize = (o.ChunkSize + sparseBlock - 1) &^ (sparseBlock - 1)
+	if o.CopyOffload && o.Compress {
+		return fmt.Errorf("qcow2: convert to %s: copy offloading cannot be used with compression", dst)
+	}
 	if o.Create.Format == "" {
 		o.Create.Format = FormatQcow2
 	}

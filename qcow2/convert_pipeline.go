@@ -261,7 +261,7 @@ func readDataOnly(img *Image, p []byte, off int64, cs int64, holes []bool) error
 			}
 			return nil
 		}
-		return readGuestAt(img, p[s-off:t-off], s)
+		return readExtent(img, e, p[s-off:t-off], s)
 	})
 	if err != nil {
 		return err

@@ -167,7 +167,7 @@ func TestConvertRawNoSparse(t *testing.T) {
 	// The fallback without fallocate: zeros are written too.
 	for _, zeroFill := range []bool{false, true} {
 		w := &rangeWriter{buf: make([]byte, len(data)), written: make([]bool, len(data))}
-		if err := convertInto(context.Background(), img, w, ConvertOptions{Workers: 2, ChunkSize: 64 << 10}, zeroFill); err != nil {
+		if err := convertInto(context.Background(), img, w, ConvertOptions{Workers: 2, ChunkSize: 64 << 10}, zeroFill, nil); err != nil {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(w.buf, data) {

@@ -16,7 +16,7 @@ import (
 // runConvert implements `imgtool convert`: copy the guest content of an
 // image (chain) into a new image, as qemu-img convert.
 func runConvert(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] SRC|docker://REF DST", stderr)
+	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-C] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] SRC|docker://REF DST", stderr)
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
 	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
@@ -24,6 +24,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	backing := fs.StringP("backing", "B", "", "make DST an overlay of this file, storing only clusters that differ from it (relative names are relative to DST's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
 	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 writes every cluster")
+	copyOffload := fs.BoolP("copy-offload", "C", false, "copy data runs into raw output with copy_file_range (in the kernel; reflinks where the file system can), without looking for zeros in them")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
 	forceShare := fs.BoolP("force-share", "U", false, "open the source without taking image locks")
@@ -78,6 +79,13 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if s%512 != 0 {
 		return usagef("-S: %s is not a multiple of 512", *sparse)
 	}
+	if *copyOffload && *compress {
+		return usagef("cannot enable copy offloading when -c is used")
+	}
+	if *copyOffload && fs.Changed("sparse-size") {
+		return usagef("cannot enable copy offloading when -S is used")
+	}
+	opts.CopyOffload = *copyOffload
 	opts.NoSparse = s == 0
 	opts.SparseSize = s
 	ropts, err := backingRootOptions(*backingRoot)
