@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"fmt"
+	"math"
 	"os"
 
 	"github.com/klauspost/compress/flate"
@@ -12,6 +13,10 @@ import (
 type clusterCompressor interface {
 	// compress appends the compressed form of src to dst.
 	compress(dst, src []byte) ([]byte, error)
+	// compressDense is compress for a cluster that looksIncompressible:
+	// it tries only what is cheap, and ok false (dst unchanged) says to
+	// store src uncompressed.
+	compressDense(dst, src []byte) (out []byte, ok bool, err error)
 }
 
 // compressorFactory hands out one clusterCompressor per worker.
@@ -38,7 +43,20 @@ func newCompressorFactory(kind uint8, clusterSize int64, workers int) (compresso
 		if err != nil {
 			return nil, fmt.Errorf("qcow2: zstd encoder: %w", err)
 		}
-		return zstdFactory{enc}, nil
+		// Clusters that look incompressible get the fastest level: it
+		// gives up on random data quickly, and still finds the long
+		// repeats a byte histogram can't see.
+		fast, err := zstd.NewWriter(nil,
+			zstd.WithEncoderLevel(zstd.SpeedFastest),
+			zstd.WithEncoderCRC(false),
+			zstd.WithEncoderConcurrency(workers),
+			zstd.WithWindowSize(max(zstd.MinWindowSize, int(min(clusterSize, zstd.MaxWindowSize)))),
+		)
+		if err != nil {
+			enc.Close()
+			return nil, fmt.Errorf("qcow2: zstd encoder: %w", err)
+		}
+		return zstdFactory{enc, fast}, nil
 	}
 	return nil, fmt.Errorf("%w: compression type %d", ErrUnsupportedFeature, kind)
 }
@@ -83,15 +101,65 @@ func (d *deflater) compress(dst, src []byte) ([]byte, error) {
 	return out, nil
 }
 
-// zstdFactory shares one encoder: EncodeAll is safe for concurrent use
+// compressDense stores the cluster uncompressed: with QEMU's 4 KiB
+// window, deflate finds no repeats a sampled histogram would miss.
+func (d *deflater) compressDense(dst, src []byte) ([]byte, bool, error) { return dst, false, nil }
+
+// zstdFactory shares its encoders: EncodeAll is safe for concurrent use
 // and writes one bare frame per call, as QEMU stores a cluster.
-type zstdFactory struct{ enc *zstd.Encoder }
+type zstdFactory struct{ enc, fast *zstd.Encoder }
 
 func (z zstdFactory) get() clusterCompressor { return z }
-func (z zstdFactory) close()                 { z.enc.Close() }
+func (z zstdFactory) close()                 { z.enc.Close(); z.fast.Close() }
 
 func (z zstdFactory) compress(dst, src []byte) ([]byte, error) {
 	return z.enc.EncodeAll(src, dst), nil
+}
+
+func (z zstdFactory) compressDense(dst, src []byte) ([]byte, bool, error) {
+	out := z.fast.EncodeAll(src, dst)
+	if len(out)-len(dst) >= len(src) {
+		return dst, false, nil
+	}
+	return out, true, nil
+}
+
+// looksIncompressible reports whether the bytes of a cluster are close to
+// uniformly distributed, from a sample: 64 bytes of every 512 (all of a
+// cluster up to 4 KiB). Random and already compressed or encrypted data
+// does; text, code, tables and file system metadata don't. It costs an
+// eighth of a pass over the cluster, against a whole compression that
+// would gain nothing, as it does for qemu-img.
+func looksIncompressible(b []byte) bool {
+	var hist [256]uint32
+	n := 0
+	if len(b) <= 4096 {
+		for _, c := range b {
+			hist[c]++
+		}
+		n = len(b)
+	} else {
+		for off := 0; off+64 <= len(b); off += 512 {
+			for _, c := range b[off : off+64] {
+				hist[c]++
+			}
+			n += 64
+		}
+	}
+	if n < 256 {
+		return false
+	}
+	h := 0.0 // Shannon entropy of the sample, in bits per byte
+	inv := 1 / float64(n)
+	for _, v := range hist {
+		if v != 0 {
+			p := float64(v) * inv
+			h -= p * math.Log2(p)
+		}
+	}
+	// A uniform source sampled n times shows about 8 - 255/(2n ln 2)
+	// bits; allow a tenth of a bit below that.
+	return h > 8-255/(2*float64(n)*math.Ln2)-0.1
 }
 
 // writeAll writes p at off, reporting a short write as an error.

@@ -330,16 +330,25 @@ func (cv *converter) work(j cvJob, w *cvWorker) error {
 		}
 		if kind == cvData && c != nil {
 			start := len(w.cbuf)
-			out, err := c.compress(w.cbuf, b)
+			var out []byte
+			ok := false
+			if looksIncompressible(b) {
+				out, ok, err = c.compressDense(w.cbuf, b)
+			} else {
+				out, err = c.compress(w.cbuf, b)
+				ok = int64(len(out)-start) < cs
+			}
 			if err != nil {
 				return err
 			}
-			w.cbuf = out
-			if int64(len(out)-start) < cs {
+			if ok {
+				w.cbuf = out
 				w.clusters[i] = cvCluster{kind: cvComp, data: out[start:len(out):len(out)]}
 				continue
 			}
-			w.cbuf = out[:start]
+			if out != nil {
+				w.cbuf = out[:start] // keep what the buffer grew to
+			}
 		}
 		w.clusters[i] = cvCluster{kind: kind}
 		if kind == cvData {
