@@ -6,8 +6,12 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/imgtool/imgtool/internal/testutil"
 )
@@ -150,7 +154,11 @@ func fileSize(b *testing.B, p string) float64 {
 	return float64(fi.Size())
 }
 
-// benchConvertPair runs Convert and qemu-img convert on src.
+// benchConvertPair runs Convert and qemu-img convert on src. Besides
+// MB/s it reports the output size (out-bytes), the CPU time per
+// convert (cpu-ms/op, user plus system) and the peak RSS (peak-MiB):
+// for imgtool the process's high-water mark, reset before the run
+// (/proc/self/clear_refs), for qemu-img its own, from wait4.
 func benchConvertPair(b *testing.B, src string, opts ConvertOptions, qemuArgs ...string) {
 	testutil.NeedTool(b, "qemu-img")
 	out := outDir(b)
@@ -159,10 +167,16 @@ func benchConvertPair(b *testing.B, src string, opts ConvertOptions, qemuArgs ..
 		dst := filepath.Join(out, "imgtool.img")
 		b.SetBytes(realisticSize)
 		b.ReportAllocs()
+		resetPeakRSS()
+		cpu0 := selfCPU()
 		for b.Loop() {
 			if err := Convert(context.Background(), img, dst, opts); err != nil {
 				b.Fatal(err)
 			}
+		}
+		b.ReportMetric(float64((selfCPU()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+		if p := peakRSS(); p > 0 {
+			b.ReportMetric(float64(p)/(1<<20), "peak-MiB")
 		}
 		b.ReportMetric(fileSize(b, dst), "out-bytes")
 		os.Remove(dst)
@@ -170,13 +184,55 @@ func benchConvertPair(b *testing.B, src string, opts ConvertOptions, qemuArgs ..
 	b.Run("qemu-img", func(b *testing.B) {
 		dst := filepath.Join(out, "qemu.img")
 		b.SetBytes(realisticSize)
+		var cpu time.Duration
+		var peak int64
 		for b.Loop() {
 			os.Remove(dst)
-			testutil.Run(b, "qemu-img", append(append([]string{"convert", "-U"}, qemuArgs...), src, dst)...)
+			cmd := exec.Command("qemu-img", append(append([]string{"convert", "-U"}, qemuArgs...), src, dst)...)
+			if o, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("qemu-img: %v\n%s", err, o)
+			}
+			cpu += cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				peak = max(peak, int64(ru.Maxrss)<<10)
+			}
+		}
+		b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/op")
+		if peak > 0 {
+			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
 		}
 		b.ReportMetric(fileSize(b, dst), "out-bytes")
 		os.Remove(dst)
 	})
+}
+
+// resetPeakRSS resets the process's peak RSS (VmHWM) to its current RSS,
+// where Linux allows it.
+func resetPeakRSS() { os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) }
+
+// peakRSS returns VmHWM of this process in bytes, 0 where unknown.
+func peakRSS() int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+// selfCPU returns the user plus system CPU time of this process.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func BenchmarkRealisticConvertToRaw(b *testing.B) {

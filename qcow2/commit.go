@@ -33,6 +33,9 @@ type CommitOptions struct {
 	// Cache is the -t mode of the writes to the base and the top
 	// (qemu-img commit -t); "" is CacheWriteback.
 	Cache CacheMode
+	// CheckReference, if set, vets every backing reference of the chain
+	// before it is opened (see Options.CheckReference and ConfineTo).
+	CheckReference func(Reference) error
 }
 
 // Commit merges the content of the qcow2 image at path (and of the
@@ -69,7 +72,7 @@ func Commit(ctx context.Context, path string, opts CommitOptions) error {
 	// The chain as the guest sees it, read without locks (the base is
 	// locked for writing below, and its writer would conflict with a
 	// reader lock of this process).
-	chain, err := Open(path, Options{ForceShare: true})
+	chain, err := Open(path, Options{ForceShare: true, CheckReference: opts.CheckReference})
 	if err != nil {
 		return err
 	}

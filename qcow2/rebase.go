@@ -38,6 +38,11 @@ type RebaseOptions struct {
 	// Cache is the -t mode of the writes to the image (qemu-img rebase
 	// -t); "" is CacheWriteback.
 	Cache CacheMode
+	// CheckReference, if set, vets every backing reference before it is
+	// opened: those of the image's chain, the new Backing name (as a
+	// reference the image will hold) and those of its chain (see
+	// Options.CheckReference and ConfineTo).
+	CheckReference func(Reference) error
 }
 
 // Rebase changes the backing file of the qcow2 image at path.
@@ -73,7 +78,13 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 	default:
 		return fmt.Errorf("%w: rebase %s: backing format %q", ErrUnsupportedFeature, path, opts.BackingFormat)
 	}
-	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: opts.Unsafe, cache: opts.Cache})
+	if opts.CheckReference != nil && opts.Backing != "" {
+		ref := Reference{Kind: "backing", Image: path, Name: opts.Backing, Path: combinePath(path, opts.Backing)}
+		if err := opts.CheckReference(ref); err != nil {
+			return fmt.Errorf("%w: rebase %s: new backing file %q: %v", ErrRefused, path, opts.Backing, err)
+		}
+	}
+	img, err := Open(path, Options{Format: FormatQcow2, Writable: true, NoBacking: opts.Unsafe, cache: opts.Cache, CheckReference: opts.CheckReference})
 	if err != nil {
 		return err // names the file already
 	}
@@ -87,7 +98,7 @@ func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
 		}
 		var nb *Image
 		if opts.Backing != "" {
-			if nb, err = Open(combinePath(path, opts.Backing), Options{Format: opts.BackingFormat}); err != nil {
+			if nb, err = Open(combinePath(path, opts.Backing), Options{Format: opts.BackingFormat, CheckReference: opts.CheckReference}); err != nil {
 				return fmt.Errorf("qcow2: rebase %s: opening the new backing file: %w", path, err)
 			}
 			defer nb.Close()

@@ -12,12 +12,13 @@ import (
 
 // runCommit implements `imgtool commit`, as qemu-img commit.
 func runCommit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("commit", "[-b BASE] [-d] [-t CACHE] [-p] [-q] FILE", stderr)
+	fs := newFlagSet("commit", "[-b BASE] [-d] [-t CACHE] [--backing-root DIR] [-p] [-q] FILE", stderr)
 	base := fs.StringP("base", "b", "", "commit into this image of the backing chain (implies -d); default: the backing file")
 	drop := fs.BoolP("drop", "d", false, "do not empty FILE after the commit")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
 	cache := fs.StringP("cache", "t", "writeback", "cache mode of the writes: writeback, unsafe (no fsync), none (O_DIRECT for aligned writes), writethrough, directsync")
+	backingRoot := backingRootFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -28,10 +29,16 @@ func runCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("-t: %v", err)
 	}
+	var check func(qcow2.Reference) error
+	if *backingRoot != "" {
+		if check, err = qcow2.ConfineTo(*backingRoot); err != nil {
+			return usagef("--backing-root: %v", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	update, finish := newProgress(*progress, stderr, "committing")
-	err = qcow2.Commit(ctx, fs.Arg(0), qcow2.CommitOptions{Base: *base, Drop: *drop, Progress: update, Cache: cm})
+	err = qcow2.Commit(ctx, fs.Arg(0), qcow2.CommitOptions{Base: *base, Drop: *drop, Progress: update, Cache: cm, CheckReference: check})
 	finish()
 	if err != nil {
 		return err

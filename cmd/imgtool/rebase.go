@@ -12,7 +12,7 @@ import (
 
 // runRebase implements `imgtool rebase`, as qemu-img rebase.
 func runRebase(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rebase", "[-f FMT] [-u] -b NEW [-F FMT] [-c] [-t CACHE] [-p] FILE", stderr)
+	fs := newFlagSet("rebase", "[-f FMT] [-u] -b NEW [-F FMT] [-c] [-t CACHE] [--backing-root DIR] [-p] FILE", stderr)
 	backing := fs.StringP("backing", "b", "", `new backing file (relative names are relative to FILE's directory); "" flattens FILE into a standalone image`)
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the new backing file (qcow2 or raw); probed when omitted")
 	unsafe := fs.BoolP("unsafe", "u", false, "only rewrite the backing reference; copy nothing")
@@ -21,6 +21,7 @@ func runRebase(args []string, stdout, stderr io.Writer) error {
 	format := fs.StringP("format", "f", "", "format of FILE: qcow2 (the only format with a backing file); probed when omitted")
 	cache := fs.StringP("cache", "t", "writeback", "cache mode of the writes to FILE: writeback, unsafe (no fsync), none (O_DIRECT for aligned writes), writethrough, directsync")
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
+	backingRoot := backingRootFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -41,16 +42,23 @@ func runRebase(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("-t: %v", err)
 	}
+	var check func(qcow2.Reference) error
+	if *backingRoot != "" {
+		if check, err = qcow2.ConfineTo(*backingRoot); err != nil {
+			return usagef("--backing-root: %v", err)
+		}
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
 	update, finish := newProgress(*progress && !*quiet, stderr, "rebasing")
 	err = qcow2.Rebase(ctx, fs.Arg(0), qcow2.RebaseOptions{
-		Backing:       *backing,
-		BackingFormat: qcow2.Format(*backingFmt),
-		Unsafe:        *unsafe,
-		Compress:      *compress,
-		Progress:      update,
-		Cache:         cm,
+		Backing:        *backing,
+		BackingFormat:  qcow2.Format(*backingFmt),
+		Unsafe:         *unsafe,
+		Compress:       *compress,
+		Progress:       update,
+		Cache:          cm,
+		CheckReference: check,
 	})
 	finish()
 	return err
