@@ -2,6 +2,7 @@ package qcow2
 
 import (
 	"errors"
+	"sync"
 	"syscall"
 )
 
@@ -10,38 +11,79 @@ import (
 // them (what qemu asks the host file too). Without probe, or where the
 // file system can't tell, the whole range is data; past the end of the
 // file is a hole. A hole needs no read: it reads as zeros.
+//
+// The last run found is remembered (img.span): SEEK_HOLE from inside a
+// long data run costs a walk to its end on some file systems (tmpfs
+// scans its page cache), so chunks of one run ask once, not once each.
+// Only read-only images are probed (see directAt), so runs stay true.
 func (img *Image) hostSpans(off, n int64, probe bool, fn func(off, n int64, data bool) error) error {
 	end := off + n
 	if !probe || img.f == nil {
 		return fn(off, n, true)
 	}
 	for off < end {
-		d, err := img.f.Seek(off, seekData)
-		if err != nil {
-			if errors.Is(err, syscall.ENXIO) {
-				return fn(off, end-off, false) // a hole up to the end of the file, and past it
+		s := img.span.find(off)
+		if s.end <= off {
+			var err error
+			if s, err = img.probeSpan(off); err != nil {
+				return fn(off, end-off, true) // no SEEK_DATA: all data
 			}
-			return fn(off, end-off, true) // no SEEK_DATA: all data
+			img.span.remember(s)
 		}
-		if d > off {
-			h := min(d, end)
-			if err := fn(off, h-off, false); err != nil {
-				return err
-			}
-			off = h
-			continue
-		}
-		h, err := img.f.Seek(off, seekHole)
-		if err != nil {
-			h = end
-		}
-		h = min(max(h, off+1), end)
-		if err := fn(off, h-off, true); err != nil {
+		t := min(s.end, end)
+		if err := fn(off, t-off, s.data); err != nil {
 			return err
 		}
-		off = h
+		off = t
 	}
 	return nil
+}
+
+// hostSpan is a run of a host file that is all data or all hole.
+type hostSpan struct {
+	start, end int64
+	data       bool
+}
+
+// spanCache remembers the last hostSpan found in an image's file.
+type spanCache struct {
+	mu   sync.Mutex
+	last hostSpan
+}
+
+func (c *spanCache) find(off int64) hostSpan {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last.start <= off && off < c.last.end {
+		return c.last
+	}
+	return hostSpan{}
+}
+
+func (c *spanCache) remember(s hostSpan) {
+	c.mu.Lock()
+	c.last = s
+	c.mu.Unlock()
+}
+
+// probeSpan asks the file for the run holding off.
+func (img *Image) probeSpan(off int64) (hostSpan, error) {
+	const forever = 1<<63 - 1
+	d, err := img.f.Seek(off, seekData)
+	if err != nil {
+		if errors.Is(err, syscall.ENXIO) {
+			return hostSpan{off, forever, false}, nil // a hole to the end of the file, and past it
+		}
+		return hostSpan{}, err
+	}
+	if d > off {
+		return hostSpan{off, d, false}, nil
+	}
+	h, err := img.f.Seek(off, seekHole)
+	if err != nil {
+		return hostSpan{}, err
+	}
+	return hostSpan{off, max(h, off+1), true}, nil
 }
 
 // directAt returns the image at chain position depth below img when its

@@ -126,7 +126,8 @@ type Image struct {
 	closer   io.Closer   // closed with the image (OpenBacking's reader), or nil
 	format   Format
 	fileSize int64
-	size     int64 // guest size
+	span     spanCache // the last data or hole run of the file found (hostSpans)
+	size     int64     // guest size
 	hdr      *Header
 
 	// qcow2 geometry
