@@ -14,8 +14,8 @@ type clusterCompressor interface {
 	// compress appends the compressed form of src to dst.
 	compress(dst, src []byte) ([]byte, error)
 	// compressDense is compress for a cluster that looksIncompressible:
-	// it tries only what is cheap, and ok false (dst unchanged) says to
-	// store src uncompressed.
+	// it tries only what is cheap, and ok false (out holding dst's bytes
+	// only) says to store src uncompressed.
 	compressDense(dst, src []byte) (out []byte, ok bool, err error)
 }
 
@@ -119,7 +119,7 @@ func (z zstdFactory) compress(dst, src []byte) ([]byte, error) {
 func (z zstdFactory) compressDense(dst, src []byte) ([]byte, bool, error) {
 	out := z.fast.EncodeAll(src, dst)
 	if len(out)-len(dst) >= len(src) {
-		return dst, false, nil
+		return out[:len(dst)], false, nil // keeps what the buffer grew to
 	}
 	return out, true, nil
 }
