@@ -121,6 +121,18 @@ func TestConvertHostHoles(t *testing.T) {
 	if holes < 768<<10 {
 		t.Errorf("holes in the first data cluster: %d bytes; want at least the 768 KiB punched", holes)
 	}
+	// compare reads the cluster around its hole, and finds it equal to
+	// qemu-img's raw output, and different where a byte of it differs.
+	rawImg := cvOpen(t, want)
+	if res, err := Compare(context.Background(), img, rawImg, CompareOptions{}); err != nil || !res.Identical {
+		t.Errorf("Compare with qemu-img's output: %+v, %v; want identical", res, err)
+	}
+	wb[128<<10] = 1 // inside the punched hole
+	odd := writeRawFile(t, dir, "odd.raw", wb)
+	if res, err := Compare(context.Background(), img, cvOpen(t, odd), CompareOptions{}); err != nil || res.Identical || res.Offset != 128<<10 {
+		t.Errorf("Compare with a changed byte: %+v, %v; want a difference at %#x", res, err, 128<<10)
+	}
+	wb[128<<10] = 0
 	for _, o := range []ConvertOptions{{}, {NoSparse: true}, {CopyOffload: true}} {
 		o.Create.Format = FormatRaw
 		dst := filepath.Join(dir, "out.raw")
