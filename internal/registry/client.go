@@ -106,6 +106,7 @@ func (c *Client) RemoteOptions(ctx context.Context) []remote.Option {
 type Repo struct {
 	c    *Client
 	name name.Repository
+	rt   http.RoundTripper // authenticated (*transport.Wrapper)
 	http *http.Client
 }
 
@@ -131,7 +132,7 @@ func (c *Client) Repo(ctx context.Context, repo name.Repository, push bool) (*Re
 	if err != nil {
 		return nil, c.WrapError(repo.Registry, err)
 	}
-	r = &Repo{c: c, name: repo, http: &http.Client{Transport: rt}}
+	r = &Repo{c: c, name: repo, rt: rt, http: &http.Client{Transport: rt}}
 	c.mu.Lock()
 	c.repos[key] = r
 	c.mu.Unlock()
@@ -140,6 +141,21 @@ func (c *Client) Repo(ctx context.Context, repo name.Repository, push bool) (*Re
 
 // Name returns the repository.
 func (r *Repo) Name() name.Repository { return r.name }
+
+// RemoteOptions returns remote.Options that reuse the repository's
+// authenticated transport: go-containerregistry takes a
+// *transport.Wrapper as it is, so remote.Get and the blob fetches of the
+// image it returns make no ping or token request of their own (one
+// round trip fewer each). Without remote's retry layer: a failed request
+// fails, as the Repo's own requests do. Only for reads of this
+// repository.
+func (r *Repo) RemoteOptions(ctx context.Context) []remote.Option {
+	return []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(r.rt),
+		remote.WithJobs(r.c.opts.Jobs),
+	}
+}
 
 func (r *Repo) blobURL(d digest.Digest) string {
 	u := url.URL{Scheme: r.name.Scheme(), Host: r.name.RegistryStr(), Path: "/v2/" + r.name.RepositoryStr() + "/blobs/" + d.String()}

@@ -74,7 +74,18 @@ type schemeTransport struct {
 
 func (t *schemeTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "http" {
-		return t.inner.RoundTrip(req)
+		resp, err := t.inner.RoundTrip(req)
+		if err != nil && answeredPlain(err) {
+			// go-containerregistry's https ping of a plain-HTTP
+			// registry: remember the answer, so that the http ping
+			// that follows needs no probe of its own.
+			t.mu.Lock()
+			if _, ok := t.scheme[req.URL.Host]; !ok {
+				t.scheme[req.URL.Host] = "http"
+			}
+			t.mu.Unlock()
+		}
+		return resp, err
 	}
 	scheme, err := t.schemeOf(req.Context(), req.URL.Host)
 	if err != nil {
@@ -140,6 +151,14 @@ func isNotTLS(err error) bool {
 	}
 	s := err.Error()
 	return errors.Is(err, io.EOF) || strings.Contains(s, "server gave HTTP response to HTTPS client") || strings.Contains(s, "connection reset") || strings.Contains(s, "first record does not look like a TLS handshake")
+}
+
+// answeredPlain reports whether a TLS handshake failed because the
+// server answered in plain HTTP: the unambiguous cases of isNotTLS (not
+// a reset or EOF, which a TLS server under load may also cause).
+func answeredPlain(err error) bool {
+	var rh tls.RecordHeaderError
+	return errors.As(err, &rh) || strings.Contains(err.Error(), "server gave HTTP response to HTTPS client")
 }
 
 // manifestCapTransport refuses manifest responses larger than

@@ -69,11 +69,13 @@ func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image,
 	if err != nil {
 		return nil, err
 	}
-	levels, err := remotePlan(ctx, c, r)
-	if err != nil {
-		return nil, err
-	}
+	// One authentication handshake (ping, token) for the manifest, the
+	// config and every range request.
 	repo, err := c.Repo(ctx, r.Context(), false)
+	if err != nil {
+		return nil, c.WrapError(r.Context().Registry, fmt.Errorf("vmimage: %s: %w", r, err))
+	}
+	levels, cfgImg, err := remotePlan(ctx, c, repo, r)
 	if err != nil {
 		return nil, err
 	}
@@ -96,9 +98,16 @@ func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image,
 		l := levels[i]
 		return repo.RangeReader(ctx, digest.Digest(l.Digest.String()), HeaderSize, l.Size, cache)
 	}
-	// Every level at once: its tar framing checked, and its qcow2
-	// metadata read into the cache (one round trip per structure for the
-	// whole chain instead of one per level in turn).
+	// The config and every level at once: each level's tar framing
+	// checked and its qcow2 metadata read into the cache (one round trip
+	// per structure for the whole chain instead of one per level in
+	// turn), while the config is fetched and checked.
+	var cfgErr error
+	cfgDone := make(chan struct{})
+	go func() {
+		defer close(cfgDone)
+		cfgErr = remoteConfig(c, r, cfgImg, levels)
+	}()
 	errs := make([]error, len(levels))
 	var wg sync.WaitGroup
 	budget := cache.Options().CacheSize / 4 / int64(len(levels))
@@ -119,6 +128,10 @@ func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image,
 		}()
 	}
 	wg.Wait()
+	<-cfgDone
+	if cfgErr != nil {
+		return nil, cfgErr
+	}
 	for _, err := range errs {
 		if err != nil {
 			return nil, err
@@ -179,39 +192,46 @@ func remoteError(r name.Reference, err error) error {
 	return err
 }
 
-// remotePlan fetches ref's manifest and config and returns its validated
-// levels.
-func remotePlan(ctx context.Context, c *registry.Client, r name.Reference) ([]Level, error) {
-	desc, err := remote.Get(r, c.RemoteOptions(ctx)...)
+// remotePlan fetches ref's manifest through repo's transport and
+// returns its validated levels and the image (whose config remoteConfig
+// checks).
+func remotePlan(ctx context.Context, c *registry.Client, repo *registry.Repo, r name.Reference) ([]Level, v1.Image, error) {
+	desc, err := remote.Get(r, repo.RemoteOptions(ctx)...)
 	if err != nil {
-		return nil, c.WrapError(r.Context().Registry, fmt.Errorf("vmimage: %s: %w", r, err))
+		return nil, nil, c.WrapError(r.Context().Registry, fmt.Errorf("vmimage: %s: %w", r, err))
 	}
 	if desc.MediaType.IsIndex() {
-		return nil, fmt.Errorf("%w: %s is an image index (%s), not a VM chain image", ErrNotChain, r, desc.MediaType)
+		return nil, nil, fmt.Errorf("%w: %s is an image index (%s), not a VM chain image", ErrNotChain, r, desc.MediaType)
 	}
 	m, err := v1.ParseManifest(bytes.NewReader(desc.Manifest))
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: manifest: %v", ErrNotChain, r, err)
+		return nil, nil, fmt.Errorf("%w: %s: manifest: %v", ErrNotChain, r, err)
 	}
 	if m.MediaType == "" {
 		m.MediaType = desc.MediaType
 	}
 	levels, err := Plan(m)
 	if err != nil {
-		return nil, fmt.Errorf("vmimage: %s: %w", r, err)
+		return nil, nil, fmt.Errorf("vmimage: %s: %w", r, err)
 	}
 	img, err := desc.Image()
 	if err != nil {
-		return nil, fmt.Errorf("vmimage: %s: %w", r, err)
+		return nil, nil, fmt.Errorf("vmimage: %s: %w", r, err)
 	}
+	return levels, img, nil
+}
+
+// remoteConfig fetches img's config (verified against its digest by
+// remote) and checks it against levels.
+func remoteConfig(c *registry.Client, r name.Reference, img v1.Image, levels []Level) error {
 	raw, err := img.RawConfigFile()
 	if err != nil {
-		return nil, c.WrapError(r.Context().Registry, fmt.Errorf("vmimage: %s: config: %w", r, err))
+		return c.WrapError(r.Context().Registry, fmt.Errorf("vmimage: %s: config: %w", r, err))
 	}
 	if err := CheckConfig(raw, levels); err != nil {
-		return nil, fmt.Errorf("vmimage: %s: %w", r, err)
+		return fmt.Errorf("vmimage: %s: %w", r, err)
 	}
-	return levels, nil
+	return nil
 }
 
 // checkRemoteLayer reads level l's tar header and what follows its file
@@ -223,11 +243,23 @@ func remotePlan(ctx context.Context, c *registry.Client, r name.Reference) ([]Le
 // into br's cache: the qcow2 header is read next anyway.
 func checkRemoteLayer(ctx context.Context, repo *registry.Repo, r name.Reference, l Level, br *registry.BlobRange, bs int64) error {
 	d := digest.Digest(l.Digest.String())
+	// The trailer's place is known from the manifest: read it while the
+	// header is read.
+	var (
+		t    []byte
+		tErr error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		tail := l.BlobSize - HeaderSize - l.Size
+		t, tErr = repo.ReadRange(ctx, d, HeaderSize+l.Size, int(tail))
+	}()
 	h, err := repo.ReadRange(ctx, d, 0, int(HeaderSize+min(l.Size, bs)))
+	<-done
 	if err != nil {
 		return remoteError(r, fmt.Errorf("vmimage: %s: level %s: %w", r, l.Name, err))
 	}
-	br.Seed(0, h[HeaderSize:])
 	size, err := ParseHeader(h[:HeaderSize], l.Name)
 	if err != nil {
 		return fmt.Errorf("vmimage: %s: %w", r, err)
@@ -235,10 +267,9 @@ func checkRemoteLayer(ctx context.Context, repo *registry.Repo, r name.Reference
 	if size != l.Size {
 		return fmt.Errorf("%w: %s: level %s: the tar header says %d bytes, the manifest %d", ErrBadLayer, r, l.Name, size, l.Size)
 	}
-	tail := l.BlobSize - HeaderSize - l.Size
-	t, err := repo.ReadRange(ctx, d, HeaderSize+l.Size, int(tail))
-	if err != nil {
-		return remoteError(r, fmt.Errorf("vmimage: %s: level %s: %w", r, l.Name, err))
+	br.Seed(0, h[HeaderSize:])
+	if tErr != nil {
+		return remoteError(r, fmt.Errorf("vmimage: %s: level %s: %w", r, l.Name, tErr))
 	}
 	if err := CheckTrailer(bytes.NewReader(t), l.Name, l.Size); err != nil {
 		return fmt.Errorf("vmimage: %s: %w", r, err)
