@@ -45,8 +45,10 @@ type ConvertOptions struct {
 	// compressing clusters (and writing them). 0 means twice
 	// runtime.GOMAXPROCS(0).
 	Workers int
-	// ChunkSize is the unit of work of raw output in bytes, rounded up
-	// to a multiple of 4 KiB. 0 means 2 MiB.
+	// ChunkSize is the unit of work in bytes, rounded up to a multiple
+	// of 4 KiB: the most raw output reads and writes at once, and the
+	// guest range one qcow2 job covers (whole clusters, at least one;
+	// its data goes out in one vectored write). 0 means 2 MiB.
 	ChunkSize int64
 	// Progress, if set, is called with the guest bytes processed so far
 	// and the total. Calls are serialised and done never decreases.
