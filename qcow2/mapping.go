@@ -95,8 +95,14 @@ func (img *Image) loadL2(l1i int) (*l2Table, error) {
 	rawBuf := img.decompressor.getInput(img.clusterSize) // pooled; only the decoded table is kept
 	defer img.decompressor.putInput(rawBuf)
 	raw := *rawBuf
-	if _, err := img.r.ReadAt(raw, off); err != nil && !errors.Is(err, io.EOF) {
+	n, err := img.r.ReadAt(raw, off)
+	if err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("qcow2: reading L2 table of %s at %#x: %w", img.path, off, err)
+	}
+	if n < len(raw) {
+		// The table lay inside the file a moment ago: the file shrank
+		// under us, and the pooled buffer's tail is another table's.
+		return nil, fmt.Errorf("qcow2: %s changed while it was read: the L2 table at %#x ends past the file's end", img.path, off)
 	}
 	if img.l2.gen.Load() != gen {
 		return img.loadL2(l1i)

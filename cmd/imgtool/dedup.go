@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -34,12 +33,6 @@ func runDedup(args []string, stdout, stderr io.Writer) error {
 		subcommand{[]string{"rebase"}, runDedupRebase},
 		subcommand{[]string{"sparsify"}, runDedupSparsify},
 	)
-}
-
-func dedupJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }
 
 // dedupPct formats part as a percentage of whole.
@@ -77,7 +70,7 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return dedupJSON(stdout, rep)
+		return writeJSON(stdout, rep)
 	}
 	if r := rep.Images; r != nil {
 		fmt.Fprintf(stdout, "images: %d, %s chunks, %d distinct (index ~%s)\n", len(r.Inputs), storeBytes(r.ChunkSize), r.Chunks, storeBytes(r.IndexBytes))
@@ -133,7 +126,7 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return dedupJSON(stdout, res)
+		return writeJSON(stdout, res)
 	}
 	how := "built"
 	if res.BaseReused {
@@ -175,7 +168,7 @@ func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return dedupJSON(stdout, res)
+		return writeJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "%s: %s -> %s, saved %s (%s of data kept)\n", res.Path, storeBytes(res.BeforeBytes), storeBytes(res.AfterBytes), storeBytes(res.SavedBytes), storeBytes(res.DataBytes))
 	return nil
@@ -234,7 +227,7 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return dedupJSON(stdout, res)
+		return writeJSON(stdout, res)
 	}
 	verb := "linked"
 	if *dry {

@@ -148,9 +148,7 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "%s %s\n", ref, res.Manifest.Digest)
 	for i, l := range res.Layers {
@@ -218,9 +216,7 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(list)
+		return writeJSON(stdout, list)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "TAG\tDIGEST\tPLATFORM\tLAYERS\tSIZE\tCREATED")
@@ -262,9 +258,7 @@ func runImageVerify(args []string, stdout, stderr io.Writer) error {
 		if rep.Issues == nil {
 			rep.Issues = []string{}
 		}
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(stdout, rep); err != nil {
 			return err
 		}
 	} else {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -41,9 +40,7 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "pulled %s into %s: %s, %s: %d fetched (%s), %d already there\n",
 		res.Reference, dst, res.Descriptor.Digest, plural(res.Blobs, "blob"), res.Fetched, storeBytes(res.Bytes), res.Present)
@@ -78,9 +75,7 @@ func runImagePush(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "pushed %s to %s: %s, %s: %d uploaded (%s), %d already there\n",
 		src, res.Reference, res.Descriptor.Digest, plural(res.Blobs, "layer blob"), res.Uploaded, storeBytes(res.Bytes), res.Skipped)

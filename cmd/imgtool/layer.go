@@ -3,7 +3,6 @@ package main
 import (
 	"archive/tar"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -54,9 +53,7 @@ type layerJSON struct {
 
 func printDescriptor(w io.Writer, d layers.Descriptor, asJSON bool) error {
 	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(layerJSON{d.Digest.String(), d.DiffID.String(), d.Size, d.UncompressedSize, d.MediaType})
+		return writeJSON(w, layerJSON{d.Digest.String(), d.DiffID.String(), d.Size, d.UncompressedSize, d.MediaType})
 	}
 	fmt.Fprintf(w, "digest:    %s\ndiffID:    %s\nsize:      %d (uncompressed %d)\nmediaType: %s\n",
 		d.Digest, d.DiffID, d.Size, d.UncompressedSize, d.MediaType)
@@ -318,12 +315,10 @@ func runLayerLs(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
 		if list == nil {
 			list = []entryJSON{}
 		}
-		return enc.Encode(struct {
+		return writeJSON(stdout, struct {
 			layerJSON
 			Entries []entryJSON `json:"entries"`
 		}{layerJSON{d.Digest.String(), d.DiffID.String(), d.Size, d.UncompressedSize, d.MediaType}, list})

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -34,9 +33,7 @@ func runPull(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(stdout, res)
 	}
 	if *progress {
 		fmt.Fprintf(stderr, "pulled %s: %s, %d fetched (%s), %d already there\n", res.Reference, plural(len(res.Levels), "level"), res.Fetched, storeBytes(res.Bytes), res.Kept)

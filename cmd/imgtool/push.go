@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -52,9 +51,7 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(res)
+		return writeJSON(stdout, res)
 	}
 	fmt.Fprintf(stdout, "pushed %s to %s: %s, %s: %d uploaded (%s), %d already there\n",
 		fs.Arg(0), res.Reference, res.Digest, plural(len(res.Levels), "level"), res.Uploaded, storeBytes(res.Bytes), res.Skipped)

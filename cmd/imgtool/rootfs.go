@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -142,7 +141,7 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return rootfsJSON(stdout, struct {
+		return writeJSON(stdout, struct {
 			Container *overlay.Container  `json:"container"`
 			Unpack    overlay.UnpackStats `json:"unpack"`
 		}{c, st})
@@ -173,7 +172,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return rootfsJSON(stdout, struct {
+		return writeJSON(stdout, struct {
 			Container *overlay.Container `json:"container"`
 			Removed   bool               `json:"removed"`
 		}{c, *rm})
@@ -261,7 +260,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	if asJSON {
-		return rootfsJSON(stdout, struct {
+		return writeJSON(stdout, struct {
 			Container string              `json:"container"`
 			Layer     layers.Descriptor   `json:"layer"`
 			Image     *layers.BuildResult `json:"image"`
@@ -271,11 +270,4 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "committed container %s as %s: manifest %s, new layer %s (%d bytes)\n",
 		res.Container.Name, dest, res.Image.Manifest.Digest, res.Layer.Digest, res.Layer.Size)
 	return nil
-}
-
-// rootfsJSON writes v as indented JSON.
-func rootfsJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
 }

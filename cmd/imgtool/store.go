@@ -59,7 +59,7 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return rootfsJSON(stdout, u)
+		return writeJSON(stdout, u)
 	}
 	fmt.Fprintf(stdout, "store %s: %s (%s), %s\n\n", u.Dir, plural(len(u.Layers), "layer"), storeBytes(u.LayerBytes), plural(len(u.Containers), "container"))
 	tw := tabwriter.NewWriter(stdout, 0, 8, 2, ' ', 0)
@@ -128,7 +128,7 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return rootfsJSON(stdout, res)
+		return writeJSON(stdout, res)
 	}
 	verb := "removed"
 	if *dry {
@@ -181,7 +181,7 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	if asJSON {
-		return rootfsJSON(stdout, st)
+		return writeJSON(stdout, st)
 	}
 	fmt.Fprintf(stdout, "%s: %s: %d unpacked (%s), %d already in the store\n", ref, plural(st.Layers, "layer"), st.Unpacked, storeBytes(st.Bytes), st.Present)
 	return nil
