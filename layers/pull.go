@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 
+	"github.com/imgtool/imgtool/internal/jobs"
+
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/imgtool/imgtool/internal/atomicfile"
@@ -113,7 +115,7 @@ func Pull(ctx context.Context, src string, dst ImageRef, opts PullOptions) (*Pul
 		return nil, err
 	}
 	var mu sync.Mutex
-	err = forEachJob(ctx, c.Options().Jobs, len(plan.blobs), func(ctx context.Context, i int) error {
+	err = jobs.ForEach(ctx, c.Options().Jobs, len(plan.blobs), func(ctx context.Context, i int) error {
 		n, err := l.pullBlob(ctx, repo, plan.blobs[i], opts.Progress)
 		mu.Lock()
 		defer mu.Unlock()
@@ -443,51 +445,4 @@ func pullResumeHash(f *os.File, h hash.Hash, size int64) (int64, error) {
 		return 0, fmt.Errorf("layers: reading partial blob %s: %w", f.Name(), err)
 	}
 	return n, nil
-}
-
-// forEachJob runs fn(ctx, i) for i in [0, n), jobs at a time, and returns
-// the first error; after an error it cancels the others' context and
-// starts no more.
-func forEachJob(ctx context.Context, jobs, n int, fn func(context.Context, int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	if jobs < 1 {
-		jobs = 1
-	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-	)
-	next := make(chan int)
-	for w := 0; w < jobs && w < n; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
-					mu.Unlock()
-					cancel()
-				}
-			}
-		}()
-	}
-loop:
-	for i := 0; i < n; i++ {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break loop
-		}
-	}
-	close(next)
-	wg.Wait()
-	if firstErr == nil {
-		firstErr = ctx.Err()
-	}
-	return firstErr
 }

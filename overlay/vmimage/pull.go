@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/imgtool/imgtool/internal/jobs"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/imgtool/imgtool/internal/atomicfile"
@@ -166,7 +168,7 @@ func Pull(ctx context.Context, ref, dir string, opts PullOptions) (res *PullResu
 			todo = append(todo, i)
 		}
 	}
-	err = parallel(ctx, len(todo), c.Options().Jobs, func(ctx context.Context, k int) error {
+	err = jobs.ForEach(ctx, c.Options().Jobs, len(todo), func(ctx context.Context, k int) error {
 		i := todo[k]
 		f, err := fetchLevel(ctx, repo, dir, levels[i], opts.Progress)
 		if err != nil {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/imgtool/imgtool/internal/jobs"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -329,8 +331,8 @@ func (e *exactReader) Read(p []byte) (int, error) {
 }
 
 // hashSources computes every level's layer digest, jobs at a time.
-func hashSources(ctx context.Context, srcs []*source, jobs int) error {
-	return parallel(ctx, len(srcs), jobs, func(ctx context.Context, i int) error {
+func hashSources(ctx context.Context, srcs []*source, workers int) error {
+	return jobs.ForEach(ctx, workers, len(srcs), func(ctx context.Context, i int) error {
 		s := srcs[i]
 		rc, err := s.open()
 		if err != nil {
@@ -358,45 +360,6 @@ func (c ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return c.r.Read(p)
-}
-
-// parallel runs fn(0..n-1), jobs at a time, and returns the first error
-// (cancelling the others' context).
-func parallel(ctx context.Context, n, jobs int, fn func(ctx context.Context, i int) error) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	jobs = max(1, min(jobs, n))
-	var (
-		wg    sync.WaitGroup
-		once  sync.Once
-		first error
-		next  = make(chan int)
-	)
-	for range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := fn(ctx, i); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		}()
-	}
-loop:
-	for i := range n {
-		select {
-		case next <- i:
-		case <-ctx.Done():
-			break loop
-		}
-	}
-	close(next)
-	wg.Wait()
-	if first == nil && ctx.Err() != nil {
-		first = ctx.Err()
-	}
-	return first
 }
 
 // pushImage is the chain as a v1.Image for remote.Write.
