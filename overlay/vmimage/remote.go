@@ -212,7 +212,7 @@ func remotePlan(ctx context.Context, c *registry.Client, repo *registry.Repo, r 
 	}
 	levels, err := Plan(m)
 	if err != nil {
-		return nil, nil, fmt.Errorf("vmimage: %s: %w", r, err)
+		return nil, nil, fmt.Errorf("%s: %w", r, err) // err says "vmimage:" already
 	}
 	img, err := desc.Image()
 	if err != nil {
