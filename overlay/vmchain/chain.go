@@ -350,16 +350,18 @@ func containsString(list []string, s string) bool {
 func (c *ChainDir) fixModes(g *chainGraph) error {
 	for name, n := range g.nodes {
 		p := filepath.Join(c.dir, name+chainExt)
-		if err := setWritable(p, len(n.children) == 0); err != nil {
+		if err := SetWritable(p, len(n.children) == 0); err != nil {
 			return fmt.Errorf("vmchain: chain %s: %w", c.dir, err)
 		}
 	}
 	return nil
 }
 
-// setWritable clears every write bit of the file at path, or sets its
-// owner's, leaving the rest of its mode as it is.
-func setWritable(path string, writable bool) error {
+// SetWritable clears every write bit of the file at path, or sets its
+// owner's, leaving the rest of its mode as it is: the read bits stay as
+// the file was created (0666 masked by the umask). Chain directories keep
+// levels with dependents read-only this way, and vmimage pulls do too.
+func SetWritable(path string, writable bool) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err

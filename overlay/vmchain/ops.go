@@ -103,7 +103,7 @@ func (c *ChainDir) build(name string, mk func(tmp string) error) error {
 	if err := mk(tmp); err != nil {
 		return fmt.Errorf("vmchain: creating %s: %w", final, err)
 	}
-	if err := setWritable(tmp, true); err != nil {
+	if err := SetWritable(tmp, true); err != nil {
 		return fmt.Errorf("vmchain: creating %s: %w", final, err)
 	}
 	if err := os.Link(tmp, final); err != nil {
@@ -318,7 +318,7 @@ func (c *ChainDir) Squash(ctx context.Context, name string, opts SquashOptions) 
 		locks[ch] = f
 	}
 	ppath := filepath.Join(c.dir, n.parent+chainExt)
-	if err := setWritable(ppath, true); err != nil {
+	if err := SetWritable(ppath, true); err != nil {
 		return fmt.Errorf("vmchain: %w", err)
 	}
 	// The parent gets name's data, written and flushed; name itself is
@@ -352,7 +352,7 @@ func (c *ChainDir) finishSquash(ctx context.Context, g *chainGraph, locks map[st
 				f.Close()
 				delete(locks, ch)
 			}
-			if err := setWritable(cp, true); err != nil {
+			if err := SetWritable(cp, true); err != nil {
 				return fmt.Errorf("vmchain: %w", err)
 			}
 			err := qcow2.Rebase(ctx, cp, qcow2.RebaseOptions{Backing: j.Into + chainExt, BackingFormat: qcow2.FormatQcow2, Unsafe: true})
@@ -376,7 +376,7 @@ func (c *ChainDir) finishSquash(ctx context.Context, g *chainGraph, locks map[st
 // lockChild makes the image at path writable and opens it with QEMU's
 // writer lock.
 func lockChild(path string) (*os.File, error) {
-	if err := setWritable(path, true); err != nil {
+	if err := SetWritable(path, true); err != nil {
 		return nil, fmt.Errorf("vmchain: %w", err)
 	}
 	return lockImage(path, imagelock.Writer, true)

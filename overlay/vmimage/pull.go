@@ -387,12 +387,7 @@ func fixModes(dir string, levels []Level, todo []int) error {
 		if i == len(levels)-1 {
 			continue
 		}
-		p := filepath.Join(dir, levels[i].File())
-		fi, err := os.Stat(p)
-		if err != nil {
-			return err
-		}
-		if err := os.Chmod(p, fi.Mode().Perm()&^0o222); err != nil {
+		if err := vmchain.SetWritable(filepath.Join(dir, levels[i].File()), false); err != nil {
 			return err
 		}
 	}
