@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -305,7 +306,7 @@ func buildBase(ctx context.Context, path string, imgs []*qcow2.Image, k int, cs 
 				continue
 			}
 			ch := data[groups[best]][c:end]
-			if isZero(ch) {
+			if zero.Is(ch) {
 				continue
 			}
 			if _, err := out.WriteAt(ch, off+c); err != nil {

@@ -248,6 +248,3 @@ feed:
 	wg.Wait()
 	return context.Cause(ctx)
 }
-
-// isZero is zero.Is under the name rebase.go calls it by.
-func isZero(b []byte) bool { return zero.Is(b) }

@@ -12,7 +12,6 @@
 package dedup
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -275,7 +275,6 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 	}
 	rep := &ImageReport{ChunkSize: cs}
 	bufs := sync.Pool{New: func() any { b := make([]byte, seg); return &b }}
-	zero := make([]byte, cs)
 	for i, img := range imgs {
 		f := ImageFigures{Path: img.Path(), Format: string(img.Format()), TotalBytes: img.Size()}
 		for d := 1; img.Layer(d) != nil; d++ {
@@ -296,7 +295,7 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 						continue
 					}
 					n := min(seg, img.Size()-off)
-					st, err := scanSegment(img, off, n, cs, (*bp)[:n], zero, adder, int32(i))
+					st, err := scanSegment(img, off, n, cs, (*bp)[:n], adder, int32(i))
 					if err != nil {
 						cancel(err)
 						continue
@@ -350,7 +349,7 @@ type segStats struct{ zero, internal, shared, fresh int64 }
 
 // scanSegment hashes the chunks of [off, off+n) of img. Chunks the
 // metadata shows as zero or unallocated are not read.
-func scanSegment(img *qcow2.Image, off, n, cs int64, buf, zero []byte, ix chunkAdder, in int32) (segStats, error) {
+func scanSegment(img *qcow2.Image, off, n, cs int64, buf []byte, ix chunkAdder, in int32) (segStats, error) {
 	var st segStats
 	nchunks := (n + cs - 1) / cs
 	// needRead[k] says chunk k holds some data according to the metadata.
@@ -391,7 +390,7 @@ func scanSegment(img *qcow2.Image, off, n, cs int64, buf, zero []byte, ix chunkA
 		}
 		for c := lo; c < hi; c += cs {
 			chunk := buf[c:min(c+cs, hi)]
-			if bytes.Equal(chunk, zero[:len(chunk)]) {
+			if zero.Is(chunk) {
 				st.zero += int64(len(chunk))
 				continue
 			}

@@ -1,9 +1,10 @@
 package qcow2
 
 import (
-	"bytes"
 	"encoding/binary"
 	"slices"
+
+	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // clusterWriter lays out a new qcow2 image sequentially: cluster 0 holds
@@ -100,7 +101,7 @@ func (w *clusterWriter) setZero(vc int64) {
 // clusters (data holds them, the last one possibly short).
 func (w *clusterWriter) writeData(vc, n int64, data []byte) error {
 	host := w.next
-	zeros := w.prealloc && !w.writeZeros && n == 1 && bytes.Equal(data, make([]byte, len(data)))
+	zeros := w.prealloc && !w.writeZeros && n == 1 && zero.Is(data)
 	if !zeros {
 		if err := w.write(data, host); err != nil {
 			return err

@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // convertRaw is Convert to a new raw image.
@@ -216,7 +217,7 @@ func writeSparse(w interface {
 	}
 	for i < len(b) {
 		n := min(len(b)-i, int(block-(off+int64(i))%block))
-		if isZeroBytes(b[i : i+n]) {
+		if zero.Is(b[i : i+n]) {
 			if err := flush(i); err != nil {
 				return err
 			}

@@ -254,23 +254,20 @@ func rebaseRange(img, nb *Image, off, n int64, oldData bool, oldBuf, newBuf []by
 				return err
 			}
 		} else {
-			zero := !oldData || isZeroBytes(oldBuf[p:q])
-			if runStart >= 0 && zero != runZero {
+			isZero := !oldData || zero.Is(oldBuf[p:q])
+			if runStart >= 0 && isZero != runZero {
 				if err := flush(p); err != nil {
 					return err
 				}
 			}
 			if runStart < 0 {
-				runStart, runZero = p, zero
+				runStart, runZero = p, isZero
 			}
 		}
 		p = q
 	}
 	return flush(n)
 }
-
-// isZeroBytes is zero.Is under the name convert.go calls it by.
-func isZeroBytes(b []byte) bool { return zero.Is(b) }
 
 // writeCompressedRange writes whole guest clusters of data at off
 // compressed (partial clusters, and clusters that do not shrink, are

@@ -2,7 +2,6 @@ package ext4
 
 import (
 	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/imgtool/imgtool/internal/tarname"
+	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // Errors for bad layer content.
@@ -432,13 +432,13 @@ func (f *FS) writeFile(st *layerState, in *inode, r io.Reader, size int64) error
 		}
 		// Write runs of non-zero blocks.
 		for i := 0; i < n; {
-			if isZero(buf[i : i+blockSize]) {
+			if zero.Is(buf[i : i+blockSize]) {
 				i += blockSize
 				logical++
 				continue
 			}
 			j := i + blockSize
-			for j < n && !isZero(buf[j:j+blockSize]) {
+			for j < n && !zero.Is(buf[j:j+blockSize]) {
 				j += blockSize
 			}
 			for i < j {
@@ -464,10 +464,6 @@ func (f *FS) writeFile(st *layerState, in *inode, r io.Reader, size int64) error
 	}
 	return nil
 }
-
-var zeroBlock = make([]byte, blockSize)
-
-func isZero(b []byte) bool { return bytes.Equal(b, zeroBlock) }
 
 // writeBlock writes one block to the current level.
 func (f *FS) writeBlock(b uint32, data []byte) error {

@@ -1,6 +1,6 @@
 // Package zero tells whether a buffer holds only zero bytes, the test
-// behind hole detection in qcow2 rebase and convert, dedup and layer
-// extraction.
+// behind hole detection in qcow2 rebase and convert, dedup scan and
+// rebase, layer extraction and the ext4 writer.
 package zero
 
 import "bytes"
