@@ -3,7 +3,6 @@ package vmimage
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -124,7 +123,7 @@ func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image,
 			if errs[i] = checkRemoteLayer(ctx, repo, r, l, br, cache.Options().BlockSize); errs[i] != nil {
 				return
 			}
-			prefetchMetadata(br, l.Size, budget)
+			qcow2.PrefetchMetadata(br, l.Size, budget)
 		}()
 	}
 	wg.Wait()
@@ -275,48 +274,4 @@ func checkRemoteLayer(ctx context.Context, repo *registry.Repo, r name.Reference
 		return fmt.Errorf("vmimage: %s: %w", r, err)
 	}
 	return nil
-}
-
-// prefetchMetadata reads a level's qcow2 header, L1 table and the L2
-// tables the L1 table points at through r, so that they are in the
-// shared cache when qcow2 opens and maps the level: what opening and
-// mapping read anyway, in parallel requests. Best effort and bounded by
-// budget bytes: it stops silently at anything out of range (qcow2 checks
-// every structure itself when it opens the level).
-func prefetchMetadata(r io.ReaderAt, size, budget int64) {
-	h := make([]byte, min(size, 4096))
-	if n, _ := r.ReadAt(h, 0); n < 48 || string(h[:4]) != "QFI\xfb" {
-		return
-	}
-	bits := binary.BigEndian.Uint32(h[20:])
-	if bits < 9 || bits > 21 {
-		return
-	}
-	cs := int64(1) << bits
-	l1Size := int64(binary.BigEndian.Uint32(h[36:]))
-	l1Off := int64(binary.BigEndian.Uint64(h[40:]) & (1<<56 - 1))
-	if l1Size == 0 || l1Size*8 > budget || l1Off+l1Size*8 > size {
-		return
-	}
-	l1 := make([]byte, l1Size*8)
-	if _, err := r.ReadAt(l1, l1Off); err != nil {
-		return
-	}
-	var wg sync.WaitGroup
-	spent := l1Size * 8
-	for i := int64(0); i < l1Size; i++ {
-		off := int64(binary.BigEndian.Uint64(l1[i*8:]) & 0x00fffffffffffe00)
-		if off == 0 || off%cs != 0 || off+cs > size {
-			continue
-		}
-		if spent += cs; spent > budget {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.ReadAt(make([]byte, cs), off)
-		}()
-	}
-	wg.Wait()
 }
