@@ -6,8 +6,6 @@ import (
 	"os"
 	"os/signal"
 
-	"github.com/imgtool/imgtool/internal/qemuopt"
-
 	"github.com/imgtool/imgtool/internal/qemusize"
 
 	"github.com/imgtool/imgtool/qcow2"
@@ -49,7 +47,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 		return usagef("unknown output format %q (raw and qcow2 are supported)", *outFormat)
 	}
 	for _, o := range *options {
-		if err := qemuopt.ParseCreateOptions(&opts.Create, o); err != nil {
+		if err := parseCreateOptions(&opts.Create, o); err != nil {
 			return usagef("-o: %v", err)
 		}
 	}

@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/imgtool/imgtool/internal/qemuopt"
-
 	"github.com/imgtool/imgtool/internal/qemusize"
 
 	"github.com/imgtool/imgtool/qcow2"
@@ -56,7 +54,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 		opts.ClusterSize = v
 	}
 	for _, o := range *options {
-		if err := qemuopt.ParseCreateOptions(&opts, o); err != nil {
+		if err := parseCreateOptions(&opts, o); err != nil {
 			return usagef("-o: %v", err)
 		}
 	}

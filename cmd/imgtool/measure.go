@@ -4,8 +4,6 @@ import (
 	"context"
 	"io"
 
-	"github.com/imgtool/imgtool/internal/qemuopt"
-
 	"github.com/imgtool/imgtool/internal/qemusize"
 
 	"github.com/imgtool/imgtool/qcow2"
@@ -33,7 +31,7 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 		return usagef("unknown output format %q (raw and qcow2 are supported)", *outFormat)
 	}
 	for _, o := range *options {
-		if err := qemuopt.ParseCreateOptions(&opts, o); err != nil {
+		if err := parseCreateOptions(&opts, o); err != nil {
 			return usagef("-o: %v", err)
 		}
 	}

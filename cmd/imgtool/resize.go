@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/imgtool/imgtool/internal/qemuopt"
-
 	"github.com/imgtool/imgtool/qcow2"
 )
 
@@ -32,7 +30,7 @@ func runResize(args []string, stdout, stderr io.Writer) error {
 	}
 	cur := probe.Size()
 	probe.Close()
-	size, err := qemuopt.ResizeTarget(cur, fs.Arg(1))
+	size, err := resizeTarget(cur, fs.Arg(1))
 	if err != nil {
 		return usagef("SIZE: %v", err)
 	}

@@ -1,8 +1,9 @@
-// Package qemuopt parses the option syntax qemu-img users type: the -o
-// key=value lists of create, convert and measure, and resize's
-// [+|-]SIZE argument. It is the command line's, not the qcow2 library's:
-// a library caller fills qcow2.CreateOptions directly.
-package qemuopt
+package main
+
+// The option syntax qemu-img users type: the -o key=value lists of
+// create, convert and measure, and resize's [+|-]SIZE argument. It is the
+// command line's, not the qcow2 library's: a library caller fills
+// qcow2.CreateOptions directly.
 
 import (
 	"fmt"
@@ -14,9 +15,9 @@ import (
 	"github.com/imgtool/imgtool/qcow2"
 )
 
-// ResizeTarget returns the new size for a qemu-img resize argument:
+// resizeTarget returns the new size for a qemu-img resize argument:
 // "SIZE", "+SIZE" or "-SIZE" relative to cur.
-func ResizeTarget(cur int64, spec string) (int64, error) {
+func resizeTarget(cur int64, spec string) (int64, error) {
 	switch {
 	case strings.HasPrefix(spec, "+"):
 		d, err := qemusize.Parse(spec[1:])
@@ -40,10 +41,10 @@ func ResizeTarget(cur int64, spec string) (int64, error) {
 	return qemusize.Parse(spec)
 }
 
-// parseOption applies one qemu-img -o key=value to opts. Keys:
+// parseCreateOption applies one qemu-img -o key=value to opts. Keys:
 // size, compat, cluster_size, extended_l2, compression_type,
 // lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt.
-func parseOption(opts *qcow2.CreateOptions, key, value string) error {
+func parseCreateOption(opts *qcow2.CreateOptions, key, value string) error {
 	onOff := func() (bool, error) {
 		switch strings.ToLower(value) {
 		case "on", "true", "yes", "1":
@@ -84,9 +85,9 @@ func parseOption(opts *qcow2.CreateOptions, key, value string) error {
 	return nil
 }
 
-// ParseCreateOptions applies a comma-separated qemu-img -o list
+// parseCreateOptions applies a comma-separated qemu-img -o list
 // ("compat=1.1,cluster_size=4k") to opts.
-func ParseCreateOptions(opts *qcow2.CreateOptions, list string) error {
+func parseCreateOptions(opts *qcow2.CreateOptions, list string) error {
 	for _, kv := range strings.Split(list, ",") {
 		if kv == "" {
 			continue
@@ -99,7 +100,7 @@ func ParseCreateOptions(opts *qcow2.CreateOptions, list string) error {
 				return fmt.Errorf("create option %q has no value", kv)
 			}
 		}
-		if err := parseOption(opts, k, v); err != nil {
+		if err := parseCreateOption(opts, k, v); err != nil {
 			return err
 		}
 	}

@@ -1,4 +1,4 @@
-package qemuopt
+package main
 
 import (
 	"testing"
@@ -10,7 +10,7 @@ import (
 
 func TestParseCreateOptions(t *testing.T) {
 	var o qcow2.CreateOptions
-	if err := ParseCreateOptions(&o, "cluster_size=16k,compat=0.10,lazy_refcounts=on,refcount_bits=64,size=1.5G,backing_file=b.qcow2,backing_fmt=qcow2"); err != nil {
+	if err := parseCreateOptions(&o, "cluster_size=16k,compat=0.10,lazy_refcounts=on,refcount_bits=64,size=1.5G,backing_file=b.qcow2,backing_fmt=qcow2"); err != nil {
 		t.Fatal(err)
 	}
 	want := qcow2.CreateOptions{ClusterSize: 16 << 10, Compat: "0.10", LazyRefcounts: true, RefcountBits: 64, Size: 3 << 29, BackingFile: "b.qcow2", BackingFormat: qcow2.FormatQcow2}
@@ -19,7 +19,7 @@ func TestParseCreateOptions(t *testing.T) {
 	}
 	for _, bad := range []string{"size=10GB", "cluster_size=1.5", "lazy_refcounts=maybe", "frobnicate=1"} {
 		var o qcow2.CreateOptions
-		if err := ParseCreateOptions(&o, bad); err == nil {
+		if err := parseCreateOptions(&o, bad); err == nil {
 			t.Errorf("%q: no error", bad)
 		}
 	}
@@ -32,9 +32,9 @@ func TestResizeTarget(t *testing.T) {
 		want int64
 		ok   bool
 	}{{1 << 30, "+1G", 2 << 30, true}, {1 << 30, "-512M", 512 << 20, true}, {1 << 30, "2G", 2 << 30, true}, {1 << 20, "-2M", 0, false}, {1 << 30, "+10GB", 0, false}} {
-		got, err := ResizeTarget(c.cur, c.spec)
+		got, err := resizeTarget(c.cur, c.spec)
 		if (err == nil) != c.ok || got != c.want {
-			t.Errorf("ResizeTarget(%d, %q) = %d, %v", c.cur, c.spec, got, err)
+			t.Errorf("resizeTarget(%d, %q) = %d, %v", c.cur, c.spec, got, err)
 		}
 	}
 }
@@ -46,8 +46,8 @@ func FuzzParseCreateOptions(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		var o qcow2.CreateOptions
-		if err := ParseCreateOptions(&o, s); err == nil && (o.Size < 0 || o.ClusterSize < 0) {
-			t.Fatalf("ParseCreateOptions(%q) gave size %d, cluster size %d", s, o.Size, o.ClusterSize)
+		if err := parseCreateOptions(&o, s); err == nil && (o.Size < 0 || o.ClusterSize < 0) {
+			t.Fatalf("parseCreateOptions(%q) gave size %d, cluster size %d", s, o.Size, o.ClusterSize)
 		}
 	})
 }
