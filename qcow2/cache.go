@@ -74,10 +74,6 @@ func (c CacheMode) sync() atomicfile.Sync {
 // buffer address. 4 KiB satisfies every logical block size in use.
 const directAlign = 4096
 
-// ErrNoDirectIO is returned for cache mode none on a filesystem that
-// refuses O_DIRECT.
-var ErrNoDirectIO = errors.New("qcow2: the filesystem does not support O_DIRECT (cache mode none); use -t writeback")
-
 // openDirect opens a second descriptor of f with O_DIRECT (through
 // /proc/self/fd, so it works for unnamed temp files too). name is for
 // messages.

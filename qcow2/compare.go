@@ -183,9 +183,6 @@ func Compare(ctx context.Context, a, b *Image, opts CompareOptions) (*CompareRes
 	return res, nil
 }
 
-// errStop ends a walk early.
-var errStop = fmt.Errorf("qcow2: stop")
-
 func zeroKind(k ExtentKind) bool { return k == KindUnallocated || k == KindZero }
 
 // firstDiffSector returns the offset of the first 512-byte sector in

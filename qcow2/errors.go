@@ -54,6 +54,9 @@ var (
 	// ErrReadOnly is returned by write operations on an image opened without
 	// Options.Writable, or one that is marked corrupt.
 	ErrReadOnly = errors.New("qcow2: image is read-only")
+	// ErrNoDirectIO is returned for cache mode none (or directsync) on a
+	// filesystem that refuses O_DIRECT.
+	ErrNoDirectIO = errors.New("qcow2: the filesystem does not support O_DIRECT (cache mode none)")
 )
 
 // Errors that stay inside the package.
@@ -64,6 +67,9 @@ var (
 	// errRefcountOverflow is returned when a refcount would exceed the
 	// largest value refcount_bits can hold (1 for 1-bit refcounts).
 	errRefcountOverflow = errors.New("qcow2: refcount overflow (refcount_bits too small for this operation)")
+	// errStop ends an extent walk early (Compare); it never leaves the
+	// package.
+	errStop = errors.New("qcow2: stop")
 )
 
 // CorruptError reports invalid metadata: which field, at which byte offset

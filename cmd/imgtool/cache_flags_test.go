@@ -1,15 +1,19 @@
 package main
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/qcow2"
 )
 
 // TestConvertQemuFlags: -t, -n, -W and -m as qemu-img takes them.
@@ -110,5 +114,20 @@ func TestCommitRebaseQemuFlags(t *testing.T) {
 	}
 	if out, err := exec.Command("qemu-io", "-c", "read -P 0x44 0 64k", top).CombinedOutput(); err != nil || strings.Contains(string(out), "failed") {
 		t.Errorf("top after rebase: %s", out)
+	}
+}
+
+// TestNoDirectIOHint: the library's O_DIRECT refusal says what failed;
+// the command line adds the flag that avoids it, once.
+func TestNoDirectIOHint(t *testing.T) {
+	var stderr bytes.Buffer
+	err := fmt.Errorf("%w: Could not open 'out.qcow2': invalid argument", qcow2.ErrNoDirectIO)
+	if code := exitCode("convert", err, &stderr); code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	want := "imgtool convert: qcow2: the filesystem does not support O_DIRECT (cache mode none): Could not open 'out.qcow2': invalid argument\n" +
+		"Use -t writeback to write through the page cache.\n"
+	if d := cmp.Diff(want, stderr.String()); d != "" {
+		t.Errorf("stderr (-want +got):\n%s", d)
 	}
 }

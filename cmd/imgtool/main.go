@@ -156,6 +156,9 @@ func exitCode(name string, err error, stderr io.Writer) int {
 	if forceShareHint(name, err) {
 		fmt.Fprintf(stderr, "Use -U (--force-share) to read it anyway.\n")
 	}
+	if errors.Is(err, qcow2.ErrNoDirectIO) {
+		fmt.Fprintf(stderr, "Use -t writeback to write through the page cache.\n")
+	}
 	var ue *usageError
 	if errors.As(err, &ue) {
 		fmt.Fprintf(stderr, "Run 'imgtool help %s' for usage.\n", name)
