@@ -2,8 +2,11 @@ package qcow2
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
+	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/imagelock"
 	"github.com/imgtool/imgtool/internal/zero"
 )
 
@@ -22,6 +25,11 @@ func convertExisting(ctx context.Context, src *Image, dst string, opts ConvertOp
 		return fmt.Errorf("%w: convert -n with a backing file (-B): the target exists and keeps its own", ErrUnsupportedFeature)
 	}
 	tgt, err := Open(dst, Options{Format: co.Format, Writable: true, NoBacking: true, cache: opts.Cache})
+	if ce := (*imagelock.ConflictError)(nil); errors.As(err, &ce) {
+		// In use (by src's own chain, or by a running QEMU): qemu-img's
+		// words, as for a destination convert creates.
+		return &atomicfile.LockError{Path: dst, Err: ce}
+	}
 	if err != nil {
 		return err // names dst already
 	}
