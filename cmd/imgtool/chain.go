@@ -52,12 +52,12 @@ func runChain(args []string, stdout, stderr io.Writer) error {
 }
 
 func runChainInit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain init", "DIR --base IMG [--name NAME] [-f qcow2|raw] [--cluster-size SIZE] [-p]", stderr)
+	fs := newFlagSet("chain init", "[-p] [-q] DIR --base IMG [--name NAME] [-f qcow2|raw] [--cluster-size SIZE]", stdout, stderr)
 	base := fs.String("base", "", "the base image to copy in (qcow2 with its backing chain, or raw)")
 	name := fs.String("name", vmchain.DefaultChainBase, "name of the base level")
 	format := fs.StringP("format", "f", "", "format of IMG: qcow2 or raw (probed when omitted)")
 	clusterSize := fs.String("cluster-size", "", "cluster size of the chain's images (default 64K)")
-	progress := progressFlags(fs, "show progress")
+	progress, quiet := quietFlags(fs, "show progress")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -82,16 +82,19 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if quiet() {
+		return nil
+	}
 	fmt.Fprintf(stdout, "chain %s: base level %s imported from %s\n", fs.Arg(0), *name, *base)
 	return nil
 }
 
 func runChainAdd(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain add", "DIR NAME --from PARENT [--import IMG [-f qcow2|raw]] [-p]", stderr)
+	fs := newFlagSet("chain add", "[-p] [-q] DIR NAME --from PARENT [--import IMG [-f qcow2|raw]]", stdout, stderr)
 	from := fs.String("from", "", "the level to build on")
 	imp := fs.String("import", "", "a standalone disk whose differences from PARENT the level stores")
 	format := fs.StringP("format", "f", "", "format of the --import image: qcow2 or raw (probed when omitted)")
-	progress := progressFlags(fs, "show progress (with --import)")
+	progress, quiet := quietFlags(fs, "show progress (with --import)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -105,13 +108,17 @@ func runChainAdd(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if quiet() {
+		return nil
+	}
 	fmt.Fprintf(stdout, "chain %s: level %s added on %s\n", fs.Arg(0), fs.Arg(1), *from)
 	return nil
 }
 
 func runChainVM(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain vm", "DIR NAME --from LEVEL", stderr)
+	fs := newFlagSet("chain vm", "[-q] DIR NAME --from LEVEL", stdout, stderr)
 	from := fs.String("from", "", "the level the VM image builds on")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -121,6 +128,9 @@ func runChainVM(args []string, stdout, stderr io.Writer) error {
 	}
 	if err := c.AddVM(context.Background(), fs.Arg(1), *from); err != nil {
 		return err
+	}
+	if *quiet {
+		return nil
 	}
 	p, _ := c.ImagePath(fs.Arg(1))
 	fmt.Fprintf(stdout, "chain %s: VM image %s added on %s: %s\n", fs.Arg(0), fs.Arg(1), *from, p)
@@ -173,7 +183,7 @@ type chainTreeEntry struct {
 }
 
 func runChainTree(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain tree", "[--output human|json] DIR", stderr)
+	fs := newFlagSet("chain tree", "[--output human|json] DIR", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -258,8 +268,9 @@ func chainTreePrefix(imgs []vmchain.ChainImage, i int) string {
 }
 
 func runChainRm(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain rm", "DIR NAME [--force]", stderr)
+	fs := newFlagSet("chain rm", "[-q] [--force] DIR NAME", stdout, stderr)
 	force := fs.Bool("force", false, "remove the image even if a process (a running VM) has it open; never removes an image others depend on")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -270,13 +281,16 @@ func runChainRm(args []string, stdout, stderr io.Writer) error {
 	if err := c.Remove(context.Background(), fs.Arg(1), vmchain.RemoveOptions{Force: *force}); err != nil {
 		return err
 	}
+	if *quiet {
+		return nil
+	}
 	fmt.Fprintf(stdout, "chain %s: %s removed\n", fs.Arg(0), fs.Arg(1))
 	return nil
 }
 
 func runChainSquash(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("chain squash", "DIR NAME [-p]", stderr)
-	progress := progressFlags(fs, "show progress")
+	fs := newFlagSet("chain squash", "[-p] [-q] DIR NAME", stdout, stderr)
+	progress, quiet := quietFlags(fs, "show progress")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -289,6 +303,9 @@ func runChainSquash(args []string, stdout, stderr io.Writer) error {
 	finish()
 	if err != nil {
 		return err
+	}
+	if quiet() {
+		return nil
 	}
 	fmt.Fprintf(stdout, "chain %s: %s merged into its parent\n", fs.Arg(0), fs.Arg(1))
 	return nil

@@ -12,11 +12,11 @@ import (
 
 // runCommit implements `imgtool commit`, as qemu-img commit.
 func runCommit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("commit", "[-b BASE] [-d] [-t CACHE] [--backing-root DIR] [-p] [-q] FILE", stderr)
+	fs := newFlagSet("commit", "[-b BASE] [-d] [-t CACHE] [--backing-root DIR] [-p] [-q] FILE", stdout, stderr)
 	base := fs.StringP("base", "b", "", "commit into this image of the backing chain (implies -d); default: the backing file")
 	drop := fs.BoolP("drop", "d", false, "do not empty FILE after the commit")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing on success (no progress, even with -p, as qemu-img)")
 	cache := fs.StringP("cache", "t", "writeback", "cache mode of the writes: writeback, unsafe (no fsync), none (O_DIRECT for aligned writes), writethrough, directsync")
 	backingRoot := backingRootFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -37,7 +37,7 @@ func runCommit(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	update, finish := newProgress(*progress, stderr, "committing")
+	update, finish := newProgress(*progress && !*quiet, stderr, "committing")
 	err = qcow2.Commit(ctx, fs.Arg(0), qcow2.CommitOptions{Base: *base, Drop: *drop, Progress: update, Cache: cm, CheckReference: check})
 	finish()
 	if err != nil {

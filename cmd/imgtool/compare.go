@@ -13,12 +13,12 @@ import (
 // runCompare implements `imgtool compare`, with qemu-img compare's exit
 // codes: 0 identical, 1 different, 2 error.
 func runCompare(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("compare", "[-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] A B (each a file or docker://REF)", stderr)
+	fs := newFlagSet("compare", "[-f FMT] [-F FMT] [-s] [-p] [-q] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] A B (each a file or docker://REF)", stdout, stderr)
 	fmtA := fs.StringP("format", "f", "", "format of A (qcow2 or raw); probed when omitted")
 	fmtB := fs.StringP("second-format", "F", "", "format of B (qcow2 or raw); probed when omitted")
 	strict := fs.BoolP("strict", "s", false, "strict mode: fail on a size mismatch or a different allocation status")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
-	quiet := fs.BoolP("quiet", "q", false, "print nothing; only the exit status tells")
+	quiet := fs.BoolP("quiet", "q", false, "print nothing (no progress, even with -p); only the exit status tells")
 	forceShare := fs.BoolP("force-share", "U", false, "open the images without taking image locks")
 	backingRoot := backingRootFlag(fs)
 	imgFlags := addImageFlags(fs)
@@ -44,7 +44,7 @@ func runCompare(args []string, stdout, stderr io.Writer) error {
 		return withCode(2, err)
 	}
 	defer b.Close()
-	update, finish := newProgress(*progress, stderr, "comparing")
+	update, finish := newProgress(*progress && !*quiet, stderr, "comparing")
 	res, err := qcow2.Compare(ctx, a, b, qcow2.CompareOptions{Strict: *strict, Progress: update})
 	finish()
 	if err != nil {

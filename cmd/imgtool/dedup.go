@@ -44,7 +44,7 @@ func dedupPct(part, whole int64) string {
 }
 
 func runDedupScan(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dedup scan", "[--output human|json] [--chunk-size SIZE] [-p] PATH...", stderr)
+	fs := newFlagSet("dedup scan", "[--output human|json] [--chunk-size SIZE] [-p] PATH...", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	chunk := fs.String("chunk-size", "", "image chunk size (default: the largest cluster size, 64 KiB for raw)")
 	forceShare := fs.BoolP("force-share", "U", false, "open images without taking image locks")
@@ -95,7 +95,7 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 }
 
 func runDedupRebase(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dedup rebase", "--base-out BASE.qcow2 [--min-share K] [-p] IMG...", stderr)
+	fs := newFlagSet("dedup rebase", "--base-out BASE.qcow2 [--min-share K] [-p] IMG...", stdout, stderr)
 	baseOut := fs.String("base-out", "", "the shared base image to write (reused as it is if it exists)")
 	minShare := fs.Int("min-share", 0, "how many images must share a cluster for it to go into the base (default: a majority)")
 	clusterSize := fs.String("cluster-size", "", "cluster size of the base and overlays (default: the images' largest, else 64 KiB)")
@@ -136,7 +136,11 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 	for _, ri := range res.Images {
 		fmt.Fprintf(stdout, "%s: %s, %s -> %s\n", ri.Path, ri.Status, storeBytes(ri.BeforeBytes), storeBytes(ri.AfterBytes))
 	}
-	fmt.Fprintf(stdout, "total %s -> %s (base included), saved %s\n", storeBytes(res.BeforeBytes), storeBytes(res.AfterBytes), storeBytes(res.SavedBytes))
+	saved := "saved " + storeBytes(res.SavedBytes)
+	if res.SavedBytes < 0 {
+		saved = "grew by " + storeBytes(-res.SavedBytes) + " (the shared base holds more than the images had in common)"
+	}
+	fmt.Fprintf(stdout, "total %s -> %s (base included), %s\n", storeBytes(res.BeforeBytes), storeBytes(res.AfterBytes), saved)
 	return nil
 }
 
@@ -151,7 +155,7 @@ func allocatedOrData(res *dedup.RebaseResult) int64 {
 }
 
 func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("dedup sparsify", "[-p] IMG", stderr)
+	fs := newFlagSet("dedup sparsify", "[-p] IMG", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	progress := progressFlags(fs, "show progress on stderr")
 	asJSON, err := parseFlagsOutput(fs, args, output)
@@ -195,7 +199,7 @@ func dedupPrintLayouts(w io.Writer, r *dedup.LayoutReport) {
 
 // runStoreDedup implements `imgtool store dedup` (dispatched from store.go).
 func runStoreDedup(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("store dedup", "[--store DIR] [--method hardlink|reflink|auto] [--dry-run] [-p]", stderr)
+	fs := newFlagSet("store dedup", "[--store DIR] [--method hardlink|reflink|auto] [--dry-run] [-p]", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	method := fs.String("method", "hardlink", "hardlink (files must match in metadata too), reflink (FICLONE, keeps each file's metadata) or auto (reflink where supported)")
 	minSize := fs.String("min-size", "", "smallest file to consider (default 1 byte)")
@@ -233,7 +237,7 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	if *dry {
 		verb = "would link"
 	}
-	fmt.Fprintf(stdout, "%d layers, %d files (%d hashed): %s %d files (%d reflinked), saved %s; %d identical contents kept apart by metadata\n",
-		res.Layers, res.Files, res.Hashed, verb, res.Linked, res.Reflinked, storeBytes(res.SavedBytes), res.KeptApart)
+	fmt.Fprintf(stdout, "%s, %s (%d hashed): %s %s (%d reflinked), saved %s; %s kept apart by metadata\n",
+		plural(res.Layers, "layer"), plural(res.Files, "file"), res.Hashed, verb, plural(res.Linked, "file"), res.Reflinked, storeBytes(res.SavedBytes), plural(res.KeptApart, "identical content"))
 	return nil
 }

@@ -170,3 +170,13 @@ func (f *pqFlag) String() string {
 }
 
 func (f *pqFlag) Type() string { return "bool" }
+
+// quietFlags is progressFlags for a command whose only other output is a
+// one-line report of what it did (chain init: "base level ... imported"):
+// -q silences that line too, as qemu-img -q silences "Formatting ...".
+func quietFlags(fs *pflag.FlagSet, usage string) (progress *bool, quiet func() bool) {
+	progress = progressFlags(fs, usage)
+	q := fs.Lookup("quiet")
+	q.Usage = "print nothing on success (no progress, even with -p)"
+	return progress, func() bool { return q.Value.String() == "true" }
+}
