@@ -16,7 +16,7 @@ import (
 	"github.com/imgtool/imgtool/qcow2"
 )
 
-// TestConvertQemuFlags: -t, -n, -W and -m as qemu-img takes them.
+// TestConvertQemuFlags: -t, -n, -W, -m and -S as qemu-img takes them.
 func TestConvertQemuFlags(t *testing.T) {
 	dir := t.TempDir()
 	src := fixturePath("chain/top.qcow2")
@@ -34,6 +34,7 @@ func TestConvertQemuFlags(t *testing.T) {
 	}
 	for _, args := range [][]string{
 		{"-t", "unsafe"}, {"-t", "writeback"}, {"-t", "none"}, {"-W"}, {"-m", "1"}, {"-m", "16", "-W", "-t", "unsafe"},
+		{"-S", "0"}, {"-S", "512"}, {"-S", "64k"}, {"-S", "16M"},
 	} {
 		dst := filepath.Join(dir, "out.raw")
 		a := append(append([]string{"convert", "-O", "raw"}, args...), src, dst)
@@ -50,6 +51,9 @@ func TestConvertQemuFlags(t *testing.T) {
 		{[]string{"-m", "0"}, "between 1 and 16"},
 		{[]string{"-m", "17"}, "between 1 and 16"},
 		{[]string{"-t", "bogus"}, "invalid cache option"},
+		{[]string{"-S", "1000"}, "Valid sizes are multiples of 512 up to 16777216"},
+		{[]string{"-S", "17M"}, "Valid sizes are multiples of 512 up to 16777216"},
+		{[]string{"-S", "1.5"}, "You may use k, M, G, T, P or E suffixes"},
 	} {
 		a := append(append([]string{"convert", "-O", "raw"}, c.args...), src, filepath.Join(dir, "x"))
 		code, _, errs := runCmd(a...)

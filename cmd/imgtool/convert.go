@@ -14,7 +14,7 @@ import (
 // runConvert implements `imgtool convert`: copy the guest content of an
 // image (chain) into a new image, as qemu-img convert.
 func runConvert(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-C] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] SRC|docker://REF DST", stderr)
+	fs := newFlagSet("convert", "[-f FMT] [-O qcow2|raw] [-c] [-o k=v,...] [-B BACKING [-F FMT]] [-S SIZE] [-C] [-t CACHE] [-n] [-W] [-m N] [-p] [-U] [--target-is-zero] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] SRC|docker://REF DST", stdout, stderr)
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
 	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
@@ -74,8 +74,9 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("-S: %v", err)
 	}
-	if s%512 != 0 {
-		return usagef("-S: %s is not a multiple of 512", *sparse)
+	if s%512 != 0 || s > 16<<20 {
+		// qemu-img's limits and words.
+		return usagef("-S %s: Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).", *sparse)
 	}
 	if *copyOffload && *compress {
 		return usagef("cannot enable copy offloading when -c is used")
