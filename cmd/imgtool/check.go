@@ -13,7 +13,7 @@ import (
 // 0 clean, 1 check not completed, 2 corruptions, 3 leaks only, 63 format
 // without checks.
 func runCheck(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("check", "[-r leaks|all] [--output human|json] [-U] FILE", stderr)
+	fs := newFlagSet("check", "[-r leaks|all] [--output human|json] [-U] FILE", stdout, stderr)
 	repair := fs.StringP("repair", "r", "", "repair: leaks (lower refcounts that are too high) or all (also corruptions)")
 	output := fs.String("output", "human", "output format: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks")

@@ -13,7 +13,7 @@ import (
 
 // runCreate implements `imgtool create`, as qemu-img create.
 func runCreate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("create", "[-f qcow2|raw] [-b|--backing FILE] [-F|--backing-format FMT] [-o k=v,...] [-u] [-p] [-q] FILE [SIZE]", stderr)
+	fs := newFlagSet("create", "[-f qcow2|raw] [-b|--backing FILE] [-F|--backing-format FMT] [-o k=v,...] [-u] [-p] [-q] FILE [SIZE]", stdout, stderr)
 	format := fs.StringP("format", "f", "qcow2", "image format: qcow2 or raw")
 	backing := fs.StringP("backing", "b", "", "backing file (relative names are relative to FILE's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "backing file format (qcow2 or raw); probed when omitted")

@@ -16,7 +16,7 @@ import (
 // runImageDisk is imgtool image disk: an OCI image as an ext4 qcow2 chain,
 // one level per layer.
 func runImageDisk(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image disk", "DIR[:TAG]|docker://REF OUTDIR", stderr)
+	fs := newFlagSet("image disk", "DIR[:TAG]|docker://REF OUTDIR", stdout, stderr)
 	sizeStr := fs.String("size", "16G", "virtual disk `SIZE`, 16M to 1T (fixed, so images sharing layers share levels)")
 	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")

@@ -1,8 +1,16 @@
 package main
 
 // examples holds the examples `imgtool help COMMAND` (and COMMAND --help)
-// shows under its options, keyed by the name given to newFlagSet.
+// shows under its options, keyed by the name given to newFlagSet, and
+// those `imgtool help GROUP` shows under its subcommands, keyed by the
+// group's name.
 var examples = map[string][]string{
+	"layer":          {"imgtool layer create --output-file layer.tar.gz ./rootfs", "imgtool layer apply layer.tar.gz ./rootfs"},
+	"image":          {"imgtool image build --layer ./rootfs ./oci:app", "imgtool image pull docker.io/library/alpine:3.20 ./oci:alpine"},
+	"rootfs":         {"imgtool rootfs mount ./oci:app /mnt/c1", "imgtool rootfs commit /mnt/c1 ./oci:app2"},
+	"store":          {"imgtool store ls", "imgtool store gc --dry-run"},
+	"chain":          {"imgtool chain init /var/lib/vms --base debian.qcow2", "imgtool chain vm /var/lib/vms vm1 --from base"},
+	"dedup":          {"imgtool dedup scan *.qcow2", "imgtool dedup sparsify vm1.qcow2"},
 	"info":           {"imgtool info vm1.qcow2", "imgtool info --backing-chain --output json vm1.qcow2", "imgtool info --backing-chain --tls-verify=false docker://localhost:5000/vm:2"},
 	"map":            {"imgtool map vm1.qcow2", "imgtool map --output json --start-offset 1G --max-length 64M vm1.qcow2", "imgtool map --output json --authfile auth.json docker://registry.example.com/vms/web:2"},
 	"convert":        {"imgtool convert -p -O raw vm1.qcow2 vm1.raw", "imgtool convert -O qcow2 -c -o compression_type=zstd vm1.qcow2 small.qcow2", "imgtool convert -p -O raw --creds user:secret docker://registry.example.com/vms/web:2 web.raw"},

@@ -189,7 +189,19 @@ func TestLockHintOnlyWithDashU(t *testing.T) {
 	if after, _ := os.ReadFile(p); !bytes.Equal(before, after) {
 		t.Error("the refused create --overwrite changed the held image")
 	}
-	for _, args := range [][]string{{"write", p, "0", "512"}, {"resize", p, "2M"}, {"snapshot", "-c", "s", p}, {"commit", p}} {
+	// check and compare exit with qemu-img's codes, and still hint.
+	if code, _, stderr := runCmd("check", p); code != 1 || !strings.Contains(stderr, "Use -U") {
+		t.Errorf("check of a held image: exit %d, %q; want 1 and a -U hint", code, stderr)
+	}
+	if code, _, stderr := runCmd("compare", p, p); code != 2 || !strings.Contains(stderr, "Use -U") {
+		t.Errorf("compare of a held image: exit %d, %q; want 2 and a -U hint", code, stderr)
+	}
+	src := filepath.Join(dir, "src.qcow2")
+	if code, _, stderr := runCmd("create", "-q", src, "1M"); code != 0 {
+		t.Fatal(stderr)
+	}
+	for _, args := range [][]string{{"write", p, "0", "512"}, {"resize", p, "2M"}, {"snapshot", "-c", "s", p}, {"commit", p},
+		{"convert", "-n", "-O", "qcow2", src, p}, {"rebase", "-u", "-b", "", p}} {
 		_, _, stderr := runCmd(args...)
 		if stderr == "" || strings.Contains(stderr, "-U") {
 			t.Errorf("%v on a held image: %q; want an error without -U", args, stderr)
@@ -254,5 +266,99 @@ func TestQuietBeatsProgress(t *testing.T) {
 	}
 	if code, _, stderr := runCmd("layer", "create", "-p", "--output-file", out, src); code != 0 || !strings.Contains(stderr, "(100.00/100%)") {
 		t.Errorf("-p alone: exit %d, stderr %q; want a final 100%% line", code, stderr)
+	}
+}
+
+// TestConvertOntoChainMemberCLI: two VMs on one base; converting vm1 onto
+// the base, as a new qcow2 or raw image or into it with -n, is refused
+// with qemu-img's write-lock error and no -U hint (with -U the source
+// would take no locks and the base would be overwritten under vm2); the
+// base stays the same file with the same bytes and vm2 reads as before.
+func TestConvertOntoChainMemberCLI(t *testing.T) {
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir := t.TempDir()
+	web, vm1, vm2 := filepath.Join(dir, "web.qcow2"), filepath.Join(dir, "vm1.qcow2"), filepath.Join(dir, "vm2.qcow2")
+	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", web, "4M")
+	testutil.Run(t, "qemu-io", "-c", "write -P 0x11 0 1M", web)
+	for _, vm := range []string{vm1, vm2} {
+		testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", "web.qcow2", "-F", "qcow2", vm)
+	}
+	testutil.Run(t, "qemu-io", "-c", "write -P 0x66 512k 1M", vm1) // vm1's private data
+	guest := func(p string) []byte {
+		out := filepath.Join(t.TempDir(), "g.raw")
+		testutil.Run(t, "qemu-img", "convert", "-U", "-O", "raw", p, out)
+		b, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	want := guest(vm2)
+	before, err := os.ReadFile(web)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fiBefore, _ := os.Stat(web)
+	for _, args := range [][]string{
+		{"convert", "-O", "qcow2", vm1, web},
+		{"convert", "-O", "raw", vm1, web},
+		{"convert", "-n", "-O", "qcow2", vm1, web},
+		{"convert", "-p", "-m", "2", "-W", "-O", "qcow2", vm1, web},
+	} {
+		code, _, stderr := runCmd(args...)
+		if code != 1 || !strings.Contains(stderr, `Failed to get "write" lock`) || !strings.Contains(stderr, "Is another process using the image") {
+			t.Errorf("%v: exit %d, %q; want 1 and qemu-img's write-lock error", args, code, stderr)
+		}
+		if strings.Contains(stderr, "-U") {
+			t.Errorf("%v: %q suggests -U for the destination", args, stderr)
+		}
+	}
+	fiAfter, _ := os.Stat(web)
+	if after, _ := os.ReadFile(web); !bytes.Equal(before, after) || !os.SameFile(fiBefore, fiAfter) {
+		t.Error("the base image was replaced or written")
+	}
+	if got := guest(vm2); !bytes.Equal(got, want) {
+		t.Error("vm2 reads differently after the refused converts")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 3 {
+		t.Errorf("directory holds %d entries, want 3 (no temp files)", len(ents))
+	}
+}
+
+// TestQuietEveryCommand: -q silences everything but errors on the
+// commands whose other output is progress or a one-line report, in
+// either order with -p (qemu-img's -q wins over -p).
+func TestQuietEveryCommand(t *testing.T) {
+	dir := t.TempDir()
+	p := func(n string) string { return filepath.Join(dir, n) }
+	if err := os.WriteFile(p("data"), bytes.Repeat([]byte("d"), 64<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"create", "-q", "-p", p("base.qcow2"), "4M"},
+		{"write", p("base.qcow2"), "0", p("data")},
+		{"create", "-p", "-q", "-b", "base.qcow2", "-F", "qcow2", p("vm.qcow2")},
+		{"write", p("vm.qcow2"), "64K", p("data")},
+		{"commit", "-q", "-p", p("vm.qcow2")},
+		{"compare", "-p", "-q", p("vm.qcow2"), p("base.qcow2")},
+		{"convert", "-q", "-p", "-O", "qcow2", p("base.qcow2"), p("copy.qcow2")},
+		{"rebase", "-p", "-q", "-b", "copy.qcow2", "-F", "qcow2", p("vm.qcow2")},
+		{"resize", "-q", p("copy.qcow2"), "8M"},
+		{"chain", "init", "-q", "-p", p("vms"), "--base", p("base.qcow2")},
+		{"chain", "add", "-p", "-q", p("vms"), "web", "--from", "base", "--import", p("copy.qcow2")},
+		{"chain", "vm", "-q", p("vms"), "vm1", "--from", "web"},
+		{"chain", "rm", "-q", p("vms"), "vm1"},
+		{"chain", "squash", "-q", "-p", p("vms"), "web"},
+	} {
+		code, stdout, stderr := runCmd(args...)
+		if args[0] == "write" {
+			if code != 0 {
+				t.Fatalf("%v: exit %d %s", args, code, stderr)
+			}
+			continue
+		}
+		if code != 0 || stdout != "" || stderr != "" {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0 and nothing", args, code, stdout, stderr)
+		}
 	}
 }

@@ -90,7 +90,7 @@ func sourceDateEpoch(flag string) (*time.Time, error) {
 }
 
 func runImageBuild(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image build", "[--base DIR:TAG] --layer PATH [--layer PATH ...] DIR:TAG", stderr)
+	fs := newFlagSet("image build", "[--base DIR:TAG] --layer PATH [--layer PATH ...] DIR:TAG", stdout, stderr)
 	base := fs.String("base", "", "base image `DIR:TAG` (default: none, start from scratch)")
 	layerPaths := fs.StringArray("layer", nil, "`PATH` of a layer, bottom first: a directory (diffed against the image below it) or a layer blob file; repeatable")
 	comp := fs.String("compression", "gzip", "compression of layers made from directories: gzip, zstd or none")
@@ -158,7 +158,7 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImageUnpack(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image unpack", "DIR[:TAG] TARGET", stderr)
+	fs := newFlagSet("image unpack", "DIR[:TAG] TARGET", stdout, stderr)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
 	var ao layers.ApplyOptions
 	fs.Var(idMapFlag{&ao.UIDMap}, "uid-map", "map layer uids to host uids (repeatable, for rootless use)")
@@ -201,7 +201,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImageLs(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image ls", "DIR", stderr)
+	fs := newFlagSet("image ls", "DIR", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -240,7 +240,7 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImageVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image verify", "DIR", stderr)
+	fs := newFlagSet("image verify", "DIR", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {

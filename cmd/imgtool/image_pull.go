@@ -9,7 +9,7 @@ import (
 )
 
 func runImagePull(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image pull", "[--platform OS/ARCH[/VARIANT]] [--all-platforms] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR[:TAG]", stderr)
+	fs := newFlagSet("image pull", "[--platform OS/ARCH[/VARIANT]] [--all-platforms] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR[:TAG]", stdout, stderr)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to take from a multi-platform image (default: the host's)")
 	all := fs.Bool("all-platforms", false, "keep a multi-platform index whole, with every image it lists")
 	rf := addRegistryFlags(fs)
@@ -48,7 +48,7 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImagePush(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image push", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] DIR[:TAG] REF", stderr)
+	fs := newFlagSet("image push", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] DIR[:TAG] REF", stdout, stderr)
 	rf := addRegistryFlags(fs)
 	mountFrom := fs.String("mount-from", "", "`HOST/REPO` of the same registry to mount missing blobs from (default: where the image was pulled from)")
 	progress := progressFlags(fs, "show one progress bar per blob on stderr")

@@ -11,7 +11,7 @@ import (
 
 // runInfo implements `imgtool info`: what qemu-img info prints.
 func runInfo(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("info", "[--output human|json] [--backing-chain] [-f FMT] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stderr)
+	fs := newFlagSet("info", "[--output human|json] [--backing-chain] [-f FMT] [-U] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	chain := fs.Bool("backing-chain", false, "show every image of the backing chain, top first")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")

@@ -61,7 +61,7 @@ func printDescriptor(w io.Writer, d layers.Descriptor, asJSON bool) error {
 }
 
 func runLayerCreate(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] [-p] --output-file FILE DIR", stderr)
+	fs := newFlagSet("layer create", "[--from LOWERDIR] [--upper] [--compression gzip|zstd|none] [--level N] [-p] --output-file FILE DIR", stdout, stderr)
 	from := fs.String("from", "", "make the layer the difference from the tree LOWERDIR to DIR")
 	upper := fs.Bool("upper", false, "DIR is an overlayfs upper dir (whiteout devices and opaque xattrs); --from names its lower tree")
 	comp := fs.String("compression", "gzip", "gzip, zstd or none")
@@ -205,7 +205,7 @@ func (f idMapFlag) Set(v string) error {
 func (f idMapFlag) Type() string { return "CONTAINER:HOST:SIZE" }
 
 func runLayerApply(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("layer apply", "[--overlay] LAYER DIR", stderr)
+	fs := newFlagSet("layer apply", "[--overlay] LAYER DIR", stdout, stderr)
 	var opts layers.ApplyOptions
 	fs.BoolVar(&opts.Overlay, "overlay", false, "unpack as an overlayfs lower dir: whiteouts become char 0/0 devices, opaque markers the opaque xattr")
 	fs.BoolVar(&opts.UserXattr, "userxattr", false, "with --overlay, use user.overlay.* xattrs (for userxattr mounts)")
@@ -257,7 +257,7 @@ type entryJSON struct {
 }
 
 func runLayerLs(args []string, stdout, stderr io.Writer) error {
-	flags := newFlagSet("layer ls", "LAYER", stderr)
+	flags := newFlagSet("layer ls", "LAYER", stdout, stderr)
 	output := flags.String("output", "human", "format: human or json")
 	asJSON, err := parseFlagsOutput(flags, args, output)
 	if err != nil {

@@ -102,7 +102,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if name == "help" || name == "-h" || name == "--help" {
 		if len(args) > 1 {
 			if c, ok := lookup(args[1]); ok && c.run != nil {
-				return exitCode(c.name, c.run([]string{"--help"}, stdout, stderr), stderr)
+				// imgtool help chain vm: the subcommand's own help.
+				help := append(slices.Clone(args[2:min(len(args), 3)]), "--help")
+				return exitCode(c.name, c.run(help, stdout, stderr), stderr)
 			}
 		}
 		printHelp(stdout)
@@ -117,7 +119,18 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imgtool: unknown command %q\nRun 'imgtool help' for the list of commands.\n", name)
 		return 1
 	}
-	return exitCode(name, c.run(args[1:], stdout, stderr), stderr)
+	return exitCode(commandName(args), c.run(args[1:], stdout, stderr), stderr)
+}
+
+// commandName returns the command args run, with its subcommand when it
+// is a group ("chain vm"), for the hints printed after an error.
+func commandName(args []string) string {
+	if len(args) > 1 {
+		if _, ok := examples[args[0]+" "+args[1]]; ok {
+			return args[0] + " " + args[1]
+		}
+	}
+	return args[0]
 }
 
 func lookup(name string) (command, bool) {
@@ -130,14 +143,17 @@ func lookup(name string) (command, bool) {
 }
 
 // exitCode prints err (if any) and maps it to an exit code: 0 on success,
-// the code of an exitError, 1 otherwise (qemu-img's convention).
-func exitCode(name string, err error, stderr io.Writer) int {
+// the code of an exitError, 1 otherwise (qemu-img's convention). cmd is
+// the command with its subcommand, if any ("chain vm"); messages start
+// with the command's first word ("imgtool chain: ...").
+func exitCode(cmd string, err error, stderr io.Writer) int {
 	if err == nil {
 		return 0
 	}
 	if errors.Is(err, pflag.ErrHelp) {
 		return 0
 	}
+	name, _, _ := strings.Cut(cmd, " ")
 	if errors.Is(err, context.Canceled) {
 		// Ctrl-C: the command has removed its partial output; say what
 		// happened in the user's words and exit as a shell would report
@@ -145,15 +161,16 @@ func exitCode(name string, err error, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "imgtool %s: interrupted\n", name)
 		return 130
 	}
+	code := 1
 	var ee *exitError
 	if errors.As(err, &ee) {
-		if ee.err != nil {
-			fmt.Fprintf(stderr, "imgtool %s: %v\n", name, ee.err)
+		code = ee.code
+		if ee.err == nil {
+			return code
 		}
-		return ee.code
 	}
 	fmt.Fprintf(stderr, "imgtool %s: %v\n", name, err)
-	if forceShareHint(name, err) {
+	if forceShareHint(cmd, err) {
 		fmt.Fprintf(stderr, "Use -U (--force-share) to read it anyway.\n")
 	}
 	if errors.Is(err, qcow2.ErrNoDirectIO) {
@@ -161,9 +178,9 @@ func exitCode(name string, err error, stderr io.Writer) int {
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "Run 'imgtool help %s' for usage.\n", name)
+		fmt.Fprintf(stderr, "Run 'imgtool help %s' for usage.\n", cmd)
 	}
-	return 1
+	return code
 }
 
 func printHelp(w io.Writer) {
@@ -188,15 +205,17 @@ Exit status: 0 on success, 1 on error; check and compare use qemu-img's codes.
 }
 
 // newFlagSet returns a flag set for a subcommand whose usage text prints
-// the synopsis line followed by the flag defaults.
-func newFlagSet(name, synopsis string, stderr io.Writer) *pflag.FlagSet {
+// the synopsis line followed by the flag defaults and examples. pflag
+// shows it only for -h/--help (imgtool help COMMAND), so it goes to
+// stdout, where `imgtool help convert | less` finds it.
+func newFlagSet(name, synopsis string, stdout, stderr io.Writer) *pflag.FlagSet {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.SortFlags = false
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "Usage: imgtool %s %s\n\nOptions:\n%s", name, fullSynopsis(fs, synopsis), fs.FlagUsages())
+		fmt.Fprintf(stdout, "Usage: imgtool %s %s\n\nOptions:\n%s", name, fullSynopsis(fs, synopsis), fs.FlagUsages())
 		if ex := examples[name]; len(ex) > 0 {
-			fmt.Fprintf(stderr, "\nExamples:\n  %s\n", strings.Join(ex, "\n  "))
+			fmt.Fprintf(stdout, "\nExamples:\n  %s\n", strings.Join(ex, "\n  "))
 		}
 	}
 	return fs
@@ -219,7 +238,16 @@ func fullSynopsis(fs *pflag.FlagSet, synopsis string) string {
 		if f.Shorthand != "" {
 			flag = "-" + f.Shorthand
 		}
-		if f.Value.Type() != "bool" {
+		switch {
+		case f.Value.Type() == "bool" && f.DefValue == "true":
+			flag = "--" + f.Name + "=false" // --tls-verify=false
+		case f.Value.Type() == "bool":
+		case f.Name == "output":
+			flag += " human|json"
+		case strings.Contains(f.Usage, "`"):
+			v, _ := pflag.UnquoteUsage(f) // the `NAME` of the usage text
+			flag += " " + v
+		default:
 			flag += " " + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		}
 		missing = append(missing, "["+flag+"]")
@@ -276,6 +304,10 @@ func dispatch(usage string, args []string, stdout, stderr io.Writer, subs ...sub
 	switch args[0] {
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
+		if f := strings.Fields(usage); len(f) > 2 && len(examples[f[2]]) > 0 {
+			// "Usage: imgtool GROUP ...": the group's examples.
+			fmt.Fprintf(stdout, "\nExamples:\n  %s\n", strings.Join(examples[f[2]], "\n  "))
+		}
 		return pflag.ErrHelp
 	}
 	for _, s := range subs {
@@ -296,24 +328,26 @@ func parseFlagsOutput(fs *pflag.FlagSet, args []string, output *string) (json bo
 }
 
 // forceShareHint reports whether err is a lock conflict that -U would get
-// past: a command that has -U (it reads) failed to lock an image it reads.
-// A destination being written is never such a case, and commands without
-// -U never suggest it.
-func forceShareHint(name string, err error) bool {
+// past: a command that has -U (it reads) failed to take the shared lock
+// of an image it reads, because a writer holds it. A destination or an
+// image being written is never such a case, and commands without -U
+// never suggest it. cmd is the command with its subcommand, if any
+// ("dedup scan").
+func forceShareHint(cmd string, err error) bool {
 	var ce *imagelock.ConflictError
 	var le *atomicfile.LockError
-	if !errors.As(err, &ce) || errors.As(err, &le) {
+	if !errors.As(err, &ce) || !ce.Shared || errors.As(err, &le) {
 		return false
 	}
-	switch name {
-	case "info", "map", "check", "compare", "convert", "measure":
+	switch cmd {
+	case "info", "map", "check", "compare", "convert", "measure", "snapshot", "dedup scan", "dedup rebase":
 		return true
 	}
 	return false
 }
 
 // plural returns "1 layer", "2 layers", "0 layers".
-func plural(n int, noun string) string {
+func plural[N ~int | ~int64](n N, noun string) string {
 	if n == 1 {
 		return "1 " + noun
 	}

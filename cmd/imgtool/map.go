@@ -11,7 +11,7 @@ import (
 // runMap implements `imgtool map`: how each guest range of the chain is
 // stored, as qemu-img map prints it.
 func runMap(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("map", "[--output human|json] [-f FMT] [-U] [--start-offset OFFSET] [--max-length LEN] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stderr)
+	fs := newFlagSet("map", "[--output human|json] [-f FMT] [-U] [--start-offset OFFSET] [--max-length LEN] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] FILE|docker://REF", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	format := fs.StringP("format", "f", "", "image format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")

@@ -11,7 +11,7 @@ import (
 
 // runMeasure implements `imgtool measure`, as qemu-img measure.
 func runMeasure(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("measure", "[-O qcow2|raw] [-o k=v,...] [-f FMT] [-U] (--size N | SRC) [--output human|json]", stderr)
+	fs := newFlagSet("measure", "[-O qcow2|raw] [-o k=v,...] [-f FMT] [-U] (--size N | SRC) [--output human|json]", stdout, stderr)
 	outFormat := fs.StringP("output-format", "O", "raw", "format of the image to measure for: raw or qcow2")
 	options := fs.StringArrayP("options", "o", nil, "qemu-img create options: compat, cluster_size, extended_l2, refcount_bits, preallocation, backing_file, ...")
 	sizeStr := fs.String("size", "", "measure a new image of this size instead of SRC")

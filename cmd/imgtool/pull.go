@@ -11,7 +11,7 @@ import (
 // runPull rebuilds a VM chain image from a registry as a qcow2 chain in a
 // directory (overlay/vmimage) and prints the top image's path.
 func runPull(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("pull", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR", stderr)
+	fs := newFlagSet("pull", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR", stdout, stderr)
 	rf := addRegistryFlags(fs)
 	progress := progressFlags(fs, "show one progress bar per level blob on stderr")
 	output := fs.String("output", "human", "output format: human (the top image's path) or json")

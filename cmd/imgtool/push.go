@@ -11,7 +11,7 @@ import (
 // runPush pushes a qcow2 image and its backing chain to a registry as a
 // VM chain image, one layer per level (overlay/vmimage).
 func runPush(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("push", "[--flatten] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] IMAGE REF", stderr)
+	fs := newFlagSet("push", "[--flatten] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] IMAGE REF", stdout, stderr)
 	flatten := fs.Bool("flatten", false, "push one level, disk/disk.qcow2, without a backing file: the chain converted to a standalone qcow2 (a KubeVirt containerDisk)")
 	rf := addRegistryFlags(fs)
 	progress := progressFlags(fs, "show one progress bar per level blob on stderr")

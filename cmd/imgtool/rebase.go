@@ -12,7 +12,7 @@ import (
 
 // runRebase implements `imgtool rebase`, as qemu-img rebase.
 func runRebase(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rebase", "[-f FMT] [-u] -b NEW [-F FMT] [-c] [-t CACHE] [--backing-root DIR] [-p] FILE", stderr)
+	fs := newFlagSet("rebase", "[-f FMT] [-u] -b NEW [-F FMT] [-c] [-t CACHE] [--backing-root DIR] [-p] FILE", stdout, stderr)
 	backing := fs.StringP("backing", "b", "", `new backing file (relative names are relative to FILE's directory); "" flattens FILE into a standalone image`)
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the new backing file (qcow2 or raw); probed when omitted")
 	unsafe := fs.BoolP("unsafe", "u", false, "only rewrite the backing reference; copy nothing")

@@ -9,7 +9,7 @@ import (
 
 // runResize implements `imgtool resize`, as qemu-img resize.
 func runResize(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("resize", "[--shrink] [-f FMT] [-q] FILE [+|-]SIZE", stderr)
+	fs := newFlagSet("resize", "[--shrink] [-f FMT] [-q] FILE [+|-]SIZE", stdout, stderr)
 	shrink := fs.Bool("shrink", false, "allow shrinking (only while nothing is allocated past the new size)")
 	format := fs.StringP("format", "f", "", "image format; probed when omitted")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing on success")

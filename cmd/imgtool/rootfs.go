@@ -97,7 +97,7 @@ func rootfsProgress(on bool, w io.Writer) func(overlay.Progress) {
 }
 
 func runRootfsMount(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG|docker://REF TARGET", stderr)
+	fs := newFlagSet("rootfs mount", "[--store DIR] [--name NAME] [--readonly] [--copy] DIR:TAG|docker://REF TARGET", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	name := fs.String("name", "", "container `NAME`; an existing unmounted container of that name is mounted again with its changes (default: generated)")
 	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir; with --copy, hardlink the files from the store (never write such a copy: it would change the store)")
@@ -152,7 +152,7 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 }
 
 func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rootfs umount", "[--store DIR] [--rm] TARGET", stderr)
+	fs := newFlagSet("rootfs umount", "[--store DIR] [--rm] TARGET", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	rm := fs.Bool("rm", false, "remove the container: its upper dir (or, in copy mode, the copied tree) and its record")
 	output := fs.String("output", "human", "output format: human or json")
@@ -186,7 +186,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 }
 
 func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG|docker://REF", stderr)
+	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG|docker://REF", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
 	sde := fs.String("source-date-epoch", "", "`SECONDS` since 1970 for the config's created time and to clamp mtimes (default: $SOURCE_DATE_EPOCH, else now and no clamping)")

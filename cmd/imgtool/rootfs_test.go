@@ -49,6 +49,16 @@ func TestRootfsStoreCLI(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(target, "etc/hostname")); err != nil || string(b) != "base\n" {
 		t.Fatalf("mounted file: %q %v", b, err)
 	}
+	// Nothing changed yet: commit says so and writes nothing, unless
+	// --allow-empty.
+	out = runCLI(t, 1, "rootfs", "commit", "--store", store, target, layout+":same")
+	if !strings.Contains(out, "no changes") || !strings.Contains(out, "--allow-empty") {
+		t.Errorf("commit of an unchanged container: %q", out)
+	}
+	if out := runCLI(t, 0, "image", "ls", layout); strings.Contains(out, "same") {
+		t.Errorf("a refused commit tagged an image: %q", out)
+	}
+	runCLI(t, 0, "rootfs", "commit", "--store", store, "--allow-empty", target, layout+":empty")
 	os.WriteFile(filepath.Join(target, "etc/hostname"), []byte("changed\n"), 0o644)
 
 	out = runCLI(t, 0, "rootfs", "commit", "--store", store, "--output", "json", "-p", target, layout+":changed")
@@ -67,9 +77,10 @@ func TestRootfsStoreCLI(t *testing.T) {
 	var u struct {
 		Layers     []struct{ Containers []string }
 		Containers []struct {
-			Name    string
-			Mounted bool
-			Size    int64
+			Name     string
+			Mounted  bool
+			Size     int64
+			UpperDir string `json:"upper_dir"`
 		}
 	}
 	if err := json.Unmarshal([]byte(out), &u); err != nil {
@@ -78,8 +89,13 @@ func TestRootfsStoreCLI(t *testing.T) {
 	if len(u.Layers) != 1 || len(u.Containers) != 1 || !u.Containers[0].Mounted || u.Containers[0].Size <= 0 {
 		t.Errorf("store ls: %s", out)
 	}
-	if out = runCLI(t, 0, "store", "ls", "--store", store); !strings.Contains(out, "cli") || !strings.Contains(out, "mounted") {
-		t.Errorf("store ls human: %q", out)
+	upper := u.Containers[0].UpperDir
+	if b, err := os.ReadFile(filepath.Join(upper, "etc/hostname")); err != nil || string(b) != "changed\n" {
+		t.Errorf("store ls upper_dir %q does not hold the container's change: %q %v", upper, b, err)
+	}
+	if out = runCLI(t, 0, "store", "ls", "--store", store); !strings.Contains(out, "cli") || !strings.Contains(out, "mounted") ||
+		!strings.Contains(out, "UPPER DIR") || upper == "" || !strings.Contains(out, upper) {
+		t.Errorf("store ls human shows no upper dir %q: %q", upper, out)
 	}
 
 	runCLI(t, 0, "rootfs", "umount", "--store", store, target)

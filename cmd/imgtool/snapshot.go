@@ -14,7 +14,7 @@ import (
 
 // runSnapshot implements `imgtool snapshot`, as qemu-img snapshot.
 func runSnapshot(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("snapshot", "-l|-c NAME|-a NAME|-d NAME [--output human|json] [-U] FILE", stderr)
+	fs := newFlagSet("snapshot", "-l|-c NAME|-a NAME|-d NAME [--output human|json] [-U] FILE", stdout, stderr)
 	list := fs.BoolP("list", "l", false, "list the internal snapshots")
 	create := fs.StringP("create", "c", "", "create snapshot NAME of the current state")
 	apply := fs.StringP("apply", "a", "", "revert the image to snapshot NAME")

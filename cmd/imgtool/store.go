@@ -40,7 +40,7 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 }
 
 func runStoreLs(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stderr)
+	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
@@ -107,7 +107,7 @@ func storeBytes(n int64) string {
 }
 
 func runStoreGC(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("store gc", "[--store DIR] [--all] [--dry-run]", stderr)
+	fs := newFlagSet("store gc", "[--store DIR] [--all] [--dry-run]", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	all := fs.Bool("all", false, "ignore image pins: keep only the layers of containers")
 	dry := fs.BoolP("dry-run", "n", false, "report what would be removed, remove nothing")
@@ -145,7 +145,7 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 }
 
 func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG|docker://REF", stderr)
+	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG|docker://REF", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
 	progress := progressFlags(fs, "show progress on stderr")

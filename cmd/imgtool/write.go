@@ -14,7 +14,7 @@ import (
 // runWrite implements `imgtool write`: write bytes (or zeroes, or a
 // discard) into an image at a guest offset, for scripting.
 func runWrite(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("write", "[--zero|--discard] FILE OFFSET [INPUT|-|LENGTH]", stderr)
+	fs := newFlagSet("write", "[--zero|--discard] FILE OFFSET [INPUT|-|LENGTH]", stdout, stderr)
 	zero := fs.Bool("zero", false, "make LENGTH bytes at OFFSET read as zeros")
 	discard := fs.Bool("discard", false, "discard LENGTH bytes at OFFSET (qcow2: whole clusters only; raw: a hole is punched)")
 	if err := parseFlags(fs, args); err != nil {
