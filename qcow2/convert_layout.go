@@ -48,11 +48,8 @@ func newClusterWriter(out directWriter, h *Header, prealloc, full bool) *cluster
 	if w.extL2 {
 		w.words = 2
 	}
-	if rb := h.RefcountBits(); rb >= 32 {
-		w.maxRef = 1<<32 - 1
-	} else {
-		w.maxRef = 1<<rb - 1
-	}
+	// refs holds uint32 counts.
+	w.maxRef = min(refcountMax(h.RefcountOrder), 1<<32-1)
 	w.ref(0, 1) // header
 	w.next = cs
 	if l1Bytes := int64(h.L1Size) * 8; l1Bytes > 0 {
@@ -210,7 +207,7 @@ func (w *clusterWriter) finish() error {
 				binary.BigEndian.PutUint64(t[j*8:], e)
 			}
 			host := w.next + int64(i)*cs
-			w.l1[k] = uint64(host) | entryCopied
+			w.l1[k] = uint64(tableEntry(host))
 			w.ref(host>>w.cb, 1)
 		}
 		if err := w.write(tables, w.next); err != nil {

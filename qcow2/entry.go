@@ -67,6 +67,10 @@ func (e l1Entry) l2Offset() int64 { return int64(e & hostOffsetMask) }
 // copied reports QCOW_OFLAG_COPIED: the L2 table's refcount is 1.
 func (e l1Entry) copied() bool { return e&entryCopied != 0 }
 
+// tableEntry returns the L1 entry of an L2 table the image owns alone at
+// host offset off.
+func tableEntry(off int64) l1Entry { return l1Entry(off) | entryCopied }
+
 // refTableEntry is a refcount table entry: the offset of a refcount block.
 type refTableEntry uint64
 

@@ -58,9 +58,12 @@ func TestL2EntryCodec(t *testing.T) {
 			}
 		}
 	}
-	l1 := l1Entry(0x50000 | entryCopied)
-	if l1.l2Offset() != 0x50000 || !l1.copied() {
-		t.Errorf("l1Entry: offset %#x copied %v", l1.l2Offset(), l1.copied())
+	l1 := tableEntry(0x50000)
+	if l1 != 0x50000|1<<63 || l1.l2Offset() != 0x50000 || !l1.copied() {
+		t.Errorf("tableEntry: %#x: offset %#x copied %v", uint64(l1), l1.l2Offset(), l1.copied())
+	}
+	if l1 := l1Entry(0x60000); l1.l2Offset() != 0x60000 || l1.copied() {
+		t.Errorf("l1Entry without COPIED: offset %#x copied %v", l1.l2Offset(), l1.copied())
 	}
 	if rt := refTableEntry(1<<60 | 0x30000 | 0x1ff); rt.blockOffset() != 1<<60|0x30000 {
 		t.Errorf("refTableEntry: block offset %#x", rt.blockOffset())

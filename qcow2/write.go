@@ -634,7 +634,7 @@ func (w *writer) writableL2(l1i int64) (*l2Table, error) {
 	// Readers must find the table in the cache before the L1 entry
 	// points at a cluster that holds nothing yet on disk.
 	w.publishL2(l1i, &l2Table{entries: entries})
-	img.l1Set(l1i, l1Entry(newOff)|entryCopied)
+	img.l1Set(l1i, tableEntry(newOff))
 	w.l1Dirty = true
 	return &l2Table{entries: slices.Clone(entries)}, nil
 }
