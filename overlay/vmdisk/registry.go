@@ -12,9 +12,24 @@ import (
 // BuildFromRegistry builds the disk chain of a registry image (src, with
 // or without docker://): it is pulled with layers.Pull into a temporary
 // OCI layout beside outdir (pull.Platform defaults to opts.Platform),
-// built as Build does, and the layout removed.
-func BuildFromRegistry(ctx context.Context, src, outdir string, opts Options, pull layers.PullOptions) (*Result, error) {
-	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(outdir)), "."+filepath.Base(outdir)+".pull-")
+// built as Build does, and the layout removed. A non-empty outdir is
+// refused before anything is fetched.
+func BuildFromRegistry(ctx context.Context, src, outdir string, opts Options, pull layers.PullOptions) (_ *Result, err error) {
+	outdir = filepath.Clean(outdir)
+	if ents, err := os.ReadDir(outdir); err == nil && len(ents) > 0 {
+		// Refused before anything is fetched.
+		return nil, fmt.Errorf("vmdisk: %s exists and is not empty", outdir)
+	}
+	made, err := mkdirParents(outdir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			removeMade(made)
+		}
+	}()
+	tmp, err := os.MkdirTemp(filepath.Dir(outdir), "."+filepath.Base(outdir)+".pull-")
 	if err != nil {
 		return nil, fmt.Errorf("vmdisk: %w", err)
 	}

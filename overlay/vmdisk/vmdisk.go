@@ -10,6 +10,8 @@ package vmdisk
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -100,8 +102,10 @@ func (o *Options) validate() error {
 }
 
 // Build writes the disk chain of the image ref names into outdir, which
-// must not exist or be empty. The chain is built in a temporary directory
-// beside outdir and renamed into place, so a failure leaves no outdir.
+// must not exist or be empty; its missing parents are created. The chain
+// is built in a temporary directory beside outdir and renamed into place,
+// so a failure leaves no outdir (and removes the parents it created).
+// outdir and the level files get the modes the umask allows.
 func Build(ctx context.Context, ref layers.ImageRef, outdir string, opts Options) (*Result, error) {
 	l, err := layers.OpenLayout(ref.Dir)
 	if err != nil {
@@ -135,6 +139,15 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
+	made, err := mkdirParents(outdir)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			removeMade(made)
+		}
+	}()
 	var diffIDs []digest.Digest
 	for i, layer := range ls {
 		h, err := layer.DiffID()
@@ -149,9 +162,9 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 	}
 	chain := identity.ChainIDs(append([]digest.Digest(nil), diffIDs...))
 
-	tmp, err := os.MkdirTemp(filepath.Dir(outdir), "."+filepath.Base(outdir)+".tmp-")
+	tmp, err := mkdirTemp(filepath.Dir(outdir), "."+filepath.Base(outdir)+".tmp-")
 	if err != nil {
-		return nil, fmt.Errorf("vmdisk: %w", err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
@@ -181,10 +194,6 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 		res.Levels = append(res.Levels, *lv)
 		prev = name
 		before += lv.read
-	}
-	// MkdirTemp made it 0700; OUTDIR is an ordinary directory.
-	if err := os.Chmod(tmp, 0o755); err != nil {
-		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
 	if err := atomicfile.SyncDir(tmp); err != nil {
 		return nil, err
@@ -262,4 +271,58 @@ func (p *progressReader) Read(b []byte) (int, error) {
 		p.fn(p.done)
 	}
 	return n, err
+}
+
+// mkdirParents creates the missing parents of dir (mode 0777 less the
+// umask, as mkdir -p does) and returns those it created, deepest last.
+func mkdirParents(dir string) ([]string, error) {
+	var missing []string
+	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
+		fi, err := os.Stat(p)
+		if err == nil {
+			if !fi.IsDir() {
+				return nil, fmt.Errorf("vmdisk: %s: %s is not a directory", dir, p)
+			}
+			break
+		}
+		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
+			return nil, fmt.Errorf("vmdisk: %w", err)
+		}
+		missing = append(missing, p)
+	}
+	var made []string
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := os.Mkdir(missing[i], 0o777); err != nil && !errors.Is(err, os.ErrExist) {
+			removeMade(made)
+			return nil, fmt.Errorf("vmdisk: %w", err)
+		}
+		made = append(made, missing[i])
+	}
+	return made, nil
+}
+
+// removeMade removes the directories mkdirParents made, deepest first,
+// where they are still empty.
+func removeMade(made []string) {
+	for i := len(made) - 1; i >= 0; i-- {
+		os.Remove(made[i])
+	}
+}
+
+// mkdirTemp is os.MkdirTemp with mode 0777 less the umask instead of
+// 0700: the directory becomes OUTDIR, an ordinary directory of the user.
+func mkdirTemp(parent, prefix string) (string, error) {
+	var b [8]byte
+	for range 100 {
+		rand.Read(b[:])
+		p := filepath.Join(parent, prefix+hex.EncodeToString(b[:]))
+		err := os.Mkdir(p, 0o777)
+		if err == nil {
+			return p, nil
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return "", fmt.Errorf("vmdisk: %w", err)
+		}
+	}
+	return "", fmt.Errorf("vmdisk: no free temporary name in %s", parent)
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
 	"github.com/imgtool/imgtool/layers"
+	"golang.org/x/sys/unix"
 )
 
 type tarEntry struct {
@@ -210,17 +211,52 @@ func TestDiskTooLarge(t *testing.T) {
 	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{p}, Tag: "k1"}); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(t.TempDir(), "disk")
+	work := t.TempDir()
+	out := filepath.Join(work, "new", "disk") // parents made, then removed
 	_, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "k1"}, out, Options{Size: 16 << 20})
 	if !errors.Is(err, ErrTooLarge) {
 		t.Fatalf("err = %v, want ErrTooLarge", err)
 	}
-	if _, serr := os.Stat(out); !os.IsNotExist(serr) {
-		t.Fatalf("%s left behind (%v)", out, serr)
+	// The error names the disk size, the layer and the file.
+	for _, want := range []string{"16777216 bytes", "layer 0", "b: "} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
 	}
-	ents, _ := os.ReadDir(filepath.Dir(out))
-	if len(ents) != 0 {
-		t.Fatalf("temporary files left: %v", ents)
+	if ents, _ := os.ReadDir(work); len(ents) != 0 {
+		t.Fatalf("left behind: %v", ents)
 	}
 	t.Log(err)
+}
+
+// TestDiskOutdirModes: a missing OUTDIR and its missing parents are made
+// with the modes the umask allows, as mkdir -p and the level files get
+// them (not MkdirTemp's 0700 or a fixed 0755).
+func TestDiskOutdirModes(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "l.tar")
+	writeTar(t, p, []tarEntry{fileE("a", 0o644, []byte("a"))})
+	layout := filepath.Join(src, "oci")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{p}, Tag: "k1"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, umask := range []int{0o077, 0o022} {
+		old := unix.Umask(umask)
+		work := t.TempDir()
+		out := filepath.Join(work, "a", "b", "disk")
+		res, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "k1"}, out, Options{Size: 16 << 20})
+		unix.Umask(old)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for path, want := range map[string]os.FileMode{
+			filepath.Join(work, "a"): os.ModeDir | 0o777&^os.FileMode(umask),
+			out:                      os.ModeDir | 0o777&^os.FileMode(umask),
+			res.Top:                  0o666 &^ os.FileMode(umask),
+		} {
+			if fi, err := os.Stat(path); err != nil || fi.Mode() != want {
+				t.Errorf("umask %03o: %s: %v, want %v (%v)", umask, path, fi.Mode(), want, err)
+			}
+		}
+	}
 }
