@@ -6,10 +6,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/imgtool/imgtool/layers"
-
 	"github.com/imgtool/imgtool/internal/qemusize"
-
+	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/overlay/vmdisk"
 )
 
@@ -18,9 +16,10 @@ import (
 func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image disk", "DIR[:TAG]|docker://REF OUTDIR", stdout, stderr)
 	sizeStr := fs.String("size", "16G", "virtual disk `SIZE`, 16M to 1T (fixed, so images sharing layers share levels)")
-	cluster := fs.Int64("cluster-size", vmdisk.DefaultClusterSize, "qcow2 cluster size of each level in bytes")
+	clusterStr := fs.String("cluster-size", "4K", "qcow2 cluster `SIZE` of each level, 512 to 2M")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
-	progress := progressFlags(fs, "show progress on stderr")
+	rf := addRegistryFlags(fs)
+	progress := progressFlags(fs, "show progress on stderr: the blobs pulled (docker://), then each layer applied")
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
@@ -33,18 +32,30 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return usagef("--size: %v", err)
 	}
+	cluster, err := qemusize.Parse(*clusterStr)
+	if err != nil {
+		return usagef("--cluster-size: %v", err)
+	}
 	plat, err := parsePlatform(*platform)
 	if err != nil {
 		return err
 	}
-	update, finish := newProgress(*progress, stderr, "building disk")
-	opts := vmdisk.Options{Size: size, ClusterSize: *cluster, Platform: plat}
+	ropts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	pullUpdate, pullFinish := newBlobProgress(*progress, stderr)
+	update, finish := newPhaseProgress(*progress, stderr)
+	opts := vmdisk.Options{Size: size, ClusterSize: cluster, Platform: plat}
 	if *progress {
-		opts.Progress = func(p vmdisk.Progress) { update(p.Bytes, -1) }
+		opts.Progress = func(p vmdisk.Progress) {
+			pullFinish() // the pull's bars are complete before the first layer
+			update(fmt.Sprintf("layer %d/%d", p.Layer+1, p.Layers), p.Done)
+		}
 	}
 	var res *vmdisk.Result
 	if src := fs.Arg(0); strings.HasPrefix(src, "docker://") {
-		res, err = vmdisk.BuildFromRegistry(context.Background(), src, fs.Arg(1), opts, layers.PullOptions{})
+		res, err = vmdisk.BuildFromRegistry(context.Background(), src, fs.Arg(1), opts, layers.PullOptions{Registry: ropts, Progress: pullUpdate})
 	} else {
 		var ref layers.ImageRef
 		if ref, plat, err = parseImageArg(src, *platform); err == nil {
@@ -52,6 +63,7 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 			res, err = vmdisk.Build(context.Background(), ref, fs.Arg(1), opts)
 		}
 	}
+	pullFinish()
 	finish()
 	if err != nil {
 		return err

@@ -4,12 +4,14 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/layers"
 )
 
@@ -71,5 +73,46 @@ func TestImageDisk(t *testing.T) {
 	}
 	if err := runImageDisk([]string{"--size", "1M", layout + ":v1", filepath.Join(t.TempDir(), "x")}, &stdout, &stderr); err == nil {
 		t.Fatal("--size 1M accepted")
+	}
+}
+
+// TestImageDiskRegistry: image disk docker://REF against the real
+// registry, with -p, into an OUTDIR whose parent does not exist yet: the
+// level equals the one built from the layout; --cluster-size takes a
+// qemu-img size.
+func TestImageDiskRegistry(t *testing.T) {
+	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
+	layout := diskTestLayout(t)
+	ref := reg.Host + "/disk/app:1"
+	if code, out, errb := imageTestRun(t, "image", "push", layout+":v1", ref); code != 0 {
+		t.Fatalf("push: exit %d\n%s%s", code, out, errb)
+	}
+	work := t.TempDir()
+	out := filepath.Join(work, "new", "disk")
+	code, stdout, stderr := imageTestRun(t, "image", "disk", "-p", "--size", "64M", "--cluster-size", "64K", "docker://"+ref, out)
+	if code != 0 {
+		t.Fatalf("image disk docker://: exit %d\n%s%s", code, stdout, stderr)
+	}
+	top := strings.TrimSpace(stdout)
+	if filepath.Dir(top) != out {
+		t.Fatalf("printed %q, want a file in %s", top, out)
+	}
+	if !strings.Contains(stderr, "layer 1/1") || !strings.Contains(stderr, " done") {
+		t.Errorf("-p drew no pull and layer progress:\n%q", stderr)
+	}
+	local := filepath.Join(work, "local")
+	if code, _, errb := imageTestRun(t, "image", "disk", "--size", "64M", "--cluster-size", "64K", layout+":v1", local); code != 0 {
+		t.Fatalf("image disk layout: exit %d\n%s", code, errb)
+	}
+	a, _ := os.ReadFile(top)
+	b, _ := os.ReadFile(filepath.Join(local, filepath.Base(top)))
+	if len(a) < 24 || !bytes.Equal(a, b) {
+		t.Fatalf("level from docker:// (%d bytes) differs from the layout's (%d bytes)", len(a), len(b))
+	}
+	if bits := binary.BigEndian.Uint32(a[20:]); bits != 16 {
+		t.Errorf("cluster bits %d, want 16 (64K)", bits)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(out)); len(ents) != 1 {
+		t.Errorf("left beside OUTDIR: %v", ents)
 	}
 }

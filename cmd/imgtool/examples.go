@@ -32,7 +32,7 @@ var examples = map[string][]string{
 	"image verify":   {"imgtool image verify ./oci"},
 	"image pull":     {"imgtool image pull docker.io/library/alpine:3.20 ./oci:alpine", "imgtool image pull --tls-verify=false --platform linux/arm64 localhost:5000/app:1 ./oci:app"},
 	"image push":     {"imgtool image push ./oci:app localhost:5000/app:1", "imgtool image push --creds user:secret ./oci:app registry.example.com/team/app:1"},
-	"image disk":     {"imgtool image disk ./oci:app ./disk", "imgtool image disk --size 4G -p ./oci:app ./disk"},
+	"image disk":     {"imgtool image disk ./oci:app ./disk", "imgtool image disk --size 4G -p ./oci:app ./disk", "imgtool image disk docker://localhost:5000/app:1 ./disk"},
 	"rootfs mount":   {"imgtool rootfs mount ./oci:app /mnt/c1", "imgtool rootfs mount --store /var/lib/imgtool --name c1 ./oci:app /mnt/c1"},
 	"rootfs umount":  {"imgtool rootfs umount /mnt/c1", "imgtool rootfs umount --rm /mnt/c1"},
 	"rootfs commit":  {"imgtool rootfs commit /mnt/c1 ./oci:app2"},

@@ -26,9 +26,10 @@ Subcommands:
           list the tags of a layout with digests, platforms and sizes
   verify  DIR
           re-hash every blob reachable from the tags and recompute diffIDs
-  disk    [--size SIZE] [--cluster-size N] [-p] DIR:TAG|docker://REF OUTDIR
+  disk    [--size SIZE] [--cluster-size SIZE] [-p] DIR:TAG|docker://REF OUTDIR
           build an ext4 VM disk as a qcow2 chain, one level per layer
-          (named by ChainID), and print the top image's path
+          (named by ChainID), in OUTDIR (created; must be empty), and
+          print the top image's path; no root, mkfs or mount needed
   pull    [--platform P] [--all-platforms] REF DIR:TAG
           copy an image from a registry into the layout DIR
   push    DIR:TAG REF
