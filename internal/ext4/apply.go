@@ -18,6 +18,7 @@ var (
 	ErrUnsupported = errors.New("ext4: unsupported tar entry")
 	ErrNameTooLong = errors.New("ext4: name longer than 255 bytes")
 	ErrHardlink    = errors.New("ext4: bad hardlink")
+	ErrBadWhiteout = errors.New("ext4: invalid whiteout")
 )
 
 // LayerStats describe what one ApplyLayer call wrote.
@@ -33,6 +34,9 @@ const (
 	whPrefix   = tarname.WhiteoutPrefix
 	opaqueName = tarname.OpaqueMarker
 	maxLinks   = 40
+	// maxLinkCount is the most names a file may have (the kernel's
+	// EXT4_LINK_MAX; i_links_count is 16 bits).
+	maxLinkCount = 65000
 )
 
 // layerState is the state of one ApplyLayer call.
@@ -214,6 +218,9 @@ func (f *FS) entry(st *layerState, hdr *tar.Header, tr io.Reader) error {
 	dirName, base := splitName(name)
 	hops := 0
 	if wh, ok := strings.CutPrefix(base, whPrefix); ok {
+		if wh == "" || wh == "." || wh == ".." {
+			return fmt.Errorf("%w: whiteout of %q", ErrBadWhiteout, wh)
+		}
 		p, err := f.resolveDir(st, dirName, false, &hops)
 		if err != nil || p == nil {
 			return err
@@ -262,10 +269,15 @@ func (f *FS) entry(st *layerState, hdr *tar.Header, tr io.Reader) error {
 			return fmt.Errorf("%w: symlink target of %d bytes", ErrUnsupported, len(hdr.Linkname))
 		}
 		in = &inode{mode: sIFLNK}
-	case tar.TypeChar:
+	case tar.TypeChar, tar.TypeBlock:
+		// Linux device numbers: a 12-bit major and a 20-bit minor.
+		if hdr.Devmajor < 0 || hdr.Devmajor >= 1<<12 || hdr.Devminor < 0 || hdr.Devminor >= 1<<20 {
+			return fmt.Errorf("%w: device number %d:%d", ErrUnsupported, hdr.Devmajor, hdr.Devminor)
+		}
 		in = &inode{mode: sIFCHR, rdevMajor: uint32(hdr.Devmajor), rdevMinor: uint32(hdr.Devminor)}
-	case tar.TypeBlock:
-		in = &inode{mode: sIFBLK, rdevMajor: uint32(hdr.Devmajor), rdevMinor: uint32(hdr.Devminor)}
+		if hdr.Typeflag == tar.TypeBlock {
+			in.mode = sIFBLK
+		}
 	case tar.TypeFifo:
 		in = &inode{mode: sIFIFO}
 	case tar.TypeLink:
@@ -343,6 +355,9 @@ func (f *FS) hardlink(st *layerState, p *inode, base, name string, hdr *tar.Head
 			return nil
 		}
 		f.unlink(p, base)
+	}
+	if tin.links >= maxLinkCount {
+		return fmt.Errorf("%w: %q has %d names, the most ext4 allows", ErrHardlink, hdr.Linkname, tin.links)
 	}
 	f.link(p, base, tino, tin)
 	st.touched[p.dir.index[base]] = true

@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBadInput: hostile or unsupported layers fail with a clear error
@@ -34,6 +36,10 @@ func TestBadInput(t *testing.T) {
 		{"unsupported type", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "c"}}}, ErrUnsupported, "'7'"},
 		{"unsupported xattr", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "x", PAXRecords: map[string]string{"SCHILY.xattr.weird.name": "v"}}}}, ErrUnsupportedXattr, "weird.name"},
 		{"lost+found replaced", []tarEntry{fileE("lost+found", 0o644, nil)}, ErrUnsupported, "lost+found"},
+		{"bare whiteout", []tarEntry{fileE(".wh.", 0o644, nil)}, ErrBadWhiteout, ".wh."},
+		{"whiteout of dotdot", []tarEntry{dirE("a/", 0o755), fileE("a/.wh...", 0o644, nil)}, ErrBadWhiteout, `".."`},
+		{"device number too big", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "c", Devmajor: 1 << 12}}}, ErrUnsupported, "4096:0"},
+		{"too many hardlinks", manyLinks(maxLinkCount), ErrHardlink, "65000 names"},
 		{"too big", []tarEntry{fileE("big", 0o644, make([]byte, MinSize+1))}, ErrNoSpace, "big"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -51,4 +57,14 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// manyLinks is a file and n hardlinks to it.
+func manyLinks(n int) []tarEntry {
+	es := []tarEntry{dirE("d/", 0o755), fileE("f", 0o644, []byte("x"))}
+	for i := 0; i < n; i++ {
+		// Whole-second mtimes: no PAX record per entry, a quick tar.
+		es = append(es, tarEntry{hdr: tar.Header{Typeflag: tar.TypeLink, Name: fmt.Sprintf("d/%d", i), Linkname: "f", ModTime: time.Unix(1700000000, 0)}})
+	}
+	return es
 }
