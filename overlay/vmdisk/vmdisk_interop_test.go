@@ -80,7 +80,8 @@ func testImage(t testing.TB) string {
 		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
 			"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
-			"SCHILY.xattr.user.small":          "v"}}},
+			"SCHILY.xattr.user.small":          "v",
+			"SCHILY.xattr.trusted.overlay.x":   "dropped"}}},
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
 			"SCHILY.xattr.user.big": strings.Repeat("y", 1000)}}},
 		dirE("opq/"), fileE("opq/old", 0o644, []byte("old")), dirE("opq/sub/"), fileE("opq/sub/x", 0o644, []byte("x")),
@@ -171,9 +172,18 @@ func TestDiskInterop(t *testing.T) {
 		}
 		testutil.Run(t, "mount", "-o", "loop,ro", raw, mnt)
 		got, gerr := treecmp.Snapshot(mnt, treecmp.Options{NoDirMtime: true})
+		// treecmp compares security.capability and user.*; the kernel
+		// also sees no trusted.overlay.* (dropped).
+		_, xerr := unix.Lgetxattr(filepath.Join(mnt, "caps"), "trusted.overlay.x", make([]byte, 64))
 		exec.Command("umount", mnt).Run()
 		if gerr != nil {
 			t.Fatal(gerr)
+		}
+		if xerr != unix.ENODATA {
+			t.Errorf("level %d: trusted.overlay.x on caps: %v, want ENODATA", k, xerr)
+		}
+		if e := got["caps"]; e.Xattrs["security.capability"] == "" || e.Xattrs["user.small"] != "v" {
+			t.Errorf("level %d: caps has xattrs %q", k, e.Xattrs)
 		}
 		delete(got, "lost+found")
 		exp, err := treecmp.Snapshot(want, treecmp.Options{NoDirMtime: true})
