@@ -60,6 +60,9 @@ func TestDiskUmociImage(t *testing.T) {
 	must(unix.Setxattr(r("caps"), "user.note", []byte("hello"), 0))
 	must(unix.Setxattr(r("caps"), "user.big", bytes.Repeat([]byte("z"), 600), 0))
 	must(os.Chown(r("caps"), 1000, 2000))
+	// A file capability (cap_net_bind_service, VFS_CAP_REVISION_2), set
+	// after the chown, which would clear it.
+	must(unix.Setxattr(r("caps"), "security.capability", []byte("\x01\x00\x00\x02\x00\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"), 0))
 	f, err := os.Create(r("sparse"))
 	must(err)
 	f.WriteAt([]byte("start"), 0)
@@ -117,6 +120,9 @@ func TestDiskUmociImage(t *testing.T) {
 		delete(got, "lost+found")
 		exp, err := treecmp.Snapshot(want, treecmp.Options{NoDirMtime: true})
 		must(err)
+		if got["caps"].Xattrs["security.capability"] == "" {
+			t.Errorf("level %d: caps lost security.capability", k)
+		}
 		if d := treecmp.Diff(exp, got); d != nil {
 			t.Fatalf("level %d differs from umoci raw unpack:\n%s", k, strings.Join(d[:min(len(d), 20)], "\n"))
 		}
