@@ -10,10 +10,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
 	"golang.org/x/sys/unix"
@@ -218,8 +218,8 @@ func TestCreateDiff(t *testing.T) {
 	blob, _ := createBytes(t, b, CreateOptions{Lower: a})
 	got := names(entries(t, blob))
 	want := []string{".wh.deleted", "added/", "added/deep", "changed", "dirtofile", "filetodir/", "filetodir/.wh..wh..opq", "filetodir/in"}
-	if !slices.Equal(got, want) {
-		t.Errorf("diff entries\n got %q\nwant %q", got, want)
+	if d := cmp.Diff(want, got); d != "" {
+		t.Errorf("diff entries (-want +got):\n%s", d)
 	}
 	for _, h := range entries(t, blob) {
 		if h.Name == ".wh.deleted" && !h.ModTime.Equal(time.Unix(0, 0)) {

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/tartest"
 	"golang.org/x/sys/unix"
 )
@@ -85,8 +86,8 @@ func TestApplyFlattening(t *testing.T) {
 			dir := t.TempDir()
 			must(t, applyBytes(dir, lower, ApplyOptions{}))
 			must(t, applyBytes(dir, tartest.Tar(c.layer...), ApplyOptions{}))
-			if got := listTree(t, dir); !slices.Equal(got, c.want) {
-				t.Errorf("got  %q\nwant %q", got, c.want)
+			if d := cmp.Diff(c.want, listTree(t, dir)); d != "" {
+				t.Errorf("tree (-want +got):\n%s", d)
 			}
 		})
 	}
@@ -170,8 +171,8 @@ func TestApplyOverlayFormat(t *testing.T) {
 		)
 		must(t, applyBytes(dir, layer, ApplyOptions{Overlay: true, UserXattr: userx}))
 		want := []string{"d/", "d/gone c 0/0", "esc=e", "gone c 0/0", "kept=k", "o/", "o/f=f"}
-		if got := listTree(t, dir); !slices.Equal(got, want) {
-			t.Errorf("userxattr=%v: got %q, want %q", userx, got, want)
+		if d := cmp.Diff(want, listTree(t, dir)); d != "" {
+			t.Errorf("userxattr=%v: tree (-want +got):\n%s", userx, d)
 		}
 		prefix := "trusted.overlay."
 		if userx {

@@ -3,7 +3,6 @@ package overlay
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -12,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
 )
 
 // treeEntry is what compareTrees compares of one path.
@@ -128,30 +129,13 @@ func fileSum(t testing.TB, p string) string {
 func compareTrees(t testing.TB, want, got string) {
 	t.Helper()
 	a, b := scanTree(t, want), scanTree(t, got)
-	var diffs []string
-	for p, ea := range a {
-		eb, ok := b[p]
-		if !ok {
-			diffs = append(diffs, fmt.Sprintf("%s: missing from %s", p, got))
-			continue
-		}
-		if p == "." {
-			ea.Mode, eb.Mode = 0, 0 // the mount point's own mode is the target's
-		}
-		if ea != eb {
-			diffs = append(diffs, fmt.Sprintf("%s:\n\twant %+v\n\tgot  %+v", p, ea, eb))
+	for _, tree := range []map[string]treeEntry{a, b} {
+		if e, ok := tree["."]; ok {
+			e.Mode = 0 // the mount point's own mode is the target's
+			tree["."] = e
 		}
 	}
-	for p := range b {
-		if _, ok := a[p]; !ok {
-			diffs = append(diffs, fmt.Sprintf("%s: extra in %s", p, got))
-		}
-	}
-	sort.Strings(diffs)
-	if len(diffs) > 0 {
-		if len(diffs) > 40 {
-			diffs = append(diffs[:40], "...")
-		}
-		t.Errorf("trees differ (%s vs %s):\n%s", want, got, strings.Join(diffs, "\n"))
+	if d := cmp.Diff(a, b); d != "" {
+		t.Errorf("trees differ (-%s +%s):\n%s", want, got, d)
 	}
 }

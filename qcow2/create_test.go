@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
@@ -64,8 +65,8 @@ func TestCreateMatchesQemu(t *testing.T) {
 			}
 			d := info.FormatSpecific.Data
 			got := want{d.Compat, d.CompressionType, d.RefcountBits, d.LazyRefcounts, d.ExtendedL2, info.ClusterSize, info.VirtualSize}
-			if got != c.want {
-				t.Fatalf("qemu-img info: got %+v, want %+v", got, c.want)
+			if d := cmp.Diff(c.want, got, cmp.AllowUnexported(want{})); d != "" {
+				t.Fatalf("qemu-img info (-want +got):\n%s", d)
 			}
 			if c.opts.BackingFile != "" && info.BackingFormat != "raw" {
 				t.Fatalf("backing format %q, want the probed raw", info.BackingFormat)

@@ -113,13 +113,8 @@ func TestFixtureChain(t *testing.T) {
 		{28672, 8192, KindData, 0, 20480},
 		{36864, 28672, KindUnallocated, 2, -1},
 	}
-	if len(ext) != len(wantExt) {
-		t.Fatalf("extents = %+v\nwant %+v", ext, wantExt)
-	}
-	for i := range ext {
-		if ext[i] != wantExt[i] {
-			t.Errorf("extent %d = %+v, want %+v", i, ext[i], wantExt[i])
-		}
+	if d := cmp.Diff(wantExt, ext); d != "" {
+		t.Errorf("extents (-want +got):\n%s", d)
 	}
 	// io.ReaderAt contract at the end.
 	buf := make([]byte, 10)

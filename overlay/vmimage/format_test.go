@@ -6,13 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"io"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -214,8 +214,8 @@ func TestPlan(t *testing.T) {
 		{Index: 1, Name: "db", Parent: "base", VirtualSize: 1 << 30, Size: 2000, Digest: fakeDigest("db"), BlobSize: BlobSize(2000)},
 		{Index: 2, Name: "web", Parent: "db", VirtualSize: 1 << 30, Size: 3000, Digest: fakeDigest("web"), BlobSize: BlobSize(3000)},
 	}
-	if fmt.Sprint(levels) != fmt.Sprint(want) {
-		t.Errorf("Plan = %+v\nwant %+v", levels, want)
+	if d := cmp.Diff(want, levels); d != "" {
+		t.Errorf("Plan (-want +got):\n%s", d)
 	}
 	if levels[2].Backing() != "db.qcow2" || levels[0].Backing() != "" || levels[1].File() != "db.qcow2" {
 		t.Errorf("Backing/File wrong: %q %q %q", levels[2].Backing(), levels[0].Backing(), levels[1].File())
