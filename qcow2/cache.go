@@ -115,6 +115,32 @@ func (w directWriter) WriteAt(p []byte, off int64) (int, error) {
 	return w.f.WriteAt(p, off)
 }
 
+// createOutput creates the temporary file of a new image at dst (see
+// internal/atomicfile) and, under cache mode none, its O_DIRECT
+// descriptor. The caller defers tmp.Abort and out.close.
+func createOutput(dst string, cache CacheMode) (tmp *atomicfile.File, out directWriter, err error) {
+	tmp, err = atomicfile.Create(dst, atomicfile.Options{Sync: cache.sync()})
+	if err != nil {
+		return nil, directWriter{}, err
+	}
+	out = directWriter{f: tmp.File}
+	if cache.direct() {
+		if out.d, err = openDirect(tmp.File, dst); err != nil {
+			tmp.Abort()
+			return nil, directWriter{}, err
+		}
+	}
+	return tmp, out, nil
+}
+
+// close closes the O_DIRECT descriptor, if any (the ordinary one is the
+// caller's).
+func (w directWriter) close() {
+	if w.d != nil {
+		w.d.Close()
+	}
+}
+
 // pick returns the descriptor for a vectored write of bufs at off.
 func (w directWriter) pick(bufs [][]byte, off int64) *os.File {
 	if w.d == nil {

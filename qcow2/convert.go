@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
-
-	"github.com/imgtool/imgtool/internal/atomicfile"
 )
 
 // ConvertOptions configures Convert. The zero value writes a qcow2 image
@@ -203,18 +201,12 @@ func convertQcow2(ctx context.Context, src *Image, dst string, opts ConvertOptio
 	// src (and bk) are open with their read locks before dst is locked
 	// for writing, so a dst in src's own chain is refused, as qemu-img
 	// refuses it.
-	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Cache.sync()})
+	tmp, out, err := createOutput(dst, opts.Cache)
 	if err != nil {
 		return err
 	}
 	defer tmp.Abort()
-	out := directWriter{f: tmp.File}
-	if opts.Cache.direct() {
-		if out.d, err = openDirect(tmp.File, dst); err != nil {
-			return err
-		}
-		defer out.d.Close()
-	}
+	defer out.close()
 	cw := newClusterWriter(out, h, prealloc, co.Preallocation == PreallocFull)
 	cv := &converter{
 		src: src, bk: bk, cw: cw, h: h,

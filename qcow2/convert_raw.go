@@ -5,24 +5,17 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // convertRaw is Convert to a new raw image.
 func convertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions) (err error) {
-	tmp, err := atomicfile.Create(dst, atomicfile.Options{Sync: opts.Cache.sync()})
+	tmp, out, err := createOutput(dst, opts.Cache)
 	if err != nil {
 		return err
 	}
 	defer tmp.Abort()
-	out := directWriter{f: tmp.File}
-	if opts.Cache.direct() {
-		if out.d, err = openDirect(tmp.File, dst); err != nil {
-			return err
-		}
-		defer out.d.Close()
-	}
+	defer out.close()
 	size := src.Size()
 	if err := tmp.Truncate(size); err != nil {
 		return fmt.Errorf("qcow2: convert: %w", err)
