@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -323,7 +324,7 @@ func (c *ChainDir) scan() (*chainGraph, error) {
 		// Images not reachable from a root form a backing loop.
 		var loop []string
 		for name := range g.nodes {
-			if !containsString(g.order, name) {
+			if !slices.Contains(g.order, name) {
 				loop = append(loop, name)
 			}
 		}
@@ -331,15 +332,6 @@ func (c *ChainDir) scan() (*chainGraph, error) {
 		return nil, fmt.Errorf("%w: %s: backing loop among %s", ErrChainBroken, c.dir, strings.Join(loop, ", "))
 	}
 	return g, nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // fixModes makes every image with dependents read-only (its write bits
