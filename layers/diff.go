@@ -3,6 +3,7 @@ package layers
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -216,7 +217,7 @@ func (p *planner) write(tw *tar.Writer) error {
 			return fmt.Errorf("%s: %w", it.n.path, err)
 		}
 		if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-			if err := copyFile(tw, it.n.path, hdr.Size, buf); err != nil {
+			if err := copyFile(p.ctx, tw, it.n.path, hdr.Size, buf); err != nil {
 				return err
 			}
 		}
@@ -224,13 +225,15 @@ func (p *planner) write(tw *tar.Writer) error {
 	return nil
 }
 
-func copyFile(w io.Writer, path string, size int64, buf []byte) error {
+// copyFile copies size bytes of the file at path to w, stopping when ctx
+// is done (a large file is not finished after Ctrl-C).
+func copyFile(ctx context.Context, w io.Writer, path string, size int64, buf []byte) error {
 	f, err := openNoFollow(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	n, err := io.CopyBuffer(w, io.LimitReader(f, size), buf)
+	n, err := io.CopyBuffer(w, layoutCtxReader{ctx, io.LimitReader(f, size)}, buf)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}
