@@ -77,7 +77,9 @@ func runChainInit(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "importing "+*name)
 	opts.Progress = update
-	_, err := vmchain.InitChain(context.Background(), fs.Arg(0), *base, opts)
+	ctx, stop := interruptible()
+	defer stop()
+	_, err := vmchain.InitChain(ctx, fs.Arg(0), *base, opts)
 	finish()
 	if err != nil {
 		return err
@@ -103,7 +105,9 @@ func runChainAdd(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress && *imp != "", stderr, "importing "+fs.Arg(1))
-	err = c.AddLevel(context.Background(), fs.Arg(1), *from, vmchain.AddLevelOptions{Import: *imp, ImportFormat: qcow2.Format(*format), Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	err = c.AddLevel(ctx, fs.Arg(1), *from, vmchain.AddLevelOptions{Import: *imp, ImportFormat: qcow2.Format(*format), Progress: update})
 	finish()
 	if err != nil {
 		return err
@@ -299,7 +303,9 @@ func runChainSquash(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress, stderr, "squashing "+fs.Arg(1))
-	err = c.Squash(context.Background(), fs.Arg(1), vmchain.SquashOptions{Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	err = c.Squash(ctx, fs.Arg(1), vmchain.SquashOptions{Progress: update})
 	finish()
 	if err != nil {
 		return err

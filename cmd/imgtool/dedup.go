@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -64,7 +63,9 @@ func runDedupScan(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "scanning")
 	opts.Progress = update
-	rep, err := dedup.Scan(context.Background(), fs.Args(), opts)
+	ctx, stop := interruptible()
+	defer stop()
+	rep, err := dedup.Scan(ctx, fs.Args(), opts)
 	finish()
 	if err != nil {
 		return err
@@ -120,7 +121,9 @@ func runDedupRebase(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "rebasing")
 	opts.Progress = update
-	res, err := dedup.Rebase(context.Background(), *baseOut, fs.Args(), opts)
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := dedup.Rebase(ctx, *baseOut, fs.Args(), opts)
 	finish()
 	if err != nil {
 		return err
@@ -166,7 +169,9 @@ func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
 		return usagef("want one IMG, got %d arguments", fs.NArg())
 	}
 	update, finish := newProgress(*progress, stderr, "sparsifying")
-	res, err := dedup.Sparsify(context.Background(), fs.Arg(0), dedup.SparsifyOptions{Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := dedup.Sparsify(ctx, fs.Arg(0), dedup.SparsifyOptions{Progress: update})
 	finish()
 	if err != nil {
 		return err
@@ -225,7 +230,9 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "hashing")
 	opts.Progress = update
-	res, err := dedup.StoreDedup(context.Background(), s, opts)
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := dedup.StoreDedup(ctx, s, opts)
 	finish()
 	if err != nil {
 		return err

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -53,14 +52,16 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 			update(fmt.Sprintf("layer %d/%d", p.Layer+1, p.Layers), p.Done)
 		}
 	}
+	ctx, stop := interruptible()
+	defer stop()
 	var res *vmdisk.Result
 	if src := fs.Arg(0); strings.HasPrefix(src, "docker://") {
-		res, err = vmdisk.BuildFromRegistry(context.Background(), src, fs.Arg(1), opts, layers.PullOptions{Registry: ropts, Progress: pullUpdate})
+		res, err = vmdisk.BuildFromRegistry(ctx, src, fs.Arg(1), opts, layers.PullOptions{Registry: ropts, Progress: pullUpdate})
 	} else {
 		var ref layers.ImageRef
 		if ref, plat, err = parseImageArg(src, *platform); err == nil {
 			opts.Platform = plat
-			res, err = vmdisk.Build(context.Background(), ref, fs.Arg(1), opts)
+			res, err = vmdisk.Build(ctx, ref, fs.Arg(1), opts)
 		}
 	}
 	pullFinish()

@@ -143,7 +143,9 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newProgress(*progress, stderr, "building")
 	opts.Progress = update
-	res, err := layers.Build(context.Background(), ref.Dir, opts)
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := layers.Build(ctx, ref.Dir, opts)
 	finish()
 	if err != nil {
 		return err
@@ -179,7 +181,9 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newProgress(*progress, stderr, "unpacking")
-	img, err := layers.Unpack(context.Background(), ref.Dir, ref.Tag, fs.Arg(1), layers.UnpackOptions{Platform: plat, Apply: ao, Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	img, err := layers.Unpack(ctx, ref.Dir, ref.Tag, fs.Arg(1), layers.UnpackOptions{Platform: plat, Apply: ao, Progress: update})
 	finish()
 	if err != nil {
 		return err

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -34,7 +33,9 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newBlobProgress(*progress, stderr)
-	res, err := layers.Pull(context.Background(), fs.Arg(0), dst, layers.PullOptions{Registry: ropts, Platform: plat, AllPlatforms: *all, Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := layers.Pull(ctx, fs.Arg(0), dst, layers.PullOptions{Registry: ropts, Platform: plat, AllPlatforms: *all, Progress: update})
 	finish()
 	if err != nil {
 		return err
@@ -69,7 +70,9 @@ func runImagePush(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newBlobProgress(*progress, stderr)
-	res, err := layers.Push(context.Background(), src, fs.Arg(1), layers.PushOptions{Registry: ropts, MountFrom: *mountFrom, Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := layers.Push(ctx, src, fs.Arg(1), layers.PushOptions{Registry: ropts, MountFrom: *mountFrom, Progress: update})
 	finish()
 	if err != nil {
 		return err

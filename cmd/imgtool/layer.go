@@ -112,7 +112,9 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 		defer tmp.Abort()
 		w = tmp
 	}
-	d, err := layers.Create(context.Background(), &countWriter{w: w, update: update}, fs.Arg(0), opts)
+	ctx, stop := interruptible()
+	defer stop()
+	d, err := layers.Create(ctx, &countWriter{w: w, update: update}, fs.Arg(0), opts)
 	if err != nil {
 		return err
 	}
@@ -139,8 +141,11 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// countReader reports the bytes read so far out of total.
+// countReader reports the bytes read so far out of total, and stops the
+// read when ctx (if any) is done: a layer whose one large file would
+// take long to write out stops at Ctrl-C.
 type countReader struct {
+	ctx    context.Context
 	r      io.Reader
 	n      atomic.Int64
 	total  int64
@@ -148,6 +153,11 @@ type countReader struct {
 }
 
 func (c *countReader) Read(p []byte) (int, error) {
+	if c.ctx != nil {
+		if err := c.ctx.Err(); err != nil {
+			return 0, err
+		}
+	}
 	n, err := c.r.Read(p)
 	c.update(c.n.Add(int64(n)), c.total)
 	return n, err
@@ -235,7 +245,9 @@ func runLayerApply(args []string, stdout, stderr io.Writer) error {
 	defer rc.Close()
 	update, finish := newProgress(*progress, stderr, "applying")
 	defer finish()
-	d, err := layers.Apply(context.Background(), &countReader{r: rc, total: size, update: update}, fs.Arg(1), opts)
+	ctx, stop := interruptible()
+	defer stop()
+	d, err := layers.Apply(ctx, &countReader{ctx: ctx, r: rc, total: size, update: update}, fs.Arg(1), opts)
 	if err != nil {
 		return fmt.Errorf("%s: %w", fs.Arg(0), err)
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"slices"
 	"strings"
 
@@ -344,6 +345,19 @@ func forceShareHint(cmd string, err error) bool {
 		return true
 	}
 	return false
+}
+
+// interruptible returns a context that Ctrl-C (SIGINT) cancels: the
+// command stops, removes its partial output and exits saying
+// "interrupted" (see exitCode). The first Ctrl-C restores the default
+// action, so a second one ends the process at once.
+func interruptible() (context.Context, context.CancelFunc) {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return ctx, stop
 }
 
 // plural returns "1 layer", "2 layers", "0 layers".

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -27,7 +26,9 @@ func runPull(args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	update, finish := newBlobProgress(*progress, stderr)
-	res, err := vmimage.Pull(context.Background(), fs.Arg(0), fs.Arg(1), vmimage.PullOptions{Registry: ropts, Progress: update})
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := vmimage.Pull(ctx, fs.Arg(0), fs.Arg(1), vmimage.PullOptions{Registry: ropts, Progress: update})
 	finish()
 	if err != nil {
 		return err

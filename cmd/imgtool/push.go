@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 
@@ -42,7 +41,9 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 	}
 	update, finish := newBlobProgress(*progress, stderr)
 	opts.Progress = update
-	res, err := vmimage.Push(context.Background(), fs.Arg(0), fs.Arg(1), opts)
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := vmimage.Push(ctx, fs.Arg(0), fs.Arg(1), opts)
 	if convFinish != nil {
 		convFinish()
 	}

@@ -119,19 +119,21 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 		st  overlay.UnpackStats
 		ref fmt.Stringer
 	)
+	ctx, stop := interruptible()
+	defer stop()
 	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
 		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
 		if oerr != nil {
 			return oerr
 		}
-		c, st, err = s.MountRemote(context.Background(), remote, fs.Arg(1), mopts, iopts, ropts)
+		c, st, err = s.MountRemote(ctx, remote, fs.Arg(1), mopts, iopts, ropts)
 		ref = stringer(remote)
 	} else {
 		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
 		if oerr != nil {
 			return oerr
 		}
-		c, st, err = s.Mount(context.Background(), lref, fs.Arg(1), mopts, iopts)
+		c, st, err = s.Mount(ctx, lref, fs.Arg(1), mopts, iopts)
 		ref = lref
 	}
 	if errors.Is(err, overlay.ErrMountUnsupported) {
@@ -236,7 +238,9 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	res, err := s.Commit(context.Background(), fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report, AllowEmpty: *allowEmpty, Remote: overlay.RemoteOptions{Registry: ro}})
+	ctx, stop := interruptible()
+	defer stop()
+	res, err := s.Commit(ctx, fs.Arg(0), ref, overlay.CommitOptions{Compression: c, SourceDateEpoch: epoch, Progress: report, AllowEmpty: *allowEmpty, Remote: overlay.RemoteOptions{Registry: ro}})
 	if errors.Is(err, overlay.ErrNoChanges) {
 		return fmt.Errorf("%w; nothing written (--allow-empty commits an empty layer)", err)
 	}
@@ -253,7 +257,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 		}
 		finish() // the commit's phase line, before the push's blob lines
 		update, done := newBlobProgress(*progress, stderr)
-		pushed, err = layers.Push(context.Background(), ref, fs.Arg(1), layers.PushOptions{Registry: ro, MountFrom: from, Progress: update})
+		pushed, err = layers.Push(ctx, ref, fs.Arg(1), layers.PushOptions{Registry: ro, MountFrom: from, Progress: update})
 		done()
 		if err != nil {
 			return fmt.Errorf("push of the committed image: %w", err)

@@ -162,19 +162,21 @@ func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 		st  overlay.UnpackStats
 		ref fmt.Stringer
 	)
+	ctx, stop := interruptible()
+	defer stop()
 	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
 		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
 		if oerr != nil {
 			return oerr
 		}
-		st, err = s.UnpackRemote(context.Background(), remote, iopts, ropts)
+		st, err = s.UnpackRemote(ctx, remote, iopts, ropts)
 		ref = stringer(remote)
 	} else {
 		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
 		if oerr != nil {
 			return oerr
 		}
-		st, err = s.Unpack(context.Background(), lref, iopts)
+		st, err = s.Unpack(ctx, lref, iopts)
 		ref = lref
 	}
 	if err != nil {
