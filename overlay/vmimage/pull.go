@@ -93,7 +93,7 @@ func Pull(ctx context.Context, ref, dir string, opts PullOptions) (res *PullResu
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) error { return fmt.Errorf("pull %s: %w", src, err) }
+	fail := func(err error) error { return fmt.Errorf("%s: %w", src, err) }
 	desc, err := remote.Get(src, c.RemoteOptions(ctx)...)
 	if err != nil {
 		return nil, fail(c.WrapError(src.Context().Registry, err))

@@ -114,35 +114,35 @@ func Push(ctx context.Context, image, ref string, opts PushOptions) (*PushResult
 	}
 	img, err := qcow2.Open(image, qcow2.Options{})
 	if err != nil {
-		return nil, fmt.Errorf("push %s: %w", image, err)
+		return nil, err // names the file already
 	}
 	defer img.Close()
 	var srcs []*source
 	if opts.Flatten {
 		dir, err := os.MkdirTemp(opts.TempDir, "imgtool-flatten-")
 		if err != nil {
-			return nil, fmt.Errorf("push %s --flatten: %w", image, err)
+			return nil, fmt.Errorf("%s --flatten: %w", image, err)
 		}
 		defer os.RemoveAll(dir)
 		flat := filepath.Join(dir, FileName(FlattenName))
 		if err := qcow2.Convert(ctx, img, flat, qcow2.ConvertOptions{Progress: opts.ConvertProgress}); err != nil {
-			return nil, fmt.Errorf("push %s --flatten: %w", image, err)
+			return nil, fmt.Errorf("%s --flatten: %w", image, err)
 		}
 		fimg, err := qcow2.Open(flat, qcow2.Options{Format: qcow2.FormatQcow2, NoBacking: true})
 		if err != nil {
-			return nil, fmt.Errorf("push %s --flatten: %w", image, err)
+			return nil, fmt.Errorf("%s --flatten: %w", image, err)
 		}
 		defer fimg.Close()
 		s, err := newSource(fimg, FlattenName, "")
 		if err != nil {
-			return nil, fmt.Errorf("push %s --flatten: %w", image, err)
+			return nil, fmt.Errorf("%s --flatten: %w", image, err)
 		}
 		srcs = []*source{s}
 	} else if srcs, err = chainSources(img); err != nil {
-		return nil, fmt.Errorf("push %s: %w", image, err)
+		return nil, fmt.Errorf("%s: %w", image, err)
 	}
 	if err := hashSources(ctx, srcs, c.Options().Jobs); err != nil {
-		return nil, fmt.Errorf("push %s: %w", image, err)
+		return nil, fmt.Errorf("%s: %w", image, err)
 	}
 	arch := opts.Arch
 	if arch == "" {
@@ -150,11 +150,11 @@ func Push(ctx context.Context, image, ref string, opts PushOptions) (*PushResult
 	}
 	pi, err := newPushImage(srcs, arch, opts.Progress)
 	if err != nil {
-		return nil, fmt.Errorf("push %s: %w", image, err)
+		return nil, fmt.Errorf("%s: %w", image, err)
 	}
 	res := &PushResult{Reference: dst.Name(), Digest: pi.digest.String()}
 	if err := remote.Write(dst, pi.img, c.RemoteOptions(ctx)...); err != nil {
-		return nil, fmt.Errorf("push %s to %s: %w", image, dst, c.WrapError(dst.Context().Registry, err))
+		return nil, fmt.Errorf("%s to %s: %w", image, dst, c.WrapError(dst.Context().Registry, err))
 	}
 	pi.mu.Lock()
 	defer pi.mu.Unlock()
