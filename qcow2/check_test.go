@@ -26,16 +26,16 @@ func putBe64(b []byte, off uint64, v uint64) { binary.BigEndian.PutUint64(b[off:
 // refcountAt returns the file offset of the 16-bit refcount of cluster c.
 func refcountAt(b []byte, h *Header, c uint64) uint64 {
 	per := uint64(h.ClusterSize()) * 8 / 16
-	blk := be64(b, h.RefcountTableOffset+c/per*8) & refTableOffsetMask
+	blk := uint64(refTableEntry(be64(b, h.RefcountTableOffset+c/per*8)).blockOffset())
 	return blk + c%per*2
 }
 
 // firstData returns the host offset of guest cluster vc's data.
 func dataOf(b []byte, h *Header, vc uint64) (entryOff, host uint64) {
 	l2n := uint64(h.ClusterSize() / 8)
-	l2 := be64(b, h.L1TableOffset+vc/l2n*8) & hostOffsetMask
+	l2 := uint64(l1Entry(be64(b, h.L1TableOffset+vc/l2n*8)).l2Offset())
 	entryOff = l2 + vc%l2n*8
-	return entryOff, be64(b, entryOff) & hostOffsetMask
+	return entryOff, uint64(l2Entry(be64(b, entryOff)).host())
 }
 
 func damages() []damage {

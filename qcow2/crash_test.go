@@ -118,7 +118,7 @@ func harmlessCopied(out string, clusterBits uint32) bool {
 		}
 		entry, _ := strconv.ParseUint(m[1], 16, 64)
 		refcount, _ := strconv.ParseUint(m[2], 10, 64)
-		if refcount >= 2 && !leaked[(entry&hostOffsetMask)>>clusterBits] {
+		if refcount >= 2 && !leaked[uint64(l2Entry(entry).host())>>clusterBits] {
 			return false
 		}
 	}

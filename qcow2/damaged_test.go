@@ -24,7 +24,7 @@ func put64(off int, v uint64) patch {
 func l1Entry0(b []byte) int { return int(binary.BigEndian.Uint64(b[40:])) }
 
 func l2Entry0(b []byte) int {
-	return int(binary.BigEndian.Uint64(b[l1Entry0(b):]) & hostOffsetMask)
+	return int(l1Entry(binary.BigEndian.Uint64(b[l1Entry0(b):])).l2Offset())
 }
 
 func TestDamaged(t *testing.T) {
