@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,16 +12,24 @@ import (
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
+// quickBlock is one fenced sh block of the README's quick start.
+type quickBlock struct {
+	lines  []string
+	asRoot bool // the paragraph before it says it runs "as root"
+}
+
 // quickStart returns the fenced sh blocks of README.md's "Quick start"
-// section, in order, as one script.
-func quickStart(t *testing.T, readme string) string {
+// section, in order. Any other fence there (```bash, ```console) fails
+// the test rather than going unrun.
+func quickStart(t *testing.T, readme string) []quickBlock {
 	t.Helper()
 	f, err := os.Open(readme)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var script strings.Builder
+	var blocks []quickBlock
+	var para strings.Builder // the prose since the last block
 	inSection, inBlock := false, false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -28,29 +37,48 @@ func quickStart(t *testing.T, readme string) string {
 		switch {
 		case strings.HasPrefix(line, "## "):
 			inSection = line == "## Quick start"
-		case inSection && line == "```sh":
+		case !inSection:
+		case !inBlock && strings.HasPrefix(line, "```"):
+			if line != "```sh" {
+				t.Fatalf("%s: quick start has a %q block; write it as ```sh so this test runs it", readme, line)
+			}
 			inBlock = true
+			blocks = append(blocks, quickBlock{asRoot: strings.Contains(para.String(), "as root")})
+			para.Reset()
 		case inBlock && line == "```":
 			inBlock = false
 		case inBlock:
-			script.WriteString(line + "\n")
+			if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+				b := &blocks[len(blocks)-1]
+				b.lines = append(b.lines, line)
+			}
+		case line == "":
+			para.Reset()
+		default:
+			para.WriteString(line + " ")
 		}
 	}
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if script.Len() == 0 {
-		t.Fatalf("%s has no sh blocks under \"## Quick start\"", readme)
+	if len(blocks) < 4 {
+		t.Fatalf("%s has %d sh blocks under \"## Quick start\", want at least 4", readme, len(blocks))
 	}
-	return script.String()
+	for i, b := range blocks {
+		if len(b.lines) == 0 {
+			t.Fatalf("%s: quick-start block %d has no command", readme, i+1)
+		}
+	}
+	return blocks
 }
 
 // TestReadmeQuickStart runs README.md's quick-start blocks through bash,
 // as a newcomer pastes them: one shell, stopping at the first failing
 // line, with imgtool built from this checkout first on PATH. The only
 // change to the text is where scratch files go: /tmp/ and /mnt/ become
-// directories of the test. Lines that need root (sudo ...) run only as
-// root, where sudo is the command itself.
+// directories of the test. A block the README says runs "as root" runs
+// only as root (CI is root). Every line echoes a marker after it, and the
+// last marker must appear.
 func TestReadmeQuickStart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds imgtool and runs the README's commands")
@@ -60,7 +88,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	script := quickStart(t, filepath.Join(root, "README.md"))
+	blocks := quickStart(t, filepath.Join(root, "README.md"))
 	scratch := t.TempDir()
 	bin := filepath.Join(scratch, "bin")
 	build := exec.Command("go", "build", "-o", filepath.Join(bin, "imgtool"), "./cmd/imgtool")
@@ -70,14 +98,20 @@ func TestReadmeQuickStart(t *testing.T) {
 	}
 	asRoot := os.Geteuid() == 0
 	var lines []string
-	for _, l := range strings.Split(script, "\n") {
-		if strings.Contains(l, "sudo ") && !asRoot {
-			t.Logf("not root: skipping %q", l)
+	n := 0
+	for i, b := range blocks {
+		if b.asRoot && !asRoot {
+			t.Logf("not root: skipping block %d (%d lines)", i+1, len(b.lines))
 			continue
 		}
-		lines = append(lines, l)
+		// Each line reports that it ran, so a line the script never
+		// reaches is not taken as passed.
+		for _, l := range b.lines {
+			n++
+			lines = append(lines, l, fmt.Sprintf("echo 'README line %d done'", n))
+		}
 	}
-	script = strings.Join(lines, "\n")
+	script := strings.Join(lines, "\n")
 	tmp, mnt := filepath.Join(scratch, "tmp")+"/", filepath.Join(scratch, "mnt")+"/"
 	script = strings.ReplaceAll(strings.ReplaceAll(script, "/tmp/", tmp), "/mnt/", mnt)
 	for _, d := range []string{tmp, mnt} {
@@ -85,7 +119,7 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	prologue := "set -euo pipefail\nsudo() { \"$@\"; }\n"
+	prologue := "set -euo pipefail\n"
 	var cleanup string
 	if asRoot {
 		// Leave no mount behind if a line after rootfs mount fails.
@@ -98,6 +132,9 @@ func TestReadmeQuickStart(t *testing.T) {
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("README quick start failed: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), fmt.Sprintf("\nREADME line %d done\n", n)) {
+		t.Fatalf("README quick start stopped before its last line (%d):\n%s", n, out)
 	}
 	t.Logf("%s", out)
 }
