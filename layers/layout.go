@@ -379,15 +379,7 @@ func layoutReadFileCapped(path string, max int64) ([]byte, error) {
 // layoutWriteFileAtomic writes b to path whole (see internal/atomicfile).
 // Layout files are imgtool's own, which no QEMU holds: no image lock.
 func layoutWriteFileAtomic(path string, b []byte, noSync bool) error {
-	f, err := atomicfile.Create(path, atomicfile.Options{Sync: layoutSync(noSync), NoLock: true})
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	return f.Commit()
+	return atomicfile.WriteFile(path, b, atomicfile.Options{Sync: layoutSync(noSync), NoLock: true})
 }
 
 func layoutSync(noSync bool) atomicfile.Sync {

@@ -163,6 +163,21 @@ func Create(path string, opts Options) (*File, error) {
 	return f, nil
 }
 
+// WriteFile replaces path with b whole: Create, one write, Commit.
+// Readers see the old or the new content, and after a crash the file is
+// one or the other.
+func WriteFile(path string, b []byte, opts Options) error {
+	f, err := Create(path, opts)
+	if err != nil {
+		return err
+	}
+	defer f.Abort()
+	if _, err := f.Write(b); err != nil {
+		return err
+	}
+	return f.Commit()
+}
+
 // CreateTemp starts writing a file in dir whose name is given later, to
 // CommitAs (a content-addressed blob named after its digest).
 func CreateTemp(dir string, opts Options) (*File, error) {

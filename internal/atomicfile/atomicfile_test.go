@@ -20,17 +20,11 @@ import (
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
+// write is WriteFile of a string, which every test that writes a whole
+// file goes through.
 func write(t *testing.T, path string, data string, opts Options) error {
 	t.Helper()
-	f, err := Create(path, opts)
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.WriteString(data); err != nil {
-		t.Fatal(err)
-	}
-	return f.Commit()
+	return WriteFile(path, []byte(data), opts)
 }
 
 func names(t *testing.T, dir string) []string {

@@ -50,13 +50,5 @@ func Write(path string, v any, perm fs.FileMode) error {
 // WriteBytes replaces the file at path with b: readers see the old or
 // the new content, and after a crash the file is one or the other.
 func WriteBytes(path string, b []byte, perm fs.FileMode) error {
-	f, err := atomicfile.Create(path, atomicfile.Options{Perm: perm})
-	if err != nil {
-		return err
-	}
-	defer f.Abort()
-	if _, err := f.Write(b); err != nil {
-		return err
-	}
-	return f.Commit()
+	return atomicfile.WriteFile(path, b, atomicfile.Options{Perm: perm})
 }
