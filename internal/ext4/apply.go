@@ -41,6 +41,7 @@ const (
 
 // layerState is the state of one ApplyLayer call.
 type layerState struct {
+	ctx     context.Context
 	touched map[*dentry]bool // entries this layer wrote
 	seen    map[string]bool
 	buf     []byte
@@ -70,7 +71,7 @@ func (f *FS) ApplyLayer(ctx context.Context, r io.Reader, w io.WriterAt) (LayerS
 
 func (f *FS) applyLayer(ctx context.Context, r io.Reader) error {
 	tr := tar.NewReader(r)
-	st := &layerState{touched: map[*dentry]bool{}, seen: map[string]bool{}, buf: make([]byte, 1<<20)}
+	st := &layerState{ctx: ctx, touched: map[*dentry]bool{}, seen: map[string]bool{}, buf: make([]byte, 1<<20)}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -436,6 +437,9 @@ func (f *FS) writeFile(st *layerState, in *inode, r io.Reader, size int64) error
 	var logical uint32
 	buf := st.buf
 	for left := size; left > 0; {
+		if err := st.ctx.Err(); err != nil {
+			return err // a large file is read in many chunks: stop between them
+		}
 		n := int(min(int64(len(buf)), left))
 		if _, err := io.ReadFull(r, buf[:n]); err != nil {
 			return fmt.Errorf("reading content: %w", err)

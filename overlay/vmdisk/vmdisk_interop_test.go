@@ -239,6 +239,38 @@ func TestDiskTooLarge(t *testing.T) {
 	t.Log(err)
 }
 
+// TestDiskCanceled: a build cancelled in the middle of a large file stops
+// there and leaves nothing beside OUTDIR.
+func TestDiskCanceled(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "l.tar")
+	writeTar(t, p, []tarEntry{fileE("big", 0o644, bytes.Repeat([]byte{1}, 32<<20))})
+	layout := filepath.Join(src, "oci")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{p}, Tag: "k1"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var last int64
+	opts := Options{Size: 64 << 20, Progress: func(p Progress) {
+		if p.Done > 4<<20 {
+			cancel()
+		}
+		last = p.Done
+	}}
+	work := t.TempDir()
+	_, err := Build(ctx, layers.ImageRef{Dir: layout, Tag: "k1"}, filepath.Join(work, "new", "disk"), opts)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if last > 8<<20 {
+		t.Errorf("read %d bytes after the cancel at 4 MiB", last)
+	}
+	if ents, _ := os.ReadDir(work); len(ents) != 0 {
+		t.Fatalf("left behind: %v", ents)
+	}
+}
+
 // TestDiskOutdirModes: a missing OUTDIR and its missing parents are made
 // with the modes the umask allows, as mkdir -p and the level files get
 // them (not MkdirTemp's 0700 or a fixed 0755).
