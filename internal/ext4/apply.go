@@ -412,6 +412,10 @@ func (f *FS) setAttrs(in *inode, hdr *tar.Header) error {
 	if err != nil {
 		return err
 	}
+	if !fitsInInode(xs) && xattrBlockHdr+xattrsSize(xs) > blockSize {
+		// Refused here, where the error names the entry, not at commit.
+		return fmt.Errorf("%w: %d bytes of xattrs do not fit in a block", ErrUnsupportedXattr, xattrsSize(xs))
+	}
 	if !xattrsEqual(xs, in.xattrs) {
 		in.xattrs = xs
 		f.dirtyInode[in.ino] = true
