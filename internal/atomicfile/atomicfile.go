@@ -343,6 +343,11 @@ func SyncDir(dir string) error {
 // they lead to), so that a link is written through; a dangling link
 // resolves to the missing target, which is created.
 func resolve(path string) (string, error) {
+	if strings.HasSuffix(path, "/") {
+		// A directory name: Clean would drop the slash and make
+		// "new/" the file "new" (qemu-img: "Is a directory").
+		return "", fmt.Errorf("atomicfile: %w", &fs.PathError{Op: "create", Path: path, Err: syscall.EISDIR})
+	}
 	p := filepath.Clean(path)
 	for range 40 {
 		fi, err := os.Lstat(p)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/imgtool/imgtool/internal/imagelock"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
@@ -160,8 +161,23 @@ func TestWritesThroughSymlink(t *testing.T) {
 }
 
 func TestRefusesNonRegular(t *testing.T) {
-	if _, err := Create(t.TempDir(), Options{}); err == nil {
+	dir := t.TempDir()
+	if _, err := Create(dir, Options{}); err == nil {
 		t.Error("Create on a directory succeeded")
+	}
+	// A name with a trailing slash names a directory, whether or not it
+	// exists or a file of that name does: nothing is created or replaced.
+	os.WriteFile(filepath.Join(dir, "file"), []byte("kept"), 0o644)
+	for _, p := range []string{filepath.Join(dir, "new") + "/", filepath.Join(dir, "file") + "/"} {
+		if _, err := Create(p, Options{}); !errors.Is(err, syscall.EISDIR) {
+			t.Errorf("Create(%q) = %v, want EISDIR", p, err)
+		}
+	}
+	if d := cmp.Diff([]string{"file"}, names(t, dir)); d != "" {
+		t.Errorf("directory (-want +got):\n%s", d)
+	}
+	if got := readString(t, filepath.Join(dir, "file")); got != "kept" {
+		t.Errorf("file holds %q, want kept", got)
 	}
 }
 
