@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -85,15 +86,19 @@ var (
 )
 
 // ValidName reports whether name may name a level: 1 to 64 bytes of
-// [A-Za-z0-9._-], not starting with '.' or '-'. Such a name is a safe file
-// name (no '/', never "." or ".."), and disk/NAME.qcow2 fits the ustar
-// name field.
+// [A-Za-z0-9._-], not starting with '.' or '-', without "..". Such a name
+// is a safe file name (no '/', never "." or ".."), disk/NAME.qcow2 fits
+// the ustar name field, and a pulled chain is a VM chain directory
+// (overlay/vmchain accepts every level name).
 func ValidName(name string) error {
 	if name == "" || len(name) > MaxNameLen {
 		return fmt.Errorf("%w: %q (1 to %d bytes)", ErrInvalidName, name, MaxNameLen)
 	}
 	if name[0] == '.' || name[0] == '-' {
 		return fmt.Errorf("%w: %q starts with %q", ErrInvalidName, name, name[0])
+	}
+	if strings.Contains(name, "..") {
+		return fmt.Errorf("%w: %q contains \"..\"", ErrInvalidName, name)
 	}
 	for i := 0; i < len(name); i++ {
 		if !nameByte(name[i]) {

@@ -22,7 +22,7 @@ func TestValidName(t *testing.T) {
 			t.Errorf("ValidName(%q) = %v", name, err)
 		}
 	}
-	for _, name := range []string{"", ".hidden", "-opt", "..", "a/b", "a b", "a+b", "ü", strings.Repeat("x", 65), "a\x00b", "/abs"} {
+	for _, name := range []string{"", ".hidden", "-opt", "..", "a..b", "a/b", "a b", "a+b", "ü", strings.Repeat("x", 65), "a\x00b", "/abs"} {
 		if err := ValidName(name); !errors.Is(err, ErrInvalidName) {
 			t.Errorf("ValidName(%q) = %v, want ErrInvalidName", name, err)
 		}
