@@ -14,13 +14,15 @@ import (
 
 // quickBlock is one fenced sh block of the README's quick start.
 type quickBlock struct {
-	lines  []string
-	asRoot bool // the paragraph before it says it runs "as root"
+	lines    []string
+	asRoot   bool // the paragraph before it says it runs "as root"
+	registry bool // in "## Registries": needs a registry at localhost:5000
 }
 
 // quickStart returns the fenced sh blocks of README.md's "Quick start"
-// section, in order. Any other fence there (```bash, ```console) fails
-// the test rather than going unrun.
+// and "Registries" sections, in order; registry is true for the
+// latter's. Any other fence there (```bash, ```console) fails the test
+// rather than going unrun.
 func quickStart(t *testing.T, readme string) []quickBlock {
 	t.Helper()
 	f, err := os.Open(readme)
@@ -30,20 +32,21 @@ func quickStart(t *testing.T, readme string) []quickBlock {
 	defer f.Close()
 	var blocks []quickBlock
 	var para strings.Builder // the prose since the last block
-	inSection, inBlock := false, false
+	inSection, inBlock, registry := false, false, false
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
 		case strings.HasPrefix(line, "## "):
-			inSection = line == "## Quick start"
+			registry = line == "## Registries"
+			inSection = line == "## Quick start" || registry
 		case !inSection:
 		case !inBlock && strings.HasPrefix(line, "```"):
 			if line != "```sh" {
 				t.Fatalf("%s: quick start has a %q block; write it as ```sh so this test runs it", readme, line)
 			}
 			inBlock = true
-			blocks = append(blocks, quickBlock{asRoot: strings.Contains(para.String(), "as root")})
+			blocks = append(blocks, quickBlock{asRoot: strings.Contains(para.String(), "as root"), registry: registry})
 			para.Reset()
 		case inBlock && line == "```":
 			inBlock = false
@@ -61,8 +64,8 @@ func quickStart(t *testing.T, readme string) []quickBlock {
 	if err := sc.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if len(blocks) < 4 {
-		t.Fatalf("%s has %d sh blocks under \"## Quick start\", want at least 4", readme, len(blocks))
+	if len(blocks) < 5 {
+		t.Fatalf("%s has %d sh blocks under \"## Quick start\" and \"## Registries\", want at least 5", readme, len(blocks))
 	}
 	for i, b := range blocks {
 		if len(b.lines) == 0 {
@@ -72,12 +75,15 @@ func quickStart(t *testing.T, readme string) []quickBlock {
 	return blocks
 }
 
-// TestReadmeQuickStart runs README.md's quick-start blocks through bash,
+// TestReadmeQuickStart runs README.md's quick-start and registry blocks
+// through bash,
 // as a newcomer pastes them: one shell, stopping at the first failing
 // line, with imgtool built from this checkout first on PATH. The only
 // change to the text is where scratch files go: /tmp/ and /mnt/ become
-// directories of the test. A block the README says runs "as root" runs
-// only as root (CI is root). Every line echoes a marker after it, and the
+// directories of the test, and localhost:5000 a real registry on a free
+// port (the one line that needs the internet is left out). A block the
+// README says runs "as root", and the registry block, run only as root
+// (CI is root). Every line echoes a marker after it, and the
 // last marker must appear.
 func TestReadmeQuickStart(t *testing.T) {
 	if testing.Short() {
@@ -99,14 +105,29 @@ func TestReadmeQuickStart(t *testing.T) {
 	asRoot := os.Geteuid() == 0
 	var lines []string
 	n := 0
+	var reg *testutil.Registry
 	for i, b := range blocks {
-		if b.asRoot && !asRoot {
+		if b.asRoot && !asRoot || b.registry && !asRoot {
+			// The registry block mounts and commits containers too.
 			t.Logf("not root: skipping block %d (%d lines)", i+1, len(b.lines))
 			continue
+		}
+		if b.registry && reg == nil {
+			reg = testutil.StartRegistry(t, testutil.RegistryOptions{})
 		}
 		// Each line reports that it ran, so a line the script never
 		// reaches is not taken as passed.
 		for _, l := range b.lines {
+			if b.registry {
+				if strings.Contains(l, "needs the internet") {
+					t.Logf("no internet here: skipping %q", l)
+					continue
+				}
+				// The README's registry is localhost:5000; the test's
+				// is on a free port.
+				_, port, _ := strings.Cut(reg.Host, ":")
+				l = strings.ReplaceAll(l, "localhost:5000", "localhost:"+port)
+			}
 			n++
 			lines = append(lines, l, fmt.Sprintf("echo 'README line %d done'", n))
 		}
