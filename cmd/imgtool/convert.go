@@ -18,7 +18,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	format := fs.StringP("format", "f", "", "source format (qcow2 or raw); probed when omitted")
 	outFormat := fs.StringP("output-format", "O", "raw", "output format: raw or qcow2")
 	compress := fs.BoolP("compress", "c", false, "compress data clusters (qcow2; compression_type=zlib or zstd)")
-	options := fs.StringArrayP("options", "o", nil, "qemu-img create options for the output: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt")
+	options := fs.StringArrayP("options", "o", nil, "qemu-img create options for the output: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt (-o help lists them)")
 	backing := fs.StringP("backing", "B", "", "make DST an overlay of this file, storing only clusters that differ from it (relative names are relative to DST's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
 	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 writes every cluster")
@@ -34,6 +34,9 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	fs.BoolP("out-of-order", "W", false, "allow out-of-order writes (accepted; imgtool always may)")
 	parallel := fs.IntP("parallel", "m", 0, "number of parallel workers, 1 to 16 (default: twice the CPUs)")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := createOptionsHelp(*options, *outFormat, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() != 2 {

@@ -17,7 +17,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 	format := fs.StringP("format", "f", "qcow2", "image format: qcow2 or raw")
 	backing := fs.StringP("backing", "b", "", "backing file (relative names are relative to FILE's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "backing file format (qcow2 or raw); probed when omitted")
-	options := fs.StringArrayP("options", "o", nil, "qemu-img options: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt")
+	options := fs.StringArrayP("options", "o", nil, "qemu-img options: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt (-o help lists them)")
 	unsafe := fs.BoolP("unsafe", "u", false, "do not open the backing file (SIZE is then required)")
 	clusterSize := fs.String("cluster-size", "", "cluster size, 512 to 2M (default 64K)")
 	extL2 := fs.Bool("extended-l2", false, "use extended L2 entries (32 subclusters per cluster)")
@@ -29,6 +29,9 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr (full preallocation)")
 	quiet := fs.BoolP("quiet", "q", false, "print nothing on success (no Formatting line, no progress)")
 	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if err := createOptionsHelp(*options, *format, stdout); err != nil {
 		return err
 	}
 	if fs.NArg() < 1 || fs.NArg() > 2 {

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/imgtool/imgtool/internal/testutil"
+	"github.com/imgtool/imgtool/qcow2"
 )
 
 func TestVersionOf(t *testing.T) {
@@ -359,6 +360,47 @@ func TestQuietEveryCommand(t *testing.T) {
 		}
 		if code != 0 || stdout != "" || stderr != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want 0 and nothing", args, code, stdout, stderr)
+		}
+	}
+}
+
+// TestCreateOptionsHelp: -o help lists, in qemu-img's layout, the options
+// imgtool takes for the format; every one is known to parseCreateOption
+// and to qemu-img's own -o help, and create, convert and measure answer it.
+func TestCreateOptionsHelp(t *testing.T) {
+	qemuImg := testutil.NeedTool(t, "qemu-img")
+	for _, format := range []string{"qcow2", "raw"} {
+		code, out, stderr := runCmd("create", "-f", format, "-o", "help")
+		if code != 0 || !strings.HasPrefix(out, "Supported "+format+" options:\n") {
+			t.Fatalf("create -f %s -o help: exit %d, %q %q", format, code, out, stderr)
+		}
+		qemu, _ := testutil.Exec(qemuImg, "create", "-f", format, "-o", "help")
+		if format == "raw" {
+			// qemu-img lists raw's preallocation with a file name only.
+			qemu, _ = testutil.Exec(qemuImg, "create", "-f", format, "-o", "help", filepath.Join(t.TempDir(), "x"))
+		}
+		names := 0
+		for _, l := range strings.Split(out, "\n")[1:] {
+			name, _, ok := strings.Cut(strings.TrimSpace(l), "=")
+			if !ok {
+				continue
+			}
+			names++
+			var o qcow2.CreateOptions
+			if err := parseCreateOption(&o, name, "x"); err != nil && strings.Contains(err.Error(), "unknown") {
+				t.Errorf("-o help lists %s, which -o refuses", name)
+			}
+			if !strings.Contains(string(qemu), "  "+name+"=") {
+				t.Errorf("-o help lists %s, which qemu-img -f %s does not have:\n%s", name, format, qemu)
+			}
+		}
+		if names < 2 {
+			t.Errorf("-o help of %s lists %d options", format, names)
+		}
+	}
+	for _, args := range [][]string{{"convert", "-O", "qcow2", "-o", "?"}, {"measure", "-O", "raw", "-o", "cluster_size=4k,help"}} {
+		if code, out, _ := runCmd(args...); code != 0 || !strings.HasPrefix(out, "Supported ") {
+			t.Errorf("%v: exit %d, %q", args, code, out)
 		}
 	}
 }

@@ -13,7 +13,7 @@ import (
 func runMeasure(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("measure", "[-O qcow2|raw] [-o k=v,...] [-f FMT] [-U] (--size N | SRC) [--output human|json]", stdout, stderr)
 	outFormat := fs.StringP("output-format", "O", "raw", "format of the image to measure for: raw or qcow2")
-	options := fs.StringArrayP("options", "o", nil, "qemu-img create options: compat, cluster_size, extended_l2, refcount_bits, preallocation, backing_file, ...")
+	options := fs.StringArrayP("options", "o", nil, "qemu-img create options: compat, cluster_size, extended_l2, refcount_bits, preallocation, backing_file, ... (-o help lists them)")
 	sizeStr := fs.String("size", "", "measure a new image of this size instead of SRC")
 	format := fs.StringP("format", "f", "", "SRC format (qcow2 or raw); probed when omitted")
 	forceShare := fs.BoolP("force-share", "U", false, "open SRC without taking image locks")
@@ -21,6 +21,9 @@ func runMeasure(args []string, stdout, stderr io.Writer) error {
 	output := fs.String("output", "human", "output format: human or json")
 	asJSON, err := parseFlagsOutput(fs, args, output)
 	if err != nil {
+		return err
+	}
+	if err := createOptionsHelp(*options, *outFormat, stdout); err != nil {
 		return err
 	}
 	var opts qcow2.CreateOptions

@@ -6,7 +6,10 @@ package main
 // qcow2.CreateOptions directly.
 
 import (
+	"io"
+
 	"fmt"
+	"github.com/spf13/pflag"
 	"math"
 	"strconv"
 	"strings"
@@ -105,4 +108,48 @@ func parseCreateOptions(opts *qcow2.CreateOptions, list string) error {
 		}
 	}
 	return nil
+}
+
+// createOptionsHelp prints the -o options imgtool takes for format, as
+// `qemu-img create -f FMT -o help` lists them, when one of the -o lists
+// asks for them ("help" or "?"), and then returns pflag.ErrHelp (exit 0).
+func createOptionsHelp(lists []string, format string, stdout io.Writer) error {
+	asked := false
+	for _, l := range lists {
+		for _, kv := range strings.Split(l, ",") {
+			asked = asked || kv == "help" || kv == "?"
+		}
+	}
+	if !asked {
+		return nil
+	}
+	type opt struct{ name, help string }
+	var opts []opt
+	switch format {
+	case "qcow2":
+		opts = []opt{
+			{"backing_file=<str>", "File name of a base image"},
+			{"backing_fmt=<str>", "Image format of the base image"},
+			{"cluster_size=<size>", "qcow2 cluster size"},
+			{"compat=<str>", "Compatibility level (v2 [0.10] or v3 [1.1])"},
+			{"compression_type=<str>", "Compression method used for image cluster compression (zlib, zstd)"},
+			{"extended_l2=<bool (on/off)>", "Extended L2 tables"},
+			{"lazy_refcounts=<bool (on/off)>", "Postpone refcount updates"},
+			{"preallocation=<str>", "Preallocation mode (allowed values: off, metadata, full)"},
+			{"refcount_bits=<num>", "Width of a reference count entry in bits"},
+			{"size=<size>", "Virtual disk size"},
+		}
+	case "raw":
+		opts = []opt{
+			{"preallocation=<str>", "Preallocation mode (allowed values: off, full)"},
+			{"size=<size>", "Virtual disk size"},
+		}
+	default:
+		return usagef("unknown format %q (raw and qcow2 are supported)", format)
+	}
+	fmt.Fprintf(stdout, "Supported %s options:\n", format)
+	for _, o := range opts {
+		fmt.Fprintf(stdout, "  %-22s - %s\n", o.name, o.help)
+	}
+	return pflag.ErrHelp
 }
