@@ -404,3 +404,32 @@ func TestCreateOptionsHelp(t *testing.T) {
 		}
 	}
 }
+
+// TestRebaseUnsafeProbesCLI: rebase -u -b without -F records the probed
+// format of an existing file, so info --backing-chain (and qemu-img)
+// open the chain, and refuses a file it can't probe with qemu-img's words,
+// leaving the image as it was.
+func TestRebaseUnsafeProbesCLI(t *testing.T) {
+	qemuImg := testutil.NeedTool(t, "qemu-img")
+	dir := t.TempDir()
+	base, top := filepath.Join(dir, "base.raw"), filepath.Join(dir, "top.qcow2")
+	for _, args := range [][]string{{"create", "-q", "-f", "raw", base, "1M"}, {"create", "-q", top, "1M"}, {"rebase", "-u", "-b", "base.raw", top}} {
+		if code, _, stderr := runCmd(args...); code != 0 {
+			t.Fatalf("%v: exit %d %s", args, code, stderr)
+		}
+	}
+	if code, out, stderr := runCmd("info", "--backing-chain", top); code != 0 || !strings.Contains(out, "backing file format: raw") {
+		t.Errorf("info --backing-chain after rebase -u: exit %d, %q %q", code, out, stderr)
+	}
+	if out, err := testutil.Exec(qemuImg, "info", "--backing-chain", top); err != nil || !strings.Contains(string(out), "backing file format: raw") {
+		t.Errorf("qemu-img info --backing-chain: %v %s", err, out)
+	}
+	before, _ := os.ReadFile(top)
+	code, _, stderr := runCmd("rebase", "-u", "-b", "missing.qcow2", top)
+	if code != 1 || !strings.Contains(stderr, "backing format must be specified") {
+		t.Errorf("rebase -u onto a missing file without -F: exit %d, %q", code, stderr)
+	}
+	if after, _ := os.ReadFile(top); !bytes.Equal(before, after) {
+		t.Error("the refused rebase changed the image")
+	}
+}
