@@ -200,7 +200,7 @@ Commands:
 		fmt.Fprintf(w, "  %-*s  %s\n", width, c.name, c.summary)
 	}
 	fmt.Fprint(w, `
-Run 'imgtool help COMMAND' for the options of one command.
+Run 'imgtool help COMMAND [SUBCOMMAND]' for the options and examples of one command.
 Exit status: 0 on success, 1 on error; check and compare use qemu-img's codes.
 `)
 }
