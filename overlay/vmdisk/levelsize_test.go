@@ -57,8 +57,8 @@ func TestLevelSize(t *testing.T) {
 	}
 	for k, lv := range res.Levels {
 		limit := adds[k]*11/10 + 2<<20
-		t.Logf("level %d: file %d bytes, layer adds %d bytes of data, limit %d (%.3f x data + %d KiB)",
-			k, lv.FileSize, adds[k], limit, float64(lv.FileSize)/float64(adds[k]), (lv.FileSize-adds[k])>>10)
+		t.Logf("level %d: file %d bytes, layer adds %d bytes of data (file = %.3f x data, or data + %d KiB); limit 1.1 x data + 2 MiB = %d",
+			k, lv.FileSize, adds[k], float64(lv.FileSize)/float64(adds[k]), (lv.FileSize-adds[k])>>10, limit)
 		if lv.FileSize > limit {
 			t.Errorf("level %d: %d bytes > 1.1 x %d + 2 MiB", k, lv.FileSize, adds[k])
 		}
