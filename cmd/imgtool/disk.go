@@ -65,7 +65,7 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 		}
 	}
 	pullFinish()
-	finish()
+	finish(err)
 	if err != nil {
 		return err
 	}

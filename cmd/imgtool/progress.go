@@ -41,6 +41,10 @@ type progressLine struct {
 	seen        bool
 	drawn       time.Time
 	finished    bool
+	// stopped: the job ended before this line's work was done (it failed
+	// or was interrupted), so a line of unknown total keeps its count but
+	// does not claim 100 %.
+	stopped bool
 }
 
 func (p *progressLine) update(done, total int64) {
@@ -56,14 +60,17 @@ func (p *progressLine) update(done, total int64) {
 	}
 }
 
-func (p *progressLine) finish() {
+func (p *progressLine) finish() { p.end(false) }
+
+// end is finish for a job that stopped (stopped true) or completed.
+func (p *progressLine) end(stopped bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.finished || !p.seen {
 		p.finished = true
 		return
 	}
-	p.finished = true
+	p.finished, p.stopped = true, stopped
 	p.draw("\n")
 }
 
@@ -72,6 +79,9 @@ func (p *progressLine) finish() {
 func (p *progressLine) draw(end string) {
 	var line string
 	switch {
+	case p.total < 0 && end == "\n" && p.stopped:
+		// No total was known and the job stopped: what it got to.
+		line = fmt.Sprintf("    %s: %s, stopped", p.description, qemusize.String(p.done))
 	case p.total < 0 && end == "\n":
 		// No total was known; the job is done.
 		line = fmt.Sprintf("    (100.00/100%%) %s: %s", p.description, qemusize.String(p.done))
@@ -98,10 +108,12 @@ func (p *progressLine) draw(end string) {
 // newPhaseProgress is newProgress for work whose total is not known in
 // advance and that runs in phases (rootfs commit: "diff", then "store"):
 // one line per phase with the bytes done so far, each phase's line left
-// with its final count when the next phase starts or at finish.
-func newPhaseProgress(enabled bool, w io.Writer) (update func(phase string, done int64), finish func()) {
+// with its final count when the next phase starts or at finish. finish
+// takes the job's error: a phase that ended in one ("layer 3/10: 2 MiB,
+// stopped") is not drawn as complete.
+func newPhaseProgress(enabled bool, w io.Writer) (update func(phase string, done int64), finish func(err error)) {
 	if !enabled {
-		return func(string, int64) {}, func() {}
+		return func(string, int64) {}, func(error) {}
 	}
 	var mu sync.Mutex
 	var cur *progressLine
@@ -117,11 +129,11 @@ func newPhaseProgress(enabled bool, w io.Writer) (update func(phase string, done
 		mu.Unlock()
 		line.update(done, -1)
 	}
-	finish = func() {
+	finish = func(err error) {
 		mu.Lock()
 		defer mu.Unlock()
 		if cur != nil {
-			cur.finish()
+			cur.end(err != nil)
 		}
 	}
 	return update, finish

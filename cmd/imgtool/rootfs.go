@@ -187,7 +187,7 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 	return nil
 }
 
-func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
+func runRootfsCommit(args []string, stdout, stderr io.Writer) (retErr error) {
 	fs := newFlagSet("rootfs commit", "[--store DIR] TARGET DIR:TAG|docker://REF", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	comp := fs.String("compression", "gzip", "compression of the new layer: gzip, zstd or none")
@@ -204,7 +204,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 		return usagef("want TARGET and DIR:TAG (or docker://REF), got %d arguments", fs.NArg())
 	}
 	report, finish := newPhaseProgress(*progress, stderr)
-	defer finish()
+	defer func() { finish(retErr) }()
 	// docker://REF: commit into a scratch layout, then push it.
 	var dest fmt.Stringer
 	var ref layers.ImageRef
@@ -255,7 +255,7 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) error {
 		if rest, ok := strings.CutPrefix(res.Container.ImageDir, "docker://"); ok {
 			from = rest
 		}
-		finish() // the commit's phase line, before the push's blob lines
+		finish(nil) // the commit's phase line, before the push's blob lines
 		update, done := newBlobProgress(*progress, stderr)
 		pushed, err = layers.Push(ctx, ref, fs.Arg(1), layers.PushOptions{Registry: ro, MountFrom: from, Progress: update})
 		done()
