@@ -91,7 +91,7 @@ func OpenLayout(dir string) (*Layout, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(l.indexPath()); err != nil {
-		return nil, &LayoutError{Path: l.indexPath(), Err: fmt.Errorf("%w: %v", ErrNotLayout, err)}
+		return nil, notLayout(l.indexPath(), err)
 	}
 	return l, nil
 }
@@ -137,15 +137,28 @@ func (l *Layout) Dir() string { return l.dir }
 
 func (l *Layout) indexPath() string { return filepath.Join(l.dir, indexFileName) }
 
+// notLayout is the LayoutError of file p, which makes its directory no
+// layout because of err. The LayoutError names p, so err says only what
+// is wrong ("no such file or directory", not "open P: no such file or
+// directory" after "P: ...").
+func notLayout(p string, err error) error {
+	msg := err.Error()
+	var pe *fs.PathError
+	if errors.As(err, &pe) && pe.Path == p {
+		msg = pe.Err.Error()
+	}
+	return &LayoutError{Path: p, Err: fmt.Errorf("%w: %s", ErrNotLayout, strings.TrimPrefix(msg, p+": "))}
+}
+
 func (l *Layout) checkLayoutFile() error {
 	p := filepath.Join(l.dir, layoutFileName)
 	b, err := layoutReadFileCapped(p, 64<<10)
 	if err != nil {
-		return &LayoutError{Path: p, Err: fmt.Errorf("%w: %v", ErrNotLayout, err)}
+		return notLayout(p, err)
 	}
 	var lay ocispec.ImageLayout
 	if err := json.Unmarshal(b, &lay); err != nil {
-		return &LayoutError{Path: p, Err: fmt.Errorf("%w: %v", ErrNotLayout, err)}
+		return notLayout(p, err)
 	}
 	// image-layout.md: imageLayoutVersion is "1.0.0"; accept 1.x.
 	if !strings.HasPrefix(lay.Version, "1.") {
@@ -163,7 +176,7 @@ func (l *Layout) Index(ctx context.Context) (*ocispec.Index, error) {
 	b, err := layoutReadFileCapped(p, layoutMaxJSON)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, &LayoutError{Path: p, Err: fmt.Errorf("%w: %v", ErrNotLayout, err)}
+			return nil, notLayout(p, err)
 		}
 		return nil, err
 	}

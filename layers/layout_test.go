@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-containerregistry/pkg/v1/validate"
 	"github.com/klauspost/compress/gzip"
 	digest "github.com/opencontainers/go-digest"
@@ -642,5 +643,31 @@ func TestLayoutVerify(t *testing.T) {
 	rep, err = l.Verify(ctx, Limits{})
 	if !errors.Is(err, ErrBlobNotFound) || len(rep.Issues) != 1 {
 		t.Fatalf("Verify with a missing layer = %v (%d issues)", err, len(rep.Issues))
+	}
+}
+
+// TestNotLayoutNamesFileOnce: the error of a directory that is no layout
+// names the file that makes it so once, then what is wrong with it.
+func TestNotLayoutNamesFileOnce(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing")
+	noIndex := filepath.Join(dir, "noindex")
+	if err := os.MkdirAll(noIndex, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(noIndex, "oci-layout"), []byte(`{"imageLayoutVersion":"1.0.0"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for d, want := range map[string]string{
+		missing: filepath.Join(missing, "oci-layout") + ": layers: not an OCI image layout: no such file or directory",
+		noIndex: filepath.Join(noIndex, "index.json") + ": layers: not an OCI image layout: no such file or directory",
+	} {
+		_, err := OpenLayout(d)
+		if !errors.Is(err, ErrNotLayout) {
+			t.Fatalf("OpenLayout(%s) = %v, want ErrNotLayout", d, err)
+		}
+		if d := cmp.Diff(want, err.Error()); d != "" {
+			t.Errorf("message (-want +got):\n%s", d)
+		}
 	}
 }
