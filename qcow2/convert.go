@@ -150,8 +150,8 @@ func Convert(ctx context.Context, src *Image, dst string, opts ConvertOptions) e
 			return fmt.Errorf("%w: compressed raw images (-c needs -O qcow2)", ErrUnsupportedFeature)
 		case co.BackingFile != "":
 			return fmt.Errorf("%w: a raw image cannot have a backing file", ErrUnsupportedFeature)
-		case co.Preallocation != "" && co.Preallocation != PreallocOff && co.Preallocation != PreallocFull:
-			return fmt.Errorf("%w: preallocation %q for raw output (off or full)", ErrUnsupportedFeature, co.Preallocation)
+		case co.Preallocation != "" && co.Preallocation != PreallocOff && co.Preallocation != PreallocFalloc && co.Preallocation != PreallocFull:
+			return fmt.Errorf("%w: preallocation %q for raw output (off, falloc or full)", ErrUnsupportedFeature, co.Preallocation)
 		}
 		if co.Preallocation == PreallocFull {
 			opts.NoSparse = true
@@ -167,11 +167,11 @@ func Convert(ctx context.Context, src *Image, dst string, opts ConvertOptions) e
 func convertQcow2(ctx context.Context, src *Image, dst string, opts ConvertOptions) error {
 	co := opts.Create
 	switch co.Preallocation {
-	case "", PreallocOff, PreallocMetadata, PreallocFull:
+	case "", PreallocOff, PreallocMetadata, PreallocFalloc, PreallocFull:
 	default:
-		return fmt.Errorf("qcow2: convert to %s: preallocation %q (want off, metadata or full)", dst, co.Preallocation)
+		return fmt.Errorf("qcow2: convert to %s: preallocation %q (want off, metadata, falloc or full)", dst, co.Preallocation)
 	}
-	prealloc := co.Preallocation == PreallocMetadata || co.Preallocation == PreallocFull
+	prealloc := co.Preallocation != "" && co.Preallocation != PreallocOff
 	if prealloc && opts.Compress {
 		return fmt.Errorf("qcow2: convert to %s: compression and preallocation cannot be used together", dst)
 	}
@@ -226,6 +226,11 @@ func convertQcow2(ctx context.Context, src *Image, dst string, opts ConvertOptio
 	}
 	if err := cw.finish(); err != nil {
 		return convertError(dst, err)
+	}
+	if co.Preallocation == PreallocFalloc {
+		if err := reserveFile(tmp.File); err != nil {
+			return fmt.Errorf("qcow2: convert to %s: preallocation=falloc: %w", dst, err)
+		}
 	}
 	return tmp.Commit()
 }

@@ -21,6 +21,12 @@ func convertRaw(ctx context.Context, src *Image, dst string, opts ConvertOptions
 		return fmt.Errorf("qcow2: convert: %w", err)
 	}
 	zeroFill := false
+	if opts.Create.Preallocation == PreallocFalloc {
+		// Reserved, not written: zeros of the source stay unwritten.
+		if err := fallocate(tmp.File, size); err != nil {
+			return fmt.Errorf("qcow2: convert to %s: preallocation=falloc: %w", dst, err)
+		}
+	}
 	if opts.NoSparse {
 		// Reserved blocks read as zeros, so data can still skip its
 		// zero blocks; without fallocate, every zero is written.

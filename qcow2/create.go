@@ -14,7 +14,12 @@ import (
 const (
 	PreallocOff      = "off"
 	PreallocMetadata = "metadata"
-	PreallocFull     = "full"
+	// PreallocFalloc is metadata preallocation (qcow2) whose data
+	// clusters also get their blocks reserved with fallocate, without
+	// writing them; a file system that can't reserve fails the create,
+	// as in QEMU.
+	PreallocFalloc = "falloc"
+	PreallocFull   = "full"
 )
 
 // CreateOptions describes a new image. The zero value (plus Size) makes
@@ -41,7 +46,8 @@ type CreateOptions struct {
 	// RefcountBits is 1, 2, 4, 8, 16, 32 or 64; 0 means 16. Version 2 only
 	// has 16.
 	RefcountBits int
-	// Preallocation is "off" (default, also ""), "metadata" or "full".
+	// Preallocation is "off" (default, also ""), "metadata" (qcow2
+	// only), "falloc" or "full".
 	// With a backing file only extended L2 images can be preallocated,
 	// as in QEMU.
 	Preallocation string
@@ -119,9 +125,12 @@ func prepareCreate(path string, opts *CreateOptions) error {
 		return fmt.Errorf("qcow2: creating %s: negative size %d", path, opts.Size)
 	}
 	switch opts.Preallocation {
-	case "", PreallocOff, PreallocMetadata, PreallocFull:
+	case "", PreallocOff, PreallocMetadata, PreallocFalloc, PreallocFull:
 	default:
-		return fmt.Errorf("qcow2: creating %s: preallocation %q (want off, metadata or full)", path, opts.Preallocation)
+		return fmt.Errorf("qcow2: creating %s: preallocation %q (want off, metadata, falloc or full)", path, opts.Preallocation)
+	}
+	if opts.Format == FormatRaw && opts.Preallocation == PreallocMetadata {
+		return fmt.Errorf("%w: creating %s: preallocation=metadata of a raw image (off, falloc or full)", ErrUnsupportedFeature, path)
 	}
 	if opts.BackingFile != "" && opts.UnsafeBacking && opts.Size == 0 {
 		return fmt.Errorf("qcow2: creating %s: a size is needed when the backing file is not opened", path)
@@ -172,12 +181,32 @@ func fillNew(f *os.File, reopen, path string, opts *CreateOptions) error {
 		if err := preallocate(reopen, opts.Preallocation == PreallocFull, opts.Progress); err != nil {
 			return fmt.Errorf("qcow2: creating %s: preallocating: %w", path, err)
 		}
+		if opts.Preallocation == PreallocFalloc {
+			if err := reserveFile(f); err != nil {
+				return fmt.Errorf("qcow2: creating %s: preallocation=falloc: %w", path, err)
+			}
+		}
 	}
 	return nil
 }
 
+// reserveFile reserves the blocks of all of f with fallocate (falloc
+// preallocation). Blocks already written keep their data.
+func reserveFile(f *os.File) error {
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	return fallocate(f, fi.Size())
+}
+
 func createRaw(f *os.File, opts *CreateOptions) error {
-	if opts.Preallocation == PreallocFull {
+	switch opts.Preallocation {
+	case PreallocFalloc:
+		if err := fallocate(f, opts.Size); err != nil {
+			return fmt.Errorf("preallocation=falloc: %w", err)
+		}
+	case PreallocFull:
 		buf := make([]byte, 1<<20)
 		for off := int64(0); off < opts.Size; off += int64(len(buf)) {
 			n := min(int64(len(buf)), opts.Size-off)

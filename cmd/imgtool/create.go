@@ -23,7 +23,7 @@ func runCreate(args []string, stdout, stderr io.Writer) error {
 	extL2 := fs.Bool("extended-l2", false, "use extended L2 entries (32 subclusters per cluster)")
 	compression := fs.String("compression-type", "", "compression type: zlib (default) or zstd")
 	lazy := fs.Bool("lazy-refcounts", false, "set the lazy refcounts feature")
-	prealloc := fs.String("preallocation", "", "preallocation: off (default), metadata or full")
+	prealloc := fs.String("preallocation", "", "preallocation: off (default), metadata, falloc or full")
 	compat := fs.String("compat", "", "qcow2 version: 1.1 (default, v3) or 0.10 (v2)")
 	overwrite := fs.Bool("overwrite", false, "replace FILE if it exists (by default create refuses)")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr (full preallocation)")

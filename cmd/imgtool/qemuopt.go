@@ -135,13 +135,13 @@ func createOptionsHelp(lists []string, format string, stdout io.Writer) error {
 			{"compression_type=<str>", "Compression method used for image cluster compression (zlib, zstd)"},
 			{"extended_l2=<bool (on/off)>", "Extended L2 tables"},
 			{"lazy_refcounts=<bool (on/off)>", "Postpone refcount updates"},
-			{"preallocation=<str>", "Preallocation mode (allowed values: off, metadata, full)"},
+			{"preallocation=<str>", "Preallocation mode (allowed values: off, metadata, falloc, full)"},
 			{"refcount_bits=<num>", "Width of a reference count entry in bits"},
 			{"size=<size>", "Virtual disk size"},
 		}
 	case "raw":
 		opts = []opt{
-			{"preallocation=<str>", "Preallocation mode (allowed values: off, full)"},
+			{"preallocation=<str>", "Preallocation mode (allowed values: off, falloc, full)"},
 			{"size=<size>", "Virtual disk size"},
 		}
 	default:
