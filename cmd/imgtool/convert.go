@@ -21,7 +21,7 @@ func runConvert(args []string, stdout, stderr io.Writer) error {
 	options := fs.StringArrayP("options", "o", nil, "qemu-img create options for the output: compat, cluster_size, extended_l2, compression_type, lazy_refcounts, refcount_bits, preallocation, backing_file, backing_fmt (-o help lists them)")
 	backing := fs.StringP("backing", "B", "", "make DST an overlay of this file, storing only clusters that differ from it (relative names are relative to DST's directory)")
 	backingFmt := fs.StringP("backing-format", "F", "", "format of the -B file (qcow2 or raw); probed when omitted")
-	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 writes every cluster")
+	sparse := fs.StringP("sparse-size", "S", "4k", "aligned zero runs of this size stay sparse in raw output (qcow2 output: per cluster); 0 allocates everything: qcow2 writes every cluster, raw reserves its zero runs with fallocate (they read as zeros and qemu-img map shows them as zero) where qemu-img writes them")
 	copyOffload := fs.BoolP("copy-offload", "C", false, "copy data runs into raw output with copy_file_range (in the kernel; reflinks where the file system can), without looking for zeros in them")
 	progress := fs.BoolP("progress", "p", false, "show progress on stderr")
 	quiet := fs.BoolP("quiet", "q", false, "quiet: no progress, even with -p (as qemu-img)")
