@@ -40,7 +40,8 @@ const (
 	CacheUnsafe CacheMode = "unsafe"
 )
 
-// ParseCacheMode checks a -t value; "" is CacheWriteback.
+// ParseCacheMode returns the CacheMode named s, one of qemu's cache
+// option names (what qemu-img -t takes); "" is CacheWriteback.
 func ParseCacheMode(s string) (CacheMode, error) {
 	switch c := CacheMode(s); c {
 	case "":
