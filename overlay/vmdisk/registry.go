@@ -16,11 +16,7 @@ import (
 // refused before anything is fetched.
 func BuildFromRegistry(ctx context.Context, src, outdir string, opts Options, pull layers.PullOptions) (_ *Result, err error) {
 	outdir = filepath.Clean(outdir)
-	if ents, err := os.ReadDir(outdir); err == nil && len(ents) > 0 {
-		// Refused before anything is fetched.
-		return nil, fmt.Errorf("vmdisk: %s exists and is not empty", outdir)
-	}
-	made, err := mkdirParents(outdir)
+	made, err := claimOutdir(outdir) // before anything is fetched
 	if err != nil {
 		return nil, err
 	}

@@ -20,19 +20,7 @@ import (
 func TestBuildFromRealRegistry(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{Auth: true})
 	dir := t.TempDir()
-	var paths []string
-	for i, l := range [][]tarEntry{
-		{dirE("etc/"), fileE("etc/a", 0o644, bytes.Repeat([]byte("a"), 100000))},
-		{fileE("etc/b", 0o600, []byte("b")), fileE("etc/.wh.a", 0o644, nil)},
-	} {
-		p := filepath.Join(dir, string(rune('1'+i))+".tar")
-		writeTar(t, p, l)
-		paths = append(paths, p)
-	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: paths, Tag: "v"}); err != nil {
-		t.Fatal(err)
-	}
+	layout, _ := twoLayerLayout(t, dir, fileE("etc/.wh.a", 0o644, nil))
 	env := func(string) string { return "" } // no credential files of the host
 	good := registry.Options{Insecure: true, Creds: testutil.RegistryUser + ":" + testutil.RegistryPassword, Env: env}
 	src := "docker://" + reg.Host + "/disk/test:v"

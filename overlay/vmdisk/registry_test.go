@@ -26,19 +26,7 @@ import (
 // layers uncompressed, since a level depends only on the diffIDs.
 func TestBuildFromRegistry(t *testing.T) {
 	dir := t.TempDir()
-	var paths []string
-	for i, l := range [][]tarEntry{
-		{dirE("etc/"), fileE("etc/a", 0o644, bytes.Repeat([]byte("a"), 100000))},
-		{fileE("etc/b", 0o600, []byte("b")), fileE(".wh.nothing", 0o644, nil)},
-	} {
-		p := filepath.Join(dir, string(rune('1'+i))+".tar")
-		writeTar(t, p, l)
-		paths = append(paths, p)
-	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: paths, Tag: "v"}); err != nil {
-		t.Fatal(err)
-	}
+	layout, paths := twoLayerLayout(t, dir, fileE(".wh.nothing", 0o644, nil))
 	img := empty.Image
 	for _, p := range paths {
 		l, err := tarball.LayerFromFile(p)
@@ -78,4 +66,40 @@ func TestBuildFromRegistry(t *testing.T) {
 	if ents, _ := os.ReadDir(dir); len(ents) != 5 { // 1.tar 2.tar oci reg layout
 		t.Errorf("left in %s: %v", dir, ents)
 	}
+	// An OUTDIR that is a file, or a directory with something in it, is
+	// refused before anything is fetched, and stays as it was.
+	notDir := filepath.Join(dir, "1.tar")
+	before, _ := os.ReadFile(notDir)
+	for _, out := range []string{notDir, filepath.Join(dir, "reg")} {
+		_, err := BuildFromRegistry(context.Background(), "docker://"+host+"/disk/test:v", out, opts, layers.PullOptions{})
+		if err == nil || !strings.Contains(err.Error(), out) {
+			t.Errorf("build into %s: %v, want an error naming it", out, err)
+		}
+	}
+	if after, _ := os.ReadFile(notDir); !bytes.Equal(before, after) {
+		t.Errorf("%s changed", notDir)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 5 {
+		t.Errorf("left in %s: %v", dir, ents)
+	}
+}
+
+// twoLayerLayout writes two uncompressed layer tars under dir (etc/a of
+// 100,000 bytes, then etc/b and last) and an OCI layout dir/oci of them
+// tagged v; it returns the layout and the tars.
+func twoLayerLayout(t *testing.T, dir string, last tarEntry) (layout string, tars []string) {
+	t.Helper()
+	for i, l := range [][]tarEntry{
+		{dirE("etc/"), fileE("etc/a", 0o644, bytes.Repeat([]byte("a"), 100000))},
+		{fileE("etc/b", 0o600, []byte("b")), last},
+	} {
+		p := filepath.Join(dir, string(rune('1'+i))+".tar")
+		writeTar(t, p, l)
+		tars = append(tars, p)
+	}
+	layout = filepath.Join(dir, "oci")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: tars, Tag: "v"}); err != nil {
+		t.Fatal(err)
+	}
+	return layout, tars
 }

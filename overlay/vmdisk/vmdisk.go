@@ -134,12 +134,7 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 		return nil, fmt.Errorf("vmdisk: the image has no layers")
 	}
 	outdir = filepath.Clean(outdir)
-	if ents, err := os.ReadDir(outdir); err == nil && len(ents) > 0 {
-		return nil, fmt.Errorf("vmdisk: %s exists and is not empty", outdir)
-	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("vmdisk: %w", err)
-	}
-	made, err := mkdirParents(outdir)
+	made, err := claimOutdir(outdir)
 	if err != nil {
 		return nil, err
 	}
@@ -271,6 +266,17 @@ func (p *progressReader) Read(b []byte) (int, error) {
 		p.fn(p.done)
 	}
 	return n, err
+}
+
+// claimOutdir refuses an outdir that is not an empty directory or a name
+// still free, then makes its missing parents (see mkdirParents).
+func claimOutdir(outdir string) (made []string, err error) {
+	if ents, err := os.ReadDir(outdir); err == nil && len(ents) > 0 {
+		return nil, fmt.Errorf("vmdisk: %s exists and is not empty", outdir)
+	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("vmdisk: %w", err)
+	}
+	return mkdirParents(outdir)
 }
 
 // mkdirParents creates the missing parents of dir (mode 0777 less the
