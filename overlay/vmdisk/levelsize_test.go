@@ -47,11 +47,7 @@ func TestLevelSize(t *testing.T) {
 		paths = append(paths, p)
 		adds = append(adds, n)
 	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: paths, Tag: "v"}); err != nil {
-		t.Fatal(err)
-	}
-	res, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "v"}, filepath.Join(dir, "disk"), Options{})
+	res, err := Build(context.Background(), layers.ImageRef{Dir: layoutOf(t, dir, paths), Tag: "v"}, filepath.Join(dir, "disk"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -90,11 +86,7 @@ func TestLevelSizeSmallFiles(t *testing.T) {
 		paths = append(paths, p)
 		adds, blocks = append(adds, n), append(blocks, nb*4096)
 	}
-	layout := filepath.Join(dir, "oci")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: paths, Tag: "v"}); err != nil {
-		t.Fatal(err)
-	}
-	res, err := Build(context.Background(), layers.ImageRef{Dir: layout, Tag: "v"}, filepath.Join(dir, "disk"), Options{})
+	res, err := Build(context.Background(), layers.ImageRef{Dir: layoutOf(t, dir, paths), Tag: "v"}, filepath.Join(dir, "disk"), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,9 +97,15 @@ func twoLayerLayout(t *testing.T, dir string, last tarEntry) (layout string, tar
 		writeTar(t, p, l)
 		tars = append(tars, p)
 	}
-	layout = filepath.Join(dir, "oci")
+	return layoutOf(t, dir, tars), tars
+}
+
+// layoutOf builds the OCI layout dir/oci of the layer tars, tagged v.
+func layoutOf(t *testing.T, dir string, tars []string) string {
+	t.Helper()
+	layout := filepath.Join(dir, "oci")
 	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: tars, Tag: "v"}); err != nil {
 		t.Fatal(err)
 	}
-	return layout, tars
+	return layout
 }
