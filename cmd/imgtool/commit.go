@@ -25,15 +25,9 @@ func runCommit(args []string, stdout, stderr io.Writer) error {
 	if fs.NArg() != 1 {
 		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
-	cm, err := qcow2.ParseCacheMode(*cache)
+	cm, check, err := chainWriteOptions(*cache, *backingRoot)
 	if err != nil {
-		return usagef("-t: %v", err)
-	}
-	var check func(qcow2.Reference) error
-	if *backingRoot != "" {
-		if check, err = qcow2.ConfineTo(*backingRoot); err != nil {
-			return usagef("--backing-root: %v", err)
-		}
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
@@ -47,4 +41,20 @@ func runCommit(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintln(stdout, "Image committed.")
 	}
 	return nil
+}
+
+// chainWriteOptions parses the -t CACHE and --backing-root DIR values of
+// commit and rebase, which write into a backing chain: the cache mode of
+// the writes and the check confining the chain's references to DIR (nil
+// without one).
+func chainWriteOptions(cache, backingRoot string) (qcow2.CacheMode, func(qcow2.Reference) error, error) {
+	cm, err := qcow2.ParseCacheMode(cache)
+	if err != nil {
+		return cm, nil, usagef("-t: %v", err)
+	}
+	confine, err := backingRootOptions(backingRoot)
+	if err != nil {
+		return cm, nil, err
+	}
+	return cm, confine(qcow2.Options{}).CheckReference, nil
 }

@@ -17,15 +17,10 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	sizeStr := fs.String("size", "16G", "virtual disk `SIZE`, 16M to 1T (fixed, so images sharing layers share levels)")
 	clusterStr := fs.String("cluster-size", "4K", "qcow2 cluster `SIZE` of each level, 512 to 2M")
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from an index (default: the only image, else the host's)")
-	rf := addRegistryFlags(fs)
-	progress := progressFlags(fs, "show progress on stderr: the blobs pulled (docker://), then each layer applied")
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	tf := addTransferFlags(fs, "show progress on stderr: the blobs pulled (docker://), then each layer applied", "")
+	asJSON, ropts, err := tf.parse(fs, args, 2, "want DIR[:TAG] or docker://REF, and OUTDIR, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want DIR[:TAG] or docker://REF, and OUTDIR, got %d arguments", fs.NArg())
 	}
 	size, err := qemusize.Parse(*sizeStr)
 	if err != nil {
@@ -39,14 +34,10 @@ func runImageDisk(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	ropts, err := rf.options()
-	if err != nil {
-		return err
-	}
-	pullUpdate, pullFinish := newBlobProgress(*progress, stderr)
-	update, finish := newPhaseProgress(*progress, stderr)
+	pullUpdate, pullFinish := newBlobProgress(*tf.progress, stderr)
+	update, finish := newPhaseProgress(*tf.progress, stderr)
 	opts := vmdisk.Options{Size: size, ClusterSize: cluster, Platform: plat}
-	if *progress {
+	if *tf.progress {
 		opts.Progress = func(p vmdisk.Progress) {
 			pullFinish() // the pull's bars are complete before the first layer
 			update(fmt.Sprintf("layer %d/%d", p.Layer+1, p.Layers), p.Done)

@@ -206,13 +206,7 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImageLs(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image ls", "DIR", stdout, stderr)
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
-	if err != nil {
-		return err
-	}
-	l, err := openLayoutArg(fs)
+	l, _, asJSON, err := layoutCommand("image ls", args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -245,13 +239,7 @@ func runImageLs(args []string, stdout, stderr io.Writer) error {
 }
 
 func runImageVerify(args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("image verify", "DIR", stdout, stderr)
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
-	if err != nil {
-		return err
-	}
-	l, err := openLayoutArg(fs)
+	l, dir, asJSON, err := layoutCommand("image verify", args, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -273,7 +261,7 @@ func runImageVerify(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "%s, %s, %s (%d bytes) checked, %s\n", plural(rep.Tags, "tag"), plural(rep.Images, "image"), plural(rep.Blobs, "blob"), rep.Bytes, plural(len(rep.Issues), "problem"))
 	}
 	if verr != nil {
-		return withCode(1, fmt.Errorf("%s: %d problems", fs.Arg(0), len(rep.Issues)))
+		return withCode(1, fmt.Errorf("%s: %d problems", dir, len(rep.Issues)))
 	}
 	return nil
 }

@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
+	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/layers"
 )
 
@@ -11,15 +13,10 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image pull", "[--platform OS/ARCH[/VARIANT]] [--all-platforms] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] REF DIR[:TAG]", stdout, stderr)
 	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to take from a multi-platform image (default: the host's)")
 	all := fs.Bool("all-platforms", false, "keep a multi-platform index whole, with every image it lists")
-	rf := addRegistryFlags(fs)
-	progress := progressFlags(fs, "show one progress bar per blob on stderr")
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	tf := addTransferFlags(fs, "show one progress bar per blob on stderr", "")
+	asJSON, ropts, err := tf.parse(fs, args, 2, "want REF and DIR[:TAG], got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want REF and DIR[:TAG], got %d arguments", fs.NArg())
 	}
 	dst, plat, err := parseImageArg(fs.Arg(1), *platform)
 	if err != nil {
@@ -28,15 +25,9 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 	if *all && plat != nil {
 		return usagef("--platform and --all-platforms exclude each other")
 	}
-	ropts, err := rf.options()
-	if err != nil {
-		return err
-	}
-	update, finish := newBlobProgress(*progress, stderr)
-	ctx, stop := interruptible()
-	defer stop()
-	res, err := layers.Pull(ctx, fs.Arg(0), dst, layers.PullOptions{Registry: ropts, Platform: plat, AllPlatforms: *all, Progress: update})
-	finish()
+	res, err := transfer(tf, stderr, func(ctx context.Context, update registry.ProgressFunc) (*layers.PullResult, error) {
+		return layers.Pull(ctx, fs.Arg(0), dst, layers.PullOptions{Registry: ropts, Platform: plat, AllPlatforms: *all, Progress: update})
+	})
 	if err != nil {
 		return err
 	}
@@ -50,30 +41,22 @@ func runImagePull(args []string, stdout, stderr io.Writer) error {
 
 func runImagePush(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("image push", "[--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] DIR[:TAG] REF", stdout, stderr)
-	rf := addRegistryFlags(fs)
+	var tf transferFlags // addTransferFlags's, with --mount-from among them
+	tf.rf = addRegistryFlags(fs)
 	mountFrom := fs.String("mount-from", "", "`HOST/REPO` of the same registry to mount missing blobs from (default: where the image was pulled from)")
-	progress := progressFlags(fs, "show one progress bar per blob on stderr")
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	tf.progress = progressFlags(fs, "show one progress bar per blob on stderr")
+	tf.output = fs.String("output", "human", "output format: human or json")
+	asJSON, ropts, err := tf.parse(fs, args, 2, "want DIR[:TAG] and REF, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want DIR[:TAG] and REF, got %d arguments", fs.NArg())
 	}
 	src, _, err := parseImageArg(fs.Arg(0), "")
 	if err != nil {
 		return err
 	}
-	ropts, err := rf.options()
-	if err != nil {
-		return err
-	}
-	update, finish := newBlobProgress(*progress, stderr)
-	ctx, stop := interruptible()
-	defer stop()
-	res, err := layers.Push(ctx, src, fs.Arg(1), layers.PushOptions{Registry: ropts, MountFrom: *mountFrom, Progress: update})
-	finish()
+	res, err := transfer(tf, stderr, func(ctx context.Context, update registry.ProgressFunc) (*layers.PushResult, error) {
+		return layers.Push(ctx, src, fs.Arg(1), layers.PushOptions{Registry: ropts, MountFrom: *mountFrom, Progress: update})
+	})
 	if err != nil {
 		return err
 	}

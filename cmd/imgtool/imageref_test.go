@@ -7,7 +7,7 @@ import (
 )
 
 // TestSharedArgErrors pins the messages and their order of the argument
-// checks that parseImageArg, openStoreImage, openLayoutArg, openChainArgs
+// checks that parseImageArg, storeImageFlags.parse, layoutCommand, openChainArgs
 // and openChainFromArgs share between commands: with two mistakes the
 // first check's message wins.
 func TestSharedArgErrors(t *testing.T) {
@@ -60,7 +60,7 @@ func TestSharedArgErrors(t *testing.T) {
 	}
 }
 
-// TestOpenLayoutArgMissing checks that a DIR that is not a layout is
+// TestOpenLayoutArgMissing checks, for layoutCommand, that a DIR that is not a layout is
 // reported with its path and without the usage hint.
 func TestOpenLayoutArgMissing(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "missing")

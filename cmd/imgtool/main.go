@@ -328,6 +328,19 @@ func parseFlagsOutput(fs *pflag.FlagSet, args []string, output *string) (json bo
 	return outputFormat(*output)
 }
 
+// parseOutputArgs is parseFlagsOutput followed by the check that n
+// arguments remain; want is the usage error otherwise, with a %d for
+// the number given.
+func parseOutputArgs(fs *pflag.FlagSet, args []string, output *string, n int, want string) (json bool, err error) {
+	if json, err = parseFlagsOutput(fs, args, output); err != nil {
+		return false, err
+	}
+	if fs.NArg() != n {
+		return false, usagef(want, fs.NArg())
+	}
+	return json, nil
+}
+
 // forceShareHint reports whether err is a lock conflict that -U would get
 // past: a command that has -U (it reads) failed to take the shared lock
 // of an image it reads, because a writer holds it. A destination or an

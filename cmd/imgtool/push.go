@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 
+	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/overlay/vmimage"
 )
 
@@ -12,23 +14,14 @@ import (
 func runPush(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("push", "[--flatten] [--tls-verify=false] [--creds USER:PASS] [--authfile FILE] [-p] IMAGE REF", stdout, stderr)
 	flatten := fs.Bool("flatten", false, "push one level, disk/disk.qcow2, without a backing file: the chain converted to a standalone qcow2 (a KubeVirt containerDisk)")
-	rf := addRegistryFlags(fs)
-	progress := progressFlags(fs, "show one progress bar per level blob on stderr")
-	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
-	if err != nil {
-		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want IMAGE and REF, got %d arguments", fs.NArg())
-	}
-	ropts, err := rf.options()
+	tf := addTransferFlags(fs, "show one progress bar per level blob on stderr", "")
+	asJSON, ropts, err := tf.parse(fs, args, 2, "want IMAGE and REF, got %d arguments")
 	if err != nil {
 		return err
 	}
 	opts := vmimage.PushOptions{Registry: ropts, Flatten: *flatten}
 	var convFinish func()
-	if *flatten && *progress {
+	if *flatten && *tf.progress {
 		opts.ConvertProgress, convFinish = newProgress(true, stderr, "flattening")
 		// The convert ends before the first upload starts.
 		conv := opts.ConvertProgress
@@ -39,15 +32,14 @@ func runPush(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	update, finish := newBlobProgress(*progress, stderr)
-	opts.Progress = update
-	ctx, stop := interruptible()
-	defer stop()
-	res, err := vmimage.Push(ctx, fs.Arg(0), fs.Arg(1), opts)
-	if convFinish != nil {
-		convFinish()
-	}
-	finish()
+	res, err := transfer(tf, stderr, func(ctx context.Context, update registry.ProgressFunc) (*vmimage.PushResult, error) {
+		opts.Progress = update
+		res, err := vmimage.Push(ctx, fs.Arg(0), fs.Arg(1), opts)
+		if convFinish != nil {
+			convFinish()
+		}
+		return res, err
+	})
 	if err != nil {
 		return err
 	}

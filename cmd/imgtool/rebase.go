@@ -38,15 +38,9 @@ func runRebase(args []string, stdout, stderr io.Writer) error {
 	default:
 		return usagef("-f: unknown format %q (qcow2 and raw are supported)", *format)
 	}
-	cm, err := qcow2.ParseCacheMode(*cache)
+	cm, check, err := chainWriteOptions(*cache, *backingRoot)
 	if err != nil {
-		return usagef("-t: %v", err)
-	}
-	var check func(qcow2.Reference) error
-	if *backingRoot != "" {
-		if check, err = qcow2.ConfineTo(*backingRoot); err != nil {
-			return usagef("--backing-root: %v", err)
-		}
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()

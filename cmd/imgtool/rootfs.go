@@ -102,40 +102,14 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 	name := fs.String("name", "", "container `NAME`; an existing unmounted container of that name is mounted again with its changes (default: generated)")
 	readonly := fs.Bool("readonly", false, "mount read-only, without an upper dir; with --copy, hardlink the files from the store (never write such a copy: it would change the store)")
 	copyMode := fs.Bool("copy", false, "make a flattened copy in TARGET instead of an overlay mount (for hosts that cannot mount overlayfs)")
-	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
-	progress := progressFlags(fs, "show progress on stderr")
-	output := fs.String("output", "human", "output format: human or json")
-	rf := addRegistryFlags(fs)
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	sf := addStoreImageFlags(fs)
+	im, asJSON, err := sf.parse(fs, args, 2, "want DIR:TAG (or docker://REF) and TARGET, got %d arguments", store, stderr)
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 2 {
-		return usagef("want DIR:TAG (or docker://REF) and TARGET, got %d arguments", fs.NArg())
-	}
-	mopts := overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode}
-	var (
-		c   *overlay.Container
-		st  overlay.UnpackStats
-		ref fmt.Stringer
-	)
 	ctx, stop := interruptible()
 	defer stop()
-	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
-		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
-		if oerr != nil {
-			return oerr
-		}
-		c, st, err = s.MountRemote(ctx, remote, fs.Arg(1), mopts, iopts, ropts)
-		ref = stringer(remote)
-	} else {
-		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
-		if oerr != nil {
-			return oerr
-		}
-		c, st, err = s.Mount(ctx, lref, fs.Arg(1), mopts, iopts)
-		ref = lref
-	}
+	c, st, err := im.mount(ctx, fs.Arg(1), overlay.MountOptions{Name: *name, ReadOnly: *readonly, Copy: *copyMode})
 	if errors.Is(err, overlay.ErrMountUnsupported) {
 		return fmt.Errorf("%w\nhint: where overlayfs cannot be mounted, 'imgtool rootfs mount --copy' makes a flattened copy instead", err)
 	}
@@ -149,7 +123,7 @@ func runRootfsMount(args []string, stdout, stderr io.Writer) error {
 		}{c, st})
 	}
 	fmt.Fprintf(stdout, "mounted %s on %s: container %s (%s%s), %s: %d unpacked, %d already in the store\n",
-		ref, c.Target, c.Name, c.Mode, map[bool]string{true: ", read-only"}[c.ReadOnly], plural(st.Layers, "layer"), st.Unpacked, st.Present)
+		im.ref, c.Target, c.Name, c.Mode, map[bool]string{true: ", read-only"}[c.ReadOnly], plural(st.Layers, "layer"), st.Unpacked, st.Present)
 	return nil
 }
 

@@ -147,44 +147,20 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 func runStoreUnpack(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("store unpack", "[--store DIR] DIR:TAG|docker://REF", stdout, stderr)
 	store := rootfsStoreFlag(fs)
-	platform := fs.String("platform", "", "`OS/ARCH[/VARIANT]` to pick from a multi-platform image (default: the host's)")
-	progress := progressFlags(fs, "show progress on stderr")
-	output := fs.String("output", "human", "output format: human or json")
-	rf := addRegistryFlags(fs)
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	sf := addStoreImageFlags(fs)
+	im, asJSON, err := sf.parse(fs, args, 1, "want one DIR:TAG (or docker://REF) argument, got %d", store, stderr)
 	if err != nil {
 		return err
 	}
-	if fs.NArg() != 1 {
-		return usagef("want one DIR:TAG (or docker://REF) argument, got %d", fs.NArg())
-	}
-	var (
-		st  overlay.UnpackStats
-		ref fmt.Stringer
-	)
 	ctx, stop := interruptible()
 	defer stop()
-	if remote := fs.Arg(0); strings.HasPrefix(remote, "docker://") {
-		s, iopts, ropts, oerr := openStoreRemote(*store, *platform, *progress, rf, stderr)
-		if oerr != nil {
-			return oerr
-		}
-		st, err = s.UnpackRemote(ctx, remote, iopts, ropts)
-		ref = stringer(remote)
-	} else {
-		s, lref, iopts, oerr := openStoreImage(*store, fs.Arg(0), *platform, *progress, stderr)
-		if oerr != nil {
-			return oerr
-		}
-		st, err = s.Unpack(ctx, lref, iopts)
-		ref = lref
-	}
+	st, err := im.unpack(ctx)
 	if err != nil {
 		return err
 	}
 	if asJSON {
 		return writeJSON(stdout, st)
 	}
-	fmt.Fprintf(stdout, "%s: %s: %d unpacked (%s), %d already in the store\n", ref, plural(st.Layers, "layer"), st.Unpacked, storeBytes(st.Bytes), st.Present)
+	fmt.Fprintf(stdout, "%s: %s: %d unpacked (%s), %d already in the store\n", im.ref, plural(st.Layers, "layer"), st.Unpacked, storeBytes(st.Bytes), st.Present)
 	return nil
 }
