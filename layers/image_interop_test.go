@@ -263,22 +263,10 @@ func TestImageInteropBuildUmoci(t *testing.T) {
 // unpack, edit the rootfs, repack, several times) and compares with umoci
 // raw unpack; then builds on top of one and compares again.
 func TestImageInteropUmociImages(t *testing.T) {
-	testutil.NeedTool(t, "umoci")
 	testutil.NeedRoot(t)
 	ctx := context.Background()
+	dir, step := testutil.UmociLayout(t)
 	work := t.TempDir()
-	dir := filepath.Join(work, "layout")
-	testutil.Run(t, "umoci", "init", "--layout", dir)
-	testutil.Run(t, "umoci", "new", "--image", dir+":base")
-
-	bundle := filepath.Join(work, "bundle")
-	step := func(from, to string, edit func(rootfs string)) {
-		t.Helper()
-		os.RemoveAll(bundle)
-		testutil.Run(t, "umoci", "unpack", "--image", dir+":"+from, bundle)
-		edit(filepath.Join(bundle, "rootfs"))
-		testutil.Run(t, "umoci", "repack", "--image", dir+":"+to, bundle)
-	}
 	step("base", "v1", func(r string) {
 		os.RemoveAll(r)
 		imgTestTreeA(t, r)

@@ -9,11 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/internal/testutil"
@@ -36,24 +31,7 @@ func TestRegistryVanishInterop(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	proxy := testutil.StartProxy(t, reg.Host)
 	ctx := context.Background()
-	img := empty.Image
-	for _, size := range []int64{48 << 10, 200 << 10, 3 << 20} {
-		l, err := random.Layer(size, types.OCILayer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	nr, err := name.ParseReference(reg.Host + "/vanish/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(nr, img); err != nil {
-		t.Fatal(err)
-	}
-	m, _ := img.Manifest()
+	m := testutil.PushRandomImage(t, reg.Host+"/vanish/app:v1", types.OCILayer, 48<<10, 200<<10, 3<<20)
 	sizes := map[string]int64{m.Config.Digest.String(): m.Config.Size}
 	for _, l := range m.Layers {
 		sizes[l.Digest.String()] = l.Size
@@ -67,7 +45,7 @@ func TestRegistryVanishInterop(t *testing.T) {
 	ref := proxy.Host + "/vanish/app:v1"
 	proxy.Break(testutil.ProxyStall, big, m.Layers[2].Size/2)
 	start := time.Now()
-	_, err = Pull(ctx, ref, ImageRef{Dir: dir, Tag: "v1"}, PullOptions{Registry: ro})
+	_, err := Pull(ctx, ref, ImageRef{Dir: dir, Tag: "v1"}, PullOptions{Registry: ro})
 	took := time.Since(start)
 	if !errors.Is(err, registry.ErrStalled) || !strings.Contains(err.Error(), big) {
 		t.Fatalf("pull from a registry that went away: %v; want ErrStalled naming %s", err, big)

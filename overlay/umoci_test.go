@@ -44,19 +44,7 @@ func must(t testing.TB, err error) {
 // an opaque directory added by umoci raw add-layer.
 func umociImage(t testing.TB) string {
 	t.Helper()
-	testutil.NeedTool(t, "umoci")
-	work := t.TempDir()
-	dir := filepath.Join(work, "layout")
-	testutil.Run(t, "umoci", "init", "--layout", dir)
-	testutil.Run(t, "umoci", "new", "--image", dir+":base")
-	bundle := filepath.Join(work, "bundle")
-	step := func(from, to string, edit func(r string)) {
-		t.Helper()
-		os.RemoveAll(bundle)
-		testutil.Run(t, "umoci", "unpack", "--image", dir+":"+from, bundle)
-		edit(filepath.Join(bundle, "rootfs"))
-		testutil.Run(t, "umoci", "repack", "--image", dir+":"+to, bundle)
-	}
+	dir, step := testutil.UmociLayout(t)
 	step("base", "v1", func(r string) {
 		writeMode(t, r, "etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0o644, 0, 0)
 		writeMode(t, r, "etc/shadow", "root:*::::::\n", 0o600, 0, 42)
@@ -113,7 +101,7 @@ func umociImage(t testing.TB) string {
 	tw.Write([]byte("l1\n"))
 	hdr(&tar.Header{Name: "srv/l2", Typeflag: tar.TypeLink, Linkname: "srv/l1"})
 	must(t, tw.Close())
-	layer := filepath.Join(work, "layer.tar")
+	layer := filepath.Join(t.TempDir(), "layer.tar")
 	must(t, os.WriteFile(layer, buf.Bytes(), 0o644))
 	testutil.Run(t, "umoci", "raw", "add-layer", "--image", dir+":v3", "--tag", "v4", layer)
 	return dir

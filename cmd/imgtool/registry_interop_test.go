@@ -11,11 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/random"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
@@ -27,19 +22,7 @@ import (
 // layers) and v2 (v1's layers plus one), and returns its directory.
 func registryUmociLayout(t *testing.T) string {
 	t.Helper()
-	testutil.NeedTool(t, "umoci")
-	work := t.TempDir()
-	dir := filepath.Join(work, "layout")
-	testutil.Run(t, "umoci", "init", "--layout", dir)
-	testutil.Run(t, "umoci", "new", "--image", dir+":base")
-	bundle := filepath.Join(work, "bundle")
-	step := func(from, to string, edit func(r string)) {
-		t.Helper()
-		os.RemoveAll(bundle)
-		testutil.Run(t, "umoci", "unpack", "--image", dir+":"+from, bundle)
-		edit(filepath.Join(bundle, "rootfs"))
-		testutil.Run(t, "umoci", "repack", "--image", dir+":"+to, bundle)
-	}
+	dir, step := testutil.UmociLayout(t)
 	w := func(r, p, s string, mode os.FileMode, uid int) {
 		t.Helper()
 		p = filepath.Join(r, p)
@@ -472,24 +455,7 @@ func registryCommitRemote(t *testing.T, reg *testutil.Registry, src, tag, target
 func TestRegistryInteropVanish(t *testing.T) {
 	reg := testutil.StartRegistry(t, testutil.RegistryOptions{})
 	proxy := testutil.StartProxy(t, reg.Host)
-	img := empty.Image
-	for _, size := range []int64{40 << 10, 120 << 10, 160 << 10, 2 << 20} {
-		l, err := random.Layer(size, types.DockerLayer)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if img, err = mutate.AppendLayers(img, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	nr, err := name.ParseReference(reg.Host + "/vanish/app:v1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(nr, img); err != nil {
-		t.Fatal(err)
-	}
-	m, _ := img.Manifest()
+	m := testutil.PushRandomImage(t, reg.Host+"/vanish/app:v1", types.DockerLayer, 40<<10, 120<<10, 160<<10, 2<<20)
 	big := m.Layers[len(m.Layers)-1]
 	store := filepath.Join(t.TempDir(), "store")
 	args := []string{"store", "unpack", "--store", store, "--output", "json", "docker://" + proxy.Host + "/vanish/app:v1"}

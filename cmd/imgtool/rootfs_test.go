@@ -24,19 +24,28 @@ func runCLI(t *testing.T, want int, args ...string) string {
 	return out.String() + errb.String()
 }
 
-func TestRootfsStoreCLI(t *testing.T) {
-	testutil.NeedRoot(t)
-	ctx := context.Background()
-	work := t.TempDir()
+// rootfsTestLayout builds in work/layout a layout whose image base has
+// one layer, etc/hostname reading "base", and returns its directory.
+func rootfsTestLayout(t *testing.T, work string) string {
+	t.Helper()
 	src := filepath.Join(work, "src")
 	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
-	layout := filepath.Join(work, "layout")
-	if _, err := layers.Build(ctx, layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	layout := filepath.Join(work, "layout")
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
+		t.Fatal(err)
+	}
+	return layout
+}
+
+func TestRootfsStoreCLI(t *testing.T) {
+	testutil.NeedRoot(t)
+	work := t.TempDir()
+	layout := rootfsTestLayout(t, work)
 	store := filepath.Join(work, "store")
 	target := filepath.Join(work, "mnt")
 	os.Mkdir(target, 0o755)
@@ -183,17 +192,8 @@ func TestRootfsMountHintsCopy(t *testing.T) {
 // themselves.
 func TestRootfsFirstUse(t *testing.T) {
 	testutil.NeedRoot(t)
-	ctx := context.Background()
 	work := t.TempDir()
-	src := filepath.Join(work, "src")
-	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
-	layout := filepath.Join(work, "layout")
-	if _, err := layers.Build(ctx, layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
-		t.Fatal(err)
-	}
+	layout := rootfsTestLayout(t, work)
 	store := filepath.Join(work, "store")
 	target := filepath.Join(work, "mnt", "c1") // neither exists
 	// Point the default store somewhere empty, so that only finding the
