@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"io"
 	"log"
 	"net/http/httptest"
@@ -14,7 +13,6 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imgtool/imgtool/internal/testutil"
-	"github.com/imgtool/imgtool/layers"
 )
 
 // TestRegistryCLI: image push to a registry, image pull back, store
@@ -25,15 +23,7 @@ func TestRegistryCLI(t *testing.T) {
 	t.Cleanup(srv.Close)
 	host := strings.TrimPrefix(srv.URL, "http://")
 	work := t.TempDir()
-	src := filepath.Join(work, "src")
-	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("from-registry\n"), 0o644)
-	layout := filepath.Join(work, "layout")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: "v1"}); err != nil {
-		t.Fatal(err)
-	}
+	layout := hostnameLayout(t, work, "v1", "from-registry\n")
 	ref := host + "/test/app:v1"
 
 	out := runCLI(t, 0, "image", "push", "--tls-verify=false", layout+":v1", "docker://"+ref)

@@ -24,19 +24,20 @@ func runCLI(t *testing.T, want int, args ...string) string {
 	return out.String() + errb.String()
 }
 
-// rootfsTestLayout builds in work/layout a layout whose image base has
-// one layer, etc/hostname reading "base", and returns its directory.
-func rootfsTestLayout(t *testing.T, work string) string {
+// hostnameLayout builds in work/layout a layout holding one image, tagged
+// tag, of one layer: etc/hostname reading hostname. It returns the
+// layout's directory.
+func hostnameLayout(t *testing.T, work, tag, hostname string) string {
 	t.Helper()
 	src := filepath.Join(work, "src")
 	if err := os.MkdirAll(filepath.Join(src, "etc"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte(hostname), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	layout := filepath.Join(work, "layout")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: "base"}); err != nil {
+	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: tag}); err != nil {
 		t.Fatal(err)
 	}
 	return layout
@@ -45,7 +46,7 @@ func rootfsTestLayout(t *testing.T, work string) string {
 func TestRootfsStoreCLI(t *testing.T) {
 	testutil.NeedRoot(t)
 	work := t.TempDir()
-	layout := rootfsTestLayout(t, work)
+	layout := hostnameLayout(t, work, "base", "base\n")
 	store := filepath.Join(work, "store")
 	target := filepath.Join(work, "mnt")
 	os.Mkdir(target, 0o755)
@@ -172,13 +173,7 @@ func TestHelperRootfsHint(t *testing.T) {
 func TestRootfsMountHintsCopy(t *testing.T) {
 	testutil.NeedTool(t, "unshare")
 	work := t.TempDir()
-	src := filepath.Join(work, "src")
-	os.MkdirAll(filepath.Join(src, "etc"), 0o755)
-	os.WriteFile(filepath.Join(src, "etc", "hostname"), []byte("base\n"), 0o644)
-	layout := filepath.Join(work, "layout")
-	if _, err := layers.Build(context.Background(), layout, layers.BuildOptions{Layers: []string{src}, Tag: "t"}); err != nil {
-		t.Fatal(err)
-	}
+	layout := hostnameLayout(t, work, "t", "base\n")
 	t.Setenv("IMGTOOL_ROOTFS_HINT", layout+"|"+filepath.Join(work, "store"))
 	out, err := testutil.Exec("unshare", "--user", "--map-root-user", os.Args[0], "-test.run=^TestHelperRootfsHint$", "-test.v")
 	if err != nil || !strings.Contains(string(out), "--- PASS: TestHelperRootfsHint") {
@@ -193,7 +188,7 @@ func TestRootfsMountHintsCopy(t *testing.T) {
 func TestRootfsFirstUse(t *testing.T) {
 	testutil.NeedRoot(t)
 	work := t.TempDir()
-	layout := rootfsTestLayout(t, work)
+	layout := hostnameLayout(t, work, "base", "base\n")
 	store := filepath.Join(work, "store")
 	target := filepath.Join(work, "mnt", "c1") // neither exists
 	// Point the default store somewhere empty, so that only finding the
