@@ -189,12 +189,9 @@ type chainTreeEntry struct {
 func runChainTree(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("chain tree", "[--output human|json] DIR", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "expected DIR, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("expected DIR, got %d arguments", fs.NArg())
 	}
 	c, err := vmchain.OpenChainDir(fs.Arg(0))
 	if err != nil {

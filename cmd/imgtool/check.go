@@ -19,12 +19,9 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks")
 	backingRoot := backingRootFlag(fs)
 	format := fs.StringP("format", "f", "", "image format; probed when omitted")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "expected one FILE, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
 	mode := qcow2.RepairNone
 	switch *repair {

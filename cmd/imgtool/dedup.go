@@ -161,12 +161,9 @@ func runDedupSparsify(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("dedup sparsify", "[-p] IMG", stdout, stderr)
 	output := fs.String("output", "human", "output format: human or json")
 	progress := progressFlags(fs, "show progress on stderr")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "want one IMG, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want one IMG, got %d arguments", fs.NArg())
 	}
 	update, finish := newProgress(*progress, stderr, "sparsifying")
 	ctx, stop := interruptible()

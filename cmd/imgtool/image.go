@@ -100,12 +100,9 @@ func runImageBuild(args []string, stdout, stderr io.Writer) error {
 	tmp := fs.String("tmpdir", "", "`DIR` for the scratch tree that directory layers are diffed against (default: $TMPDIR)")
 	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "want one DIR:TAG argument, got %d")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want one DIR:TAG argument, got %d", fs.NArg())
 	}
 	if len(*layerPaths) == 0 {
 		return usagef("at least one --layer is required")
@@ -169,12 +166,9 @@ func runImageUnpack(args []string, stdout, stderr io.Writer) error {
 	fs.BoolVar(&ao.SkipDevices, "skip-devices", false, "skip device nodes when they may not be created (not root) instead of failing")
 	progress := progressFlags(fs, "show progress on stderr")
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 2, "want DIR[:TAG] and TARGET, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want DIR[:TAG] and TARGET, got %d arguments", fs.NArg())
 	}
 	ref, plat, err := parseImageArg(fs.Arg(0), *platform)
 	if err != nil {

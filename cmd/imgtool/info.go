@@ -18,12 +18,9 @@ func runInfo(args []string, stdout, stderr io.Writer) error {
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (allows reading an image another process writes)")
 	backingRoot := backingRootFlag(fs)
 	imgFlags := addImageFlags(fs)
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "expected one FILE, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
 	ropts, err := backingRootOptions(*backingRoot)
 	if err != nil {

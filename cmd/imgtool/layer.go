@@ -78,12 +78,9 @@ func runLayerCreate(args []string, stdout, stderr io.Writer) error {
 			return usagef("-o is not an output file here: write the blob with --output-file FILE")
 		}
 	}
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "want exactly one DIR, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want exactly one DIR, got %d arguments", fs.NArg())
 	}
 	if *out == "" {
 		return usagef("-o FILE is required (use -o - for standard output)")
@@ -225,12 +222,9 @@ func runLayerApply(args []string, stdout, stderr io.Writer) error {
 	expect := fs.String("expect-digest", "", "fail unless the blob has this digest")
 	output := fs.String("output", "human", "report format: human or json")
 	progress := progressFlags(fs, "show progress on stderr")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 2, "want LAYER and DIR, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want LAYER and DIR, got %d arguments", fs.NArg())
 	}
 	if *expect != "" {
 		opts.ExpectDigest = digest.Digest(*expect)

@@ -19,12 +19,9 @@ func runMap(args []string, stdout, stderr io.Writer) error {
 	imgFlags := addImageFlags(fs)
 	startOffset := fs.String("start-offset", "", "map from this guest offset on (default 0)")
 	maxLength := fs.String("max-length", "", "map at most this many bytes (default: to the end)")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "expected one FILE, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
 	start, length := int64(0), int64(-1)
 	if *startOffset != "" {

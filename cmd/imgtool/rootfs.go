@@ -132,12 +132,9 @@ func runRootfsUmount(args []string, stdout, stderr io.Writer) error {
 	store := rootfsStoreFlag(fs)
 	rm := fs.Bool("rm", false, "remove the container: its upper dir (or, in copy mode, the copied tree) and its record")
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "want one TARGET argument, got %d")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("want one TARGET argument, got %d", fs.NArg())
 	}
 	s, err := rootfsOpenStore(rootfsStoreOfTarget(*store, fs.Arg(0)))
 	if err != nil {
@@ -170,12 +167,9 @@ func runRootfsCommit(args []string, stdout, stderr io.Writer) (retErr error) {
 	allowEmpty := fs.Bool("allow-empty", false, "commit an empty layer when the container has no changes (by default nothing is written)")
 	output := fs.String("output", "human", "output format: human or json")
 	rf := addRegistryFlags(fs)
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 2, "want TARGET and DIR:TAG (or docker://REF), got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 2 {
-		return usagef("want TARGET and DIR:TAG (or docker://REF), got %d arguments", fs.NArg())
 	}
 	report, finish := newPhaseProgress(*progress, stderr)
 	defer func() { finish(retErr) }()

@@ -21,12 +21,9 @@ func runSnapshot(args []string, stdout, stderr io.Writer) error {
 	del := fs.StringP("delete", "d", "", "delete snapshot NAME (or ID)")
 	output := fs.String("output", "human", "output format for -l: human or json")
 	forceShare := fs.BoolP("force-share", "U", false, "open without taking image locks (-l only)")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputArgs(fs, args, output, 1, "expected one FILE, got %d arguments")
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 1 {
-		return usagef("expected one FILE, got %d arguments", fs.NArg())
 	}
 	n := 0
 	for _, set := range []bool{*list, *create != "", *apply != "", *del != ""} {
