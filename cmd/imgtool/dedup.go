@@ -208,12 +208,9 @@ func runStoreDedup(args []string, stdout, stderr io.Writer) error {
 	dry := fs.BoolP("dry-run", "n", false, "report what would be shared, change nothing")
 	output := fs.String("output", "human", "output format: human or json")
 	progress := progressFlags(fs, "show progress on stderr")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputNoArgs(fs, args, output)
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("store dedup takes no arguments")
 	}
 	opts := dedup.StoreDedupOptions{Method: dedup.LinkMethod(*method), DryRun: *dry}
 	if *minSize != "" {

@@ -341,6 +341,18 @@ func parseOutputArgs(fs *pflag.FlagSet, args []string, output *string, n int, wa
 	return json, nil
 }
 
+// parseOutputNoArgs is parseFlagsOutput for a command that takes no
+// arguments, only flags.
+func parseOutputNoArgs(fs *pflag.FlagSet, args []string, output *string) (json bool, err error) {
+	if json, err = parseFlagsOutput(fs, args, output); err != nil {
+		return false, err
+	}
+	if fs.NArg() != 0 {
+		return false, usagef("%s takes no arguments", fs.Name())
+	}
+	return json, nil
+}
+
 // forceShareHint reports whether err is a lock conflict that -U would get
 // past: a command that has -U (it reads) failed to take the shared lock
 // of an image it reads, because a writer holds it. A destination or an

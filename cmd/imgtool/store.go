@@ -43,12 +43,9 @@ func runStoreLs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputNoArgs(fs, args, output)
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("store ls takes no arguments")
 	}
 	s, err := rootfsOpenStore(*store)
 	if err != nil {
@@ -112,12 +109,9 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "ignore image pins: keep only the layers of containers")
 	dry := fs.BoolP("dry-run", "n", false, "report what would be removed, remove nothing")
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseFlagsOutput(fs, args, output)
+	asJSON, err := parseOutputNoArgs(fs, args, output)
 	if err != nil {
 		return err
-	}
-	if fs.NArg() != 0 {
-		return usagef("store gc takes no arguments")
 	}
 	s, err := rootfsOpenStore(*store)
 	if err != nil {
