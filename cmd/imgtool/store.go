@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/imgtool/imgtool/overlay"
+	"github.com/spf13/pflag"
 )
 
 const storeUsage = `Usage: imgtool store SUBCOMMAND [OPTIONS] ARGS...
@@ -39,15 +40,22 @@ func runStore(args []string, stdout, stderr io.Writer) error {
 	)
 }
 
+// openStoreNoArgs parses the flags of a store command that takes no
+// arguments (store ls, store gc) and opens its --store, *store.
+func openStoreNoArgs(fs *pflag.FlagSet, args []string, output, store *string) (*overlay.Store, bool, error) {
+	asJSON, err := parseOutputNoArgs(fs, args, output)
+	if err != nil {
+		return nil, false, err
+	}
+	s, err := rootfsOpenStore(*store)
+	return s, asJSON, err
+}
+
 func runStoreLs(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("store ls", "[--store DIR] [--output human|json]", stdout, stderr)
 	store := rootfsStoreFlag(fs)
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseOutputNoArgs(fs, args, output)
-	if err != nil {
-		return err
-	}
-	s, err := rootfsOpenStore(*store)
+	s, asJSON, err := openStoreNoArgs(fs, args, output, store)
 	if err != nil {
 		return err
 	}
@@ -109,11 +117,7 @@ func runStoreGC(args []string, stdout, stderr io.Writer) error {
 	all := fs.Bool("all", false, "ignore image pins: keep only the layers of containers")
 	dry := fs.BoolP("dry-run", "n", false, "report what would be removed, remove nothing")
 	output := fs.String("output", "human", "output format: human or json")
-	asJSON, err := parseOutputNoArgs(fs, args, output)
-	if err != nil {
-		return err
-	}
-	s, err := rootfsOpenStore(*store)
+	s, asJSON, err := openStoreNoArgs(fs, args, output, store)
 	if err != nil {
 		return err
 	}
