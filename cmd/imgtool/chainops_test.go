@@ -25,6 +25,20 @@ func copyChainFixture(t *testing.T) string {
 	return dir
 }
 
+// chainFixtureWithRaw copies testdata/chain as copyChainFixture does and
+// converts its top to a raw file, what the chain reads before a change.
+// It returns the directory, the top image and the raw file.
+func chainFixtureWithRaw(t *testing.T) (dir, top, want string) {
+	t.Helper()
+	dir = copyChainFixture(t)
+	top = filepath.Join(dir, "top.qcow2")
+	want = filepath.Join(t.TempDir(), "want.raw")
+	if code, _, errs := runCmd("convert", top, want); code != 0 {
+		t.Fatal(errs)
+	}
+	return dir, top, want
+}
+
 func TestConvertQcow2CLI(t *testing.T) {
 	dir := t.TempDir()
 	src := fixturePath("chain/top.qcow2")
@@ -80,12 +94,7 @@ func TestCompareCLI(t *testing.T) {
 }
 
 func TestCommitCLI(t *testing.T) {
-	dir := copyChainFixture(t)
-	top := filepath.Join(dir, "top.qcow2")
-	want := filepath.Join(t.TempDir(), "want.raw")
-	if code, _, errs := runCmd("convert", top, want); code != 0 {
-		t.Fatal(errs)
-	}
+	dir, top, want := chainFixtureWithRaw(t)
 	code, out, errs := runCmd("commit", "-p", top)
 	if code != 0 || out != "Image committed.\n" {
 		t.Fatalf("exit %d %q %q", code, out, errs)
@@ -115,12 +124,7 @@ func TestCommitCLI(t *testing.T) {
 }
 
 func TestRebaseCLI(t *testing.T) {
-	dir := copyChainFixture(t)
-	top := filepath.Join(dir, "top.qcow2")
-	want := filepath.Join(t.TempDir(), "want.raw")
-	if code, _, errs := runCmd("convert", top, want); code != 0 {
-		t.Fatal(errs)
-	}
+	_, top, want := chainFixtureWithRaw(t)
 	if code, _, errs := runCmd("rebase", top); code != 1 || !strings.Contains(errs, "-b NEW is required") {
 		t.Errorf("without -b: exit %d %q", code, errs)
 	}
