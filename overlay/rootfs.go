@@ -347,6 +347,36 @@ func cleanTarget(target string) (string, error) {
 	return abs, nil
 }
 
+// lockContainer finds the container mounted on target and locks it: the
+// store lock shared, the container's lock exclusive. It returns the
+// container's record as reread under the lock, and unlock, which releases
+// both; on error nothing stays locked.
+func (s *Store) lockContainer(ctx context.Context, target string) (*Container, func(), error) {
+	slk, err := acquireLock(ctx, s.path("store.lock"), false)
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err := s.ContainerByTarget(target)
+	if err != nil {
+		slk.Unlock()
+		return nil, nil, err
+	}
+	clk, err := acquireLock(ctx, filepath.Join(c.Dir, "lock"), true)
+	if err != nil {
+		slk.Unlock()
+		return nil, nil, err
+	}
+	unlock := func() {
+		clk.Unlock()
+		slk.Unlock()
+	}
+	if c, err = s.readContainer(c.Name); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return c, unlock, nil
+}
+
 // ContainerByTarget finds the container mounted on target, or if none is,
 // the one most recently mounted there.
 func (s *Store) ContainerByTarget(target string) (*Container, error) {
@@ -645,23 +675,11 @@ type UnmountOptions struct {
 // Unmount unmounts the container mounted on target (found by its record)
 // and returns its record.
 func (s *Store) Unmount(ctx context.Context, target string, opts UnmountOptions) (*Container, error) {
-	slk, err := acquireLock(ctx, s.path("store.lock"), false)
+	c, unlock, err := s.lockContainer(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	defer slk.Unlock()
-	c, err := s.ContainerByTarget(target)
-	if err != nil {
-		return nil, err
-	}
-	clk, err := acquireLock(ctx, filepath.Join(c.Dir, "lock"), true)
-	if err != nil {
-		return nil, err
-	}
-	defer clk.Unlock()
-	if c, err = s.readContainer(c.Name); err != nil { // reread under the lock
-		return nil, err
-	}
+	defer unlock()
 	if c.Mode == ModeOverlay {
 		m, err := mountAt(c.Target)
 		if err != nil {

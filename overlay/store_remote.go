@@ -96,17 +96,7 @@ func (s *Store) UnpackRemote(ctx context.Context, ref string, opts ImageOptions,
 	if err != nil {
 		return UnpackStats{}, err
 	}
-	lk, err := acquireLock(ctx, s.path("store.lock"), false)
-	if err != nil {
-		return UnpackStats{}, err
-	}
-	defer lk.Unlock()
-	st, err := s.ensureLayers(ctx, im.Jobs, opts.Progress)
-	if err != nil {
-		return st, err
-	}
-	chain, _ := im.chainOf()
-	return st, s.pinImage(im, chain)
+	return s.unpackImage(ctx, im, opts.Progress)
 }
 
 // MountRemote is Mount for a registry image: the layers the store lacks
@@ -116,11 +106,7 @@ func (s *Store) MountRemote(ctx context.Context, ref, target string, opts MountO
 	if err != nil {
 		return nil, UnpackStats{}, err
 	}
-	c, st, err := s.mountImage(ctx, im, target, opts, iopts.Progress)
-	if err != nil {
-		return nil, st, fmt.Errorf("mount %s on %s: %w", ref, target, err)
-	}
-	return c, st, nil
+	return s.mountNamed(ctx, im, ref, target, opts, iopts.Progress)
 }
 
 // remoteBody counts the bytes read from a blob response and keeps its

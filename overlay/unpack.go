@@ -78,12 +78,18 @@ func (s *Store) Unpack(ctx context.Context, ref layers.ImageRef, opts ImageOptio
 	if err != nil {
 		return UnpackStats{}, err
 	}
+	return s.unpackImage(ctx, im, opts.Progress)
+}
+
+// unpackImage makes the layers of the resolved image im available in the
+// store, under the store lock, and pins im: Unpack and UnpackRemote.
+func (s *Store) unpackImage(ctx context.Context, im *imageSpec, progress func(Progress)) (UnpackStats, error) {
 	lk, err := acquireLock(ctx, s.path("store.lock"), false)
 	if err != nil {
 		return UnpackStats{}, err
 	}
 	defer lk.Unlock()
-	st, err := s.ensureLayers(ctx, im.Jobs, opts.Progress)
+	st, err := s.ensureLayers(ctx, im.Jobs, progress)
 	if err != nil {
 		return st, err
 	}
@@ -106,7 +112,13 @@ func (s *Store) Mount(ctx context.Context, ref layers.ImageRef, target string, o
 	if err != nil {
 		return nil, UnpackStats{}, err
 	}
-	c, st, err := s.mountImage(ctx, im, target, opts, iopts.Progress)
+	return s.mountNamed(ctx, im, ref.String(), target, opts, iopts.Progress)
+}
+
+// mountNamed is mountImage with its error naming the image as the
+// caller's ref: Mount and MountRemote.
+func (s *Store) mountNamed(ctx context.Context, im *imageSpec, ref, target string, opts MountOptions, progress func(Progress)) (*Container, UnpackStats, error) {
+	c, st, err := s.mountImage(ctx, im, target, opts, progress)
 	if err != nil {
 		return nil, st, fmt.Errorf("mount %s on %s: %w", ref, target, err)
 	}
