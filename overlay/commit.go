@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
@@ -88,23 +89,11 @@ type CommitResult struct {
 // The container may stay mounted, but nothing may write to it while
 // Commit reads the upper dir.
 func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, opts CommitOptions) (*CommitResult, error) {
-	slk, err := acquireLock(ctx, s.path("store.lock"), false)
+	c, unlock, err := s.lockContainer(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	defer slk.Unlock()
-	c, err := s.ContainerByTarget(target)
-	if err != nil {
-		return nil, err
-	}
-	clk, err := acquireLock(ctx, filepath.Join(c.Dir, "lock"), true)
-	if err != nil {
-		return nil, err
-	}
-	defer clk.Unlock()
-	if c, err = s.readContainer(c.Name); err != nil {
-		return nil, err
-	}
+	defer unlock()
 	src, overlayUpper := c.UpperDir(), true
 	switch c.Mode {
 	case ModeOverlay:
@@ -162,7 +151,7 @@ func (s *Store) Commit(ctx context.Context, target string, dst layers.ImageRef, 
 	}
 	var w io.Writer = f
 	if opts.Progress != nil {
-		w = &commitCounter{w: f, report: func(n int64) { opts.Progress("diff", n) }}
+		w = &ioprogress.Writer{W: f, Fn: func(n int64) { opts.Progress("diff", n) }}
 	}
 	d, err := layers.Create(ctx, w, src, layers.CreateOptions{
 		Compression:     opts.Compression,
@@ -260,18 +249,4 @@ func (s *Store) mountLowerView(c *Container, dir string) error {
 	lower, lowerRel = s.padLower(lower, lowerRel, 2)
 	sp := &mountSpec{Target: dir, Lower: lower, LowerRel: lowerRel, Dir: s.dir, ReadOnly: true, UserXattr: s.userXattr}
 	return mountOverlay(sp, MountAuto)
-}
-
-// commitCounter reports the bytes written through it.
-type commitCounter struct {
-	w      io.Writer
-	n      int64
-	report func(int64)
-}
-
-func (c *commitCounter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	c.report(c.n)
-	return n, err
 }

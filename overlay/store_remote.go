@@ -3,9 +3,9 @@ package overlay
 import (
 	"context"
 	"fmt"
-	"io"
 	"strings"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/internal/registry"
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
@@ -69,12 +69,15 @@ func (s *Store) resolveRemote(ctx context.Context, ref string, opts ImageOptions
 				return 0, err
 			}
 			defer rc.Close()
-			body := &remoteBody{r: rc}
+			// body counts the bytes and keeps the first read error
+			// (io.ErrUnexpectedEOF for a connection closed early,
+			// registry.ErrStalled, ...).
+			body := &ioprogress.Reader{R: rc}
 			d, err := layers.Apply(ctx, ropts.Progress.Reader(body, rep), dir, ao)
-			if err != nil && body.err != nil && ctx.Err() == nil {
+			if err != nil && body.Err != nil && ctx.Err() == nil {
 				// The registry went away: say so, not what the
 				// truncated stream looked like to the tar reader.
-				return 0, fmt.Errorf("blob %s from %s: after %d of %d bytes: %w", desc.Digest, img.Repo.Name(), body.n, desc.Size, body.err)
+				return 0, fmt.Errorf("blob %s from %s: after %d of %d bytes: %w", desc.Digest, img.Repo.Name(), body.N, desc.Size, body.Err)
 			}
 			if err != nil {
 				return 0, fmt.Errorf("blob %s from %s: %w", desc.Digest, img.Repo.Name(), err)
@@ -107,24 +110,6 @@ func (s *Store) MountRemote(ctx context.Context, ref, target string, opts MountO
 		return nil, UnpackStats{}, err
 	}
 	return s.mountNamed(ctx, im, ref, target, opts, iopts.Progress)
-}
-
-// remoteBody counts the bytes read from a blob response and keeps its
-// first read error (io.ErrUnexpectedEOF for a connection closed early,
-// registry.ErrStalled, ...), other than io.EOF.
-type remoteBody struct {
-	r   io.Reader
-	n   int64
-	err error
-}
-
-func (b *remoteBody) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	b.n += int64(n)
-	if err != nil && err != io.EOF && b.err == nil {
-		b.err = err
-	}
-	return n, err
 }
 
 // isRemotePin reports whether a pin or container names a registry image.

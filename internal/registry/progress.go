@@ -4,6 +4,8 @@ import (
 	"io"
 
 	digest "github.com/opencontainers/go-digest"
+
+	"github.com/imgtool/imgtool/internal/ioprogress"
 )
 
 // BlobState is where a blob is in a transfer.
@@ -49,21 +51,9 @@ func (fn ProgressFunc) Reader(r io.Reader, p Progress) io.Reader {
 	if fn == nil {
 		return r
 	}
-	return &progressReader{r: r, fn: fn, p: p}
-}
-
-type progressReader struct {
-	r  io.Reader
-	fn ProgressFunc
-	p  Progress
-}
-
-func (r *progressReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	if n > 0 {
-		r.p.Done += int64(n)
-		r.p.State = BlobProgress
-		r.fn(r.p)
-	}
-	return n, err
+	start := p.Done
+	return &ioprogress.Reader{R: r, Fn: func(n int64) {
+		p.Done, p.State = start+n, BlobProgress
+		fn(p)
+	}}
 }

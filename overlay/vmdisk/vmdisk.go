@@ -21,6 +21,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/imgtool/imgtool/internal/atomicfile"
 	"github.com/imgtool/imgtool/internal/ext4"
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/layers"
 	"github.com/imgtool/imgtool/qcow2"
 	"github.com/opencontainers/go-digest"
@@ -228,9 +229,9 @@ func buildLevel(ctx context.Context, fs *ext4.FS, layer v1.Layer, dir, name, bac
 		img.Close()
 		return nil, err
 	}
-	r := &progressReader{r: rc}
+	r := &ioprogress.Reader{R: rc}
 	if opts.Progress != nil {
-		r.fn = func(done int64) { opts.Progress(Progress{Layer: i, Layers: n, Done: done, Bytes: before + done}) }
+		r.Fn = func(done int64) { opts.Progress(Progress{Layer: i, Layers: n, Done: done, Bytes: before + done}) }
 	}
 	st, err := fs.ApplyLayer(ctx, r, img)
 	if err == nil {
@@ -250,22 +251,7 @@ func buildLevel(ctx context.Context, fs *ext4.FS, layer v1.Layer, dir, name, bac
 	if err != nil {
 		return nil, err
 	}
-	return &Level{read: r.done, FileSize: fi.Size(), DataBytes: st.DataBytes, DataBlocks: st.DataBlocks, MetaBlocks: st.MetaBlocks, Entries: st.Entries}, nil
-}
-
-type progressReader struct {
-	r    io.Reader
-	done int64
-	fn   func(int64)
-}
-
-func (p *progressReader) Read(b []byte) (int, error) {
-	n, err := p.r.Read(b)
-	p.done += int64(n)
-	if n > 0 && p.fn != nil {
-		p.fn(p.done)
-	}
-	return n, err
+	return &Level{read: r.N, FileSize: fi.Size(), DataBytes: st.DataBytes, DataBlocks: st.DataBlocks, MetaBlocks: st.MetaBlocks, Entries: st.Entries}, nil
 }
 
 // claimOutdir refuses an outdir that is not an empty directory or a name
