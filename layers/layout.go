@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/jsonfile"
 )
 
 // Errors of the image-layout half of the package. Callers branch on them
@@ -152,7 +152,7 @@ func notLayout(p string, err error) error {
 
 func (l *Layout) checkLayoutFile() error {
 	p := filepath.Join(l.dir, layoutFileName)
-	b, err := layoutReadFileCapped(p, 64<<10)
+	b, err := jsonfile.ReadCapped(p, 64<<10)
 	if err != nil {
 		return notLayout(p, err)
 	}
@@ -173,7 +173,7 @@ func (l *Layout) Index(ctx context.Context) (*ocispec.Index, error) {
 		return nil, err
 	}
 	p := l.indexPath()
-	b, err := layoutReadFileCapped(p, layoutMaxJSON)
+	b, err := jsonfile.ReadCapped(p, layoutMaxJSON)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, notLayout(p, err)
@@ -363,30 +363,6 @@ func layoutParseIndex(b []byte) (*ocispec.Index, error) {
 		}
 	}
 	return &idx, nil
-}
-
-// layoutReadFileCapped reads a whole file, failing if it is larger than max.
-func layoutReadFileCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s: not a regular file", path)
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed", path, fi.Size(), max)
-	}
-	b := make([]byte, fi.Size())
-	if _, err := io.ReadFull(f, b); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return b, nil
 }
 
 // layoutWriteFileAtomic writes b to path whole (see internal/atomicfile).

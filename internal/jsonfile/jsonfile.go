@@ -1,11 +1,14 @@
 // Package jsonfile reads and writes the small JSON records of the layer
 // store and of VM chain directories: reads are capped at 1 MiB, writes
-// replace the file atomically (internal/atomicfile).
+// replace the file atomically (internal/atomicfile). ReadCapped reads
+// other small files whole under a cap of the caller's (an OCI layout's
+// index.json, a registry credential file).
 package jsonfile
 
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 
@@ -35,6 +38,32 @@ func Read(path string, v any) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// ReadCapped reads the whole regular file at path, of at most max bytes.
+// Every error names path; a missing file gives one matching
+// fs.ErrNotExist.
+func ReadCapped(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s: not a regular file", path)
+	}
+	if fi.Size() > max {
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed", path, fi.Size(), max)
+	}
+	b := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return b, nil
 }
 
 // Write stores v, indented and newline-terminated, as the file at path

@@ -60,3 +60,32 @@ func TestReadRefuses(t *testing.T) {
 		t.Errorf("truncated JSON: %v, want an error naming the file", err)
 	}
 }
+
+func TestReadCapped(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "index.json")
+	if err := os.WriteFile(p, []byte(`{"a":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b, err := ReadCapped(p, 7)
+	if err != nil || string(b) != `{"a":1}` {
+		t.Fatalf("ReadCapped(7 bytes, max 7) = %q, %v", b, err)
+	}
+	for _, tc := range []struct {
+		name, path string
+		max        int64
+		want       string
+	}{
+		{"too big", p, 6, p + ": 7 bytes, more than the 6 allowed"},
+		{"directory", dir, 1 << 20, dir + ": not a regular file"},
+		{"missing", filepath.Join(dir, "none"), 1 << 20, "open " + filepath.Join(dir, "none")},
+	} {
+		_, err := ReadCapped(tc.path, tc.max)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s: error %v, want it to start %q", tc.name, err, tc.want)
+		}
+		if tc.name == "missing" && !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("missing: error %v does not match fs.ErrNotExist", err)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/imgtool/imgtool/internal/jsonfile"
 )
 
 // maxAuthFile caps a credential file read into memory.
@@ -159,12 +160,13 @@ type authEntry struct {
 // the most specific of host/ns/repo, host/ns, host; a key may carry a
 // scheme and a /v1/ or /v2/ suffix (Docker's style).
 func lookupAuthFile(file string, res authn.Resource) (*authn.AuthConfig, error) {
-	b, err := readCapped(file, maxAuthFile)
+	b, err := jsonfile.ReadCapped(file, maxAuthFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("registry: credential file %s: %w", file, err)
+		// err names file.
+		return nil, fmt.Errorf("registry: credential file: %w", err)
 	}
 	var af authFile
 	if err := json.Unmarshal(b, &af); err != nil {
@@ -223,24 +225,4 @@ func normAuthKey(k string) string {
 	k = strings.TrimSuffix(k, "/v1")
 	k = strings.TrimSuffix(k, "/v2")
 	return k
-}
-
-// readCapped reads a whole regular file of at most max bytes.
-func readCapped(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		return nil, errors.New("not a regular file")
-	}
-	if fi.Size() > max {
-		return nil, fmt.Errorf("%d bytes, more than the %d allowed", fi.Size(), max)
-	}
-	return os.ReadFile(path)
 }
