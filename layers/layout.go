@@ -230,44 +230,59 @@ func (l *Layout) SetTag(ctx context.Context, tag string, desc ocispec.Descriptor
 	} else if !ok {
 		return &LayoutError{Path: l.blobPath(desc.Digest), Err: fmt.Errorf("%w: tag %q would point at a missing blob", ErrBlobNotFound, tag)}
 	}
-	unlock, err := l.lockIndex()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	idx, err := l.Index(ctx)
-	if err != nil {
-		return err
-	}
 	ann := make(map[string]string, len(desc.Annotations)+1)
 	for k, v := range desc.Annotations {
 		ann[k] = v
 	}
 	ann[ocispec.AnnotationRefName] = tag
 	desc.Annotations = ann
-	out := make([]ocispec.Descriptor, 0, len(idx.Manifests)+1)
-	replaced := false
-	for _, d := range idx.Manifests {
-		if d.Annotations[ocispec.AnnotationRefName] == tag {
-			if !replaced {
-				out = append(out, desc)
-				replaced = true
+	return l.updateIndex(ctx, func(idx *ocispec.Index) error {
+		out := make([]ocispec.Descriptor, 0, len(idx.Manifests)+1)
+		replaced := false
+		for _, d := range idx.Manifests {
+			if d.Annotations[ocispec.AnnotationRefName] == tag {
+				if !replaced {
+					out = append(out, desc)
+					replaced = true
+				}
+				continue
 			}
-			continue
+			out = append(out, d)
 		}
-		out = append(out, d)
-	}
-	if !replaced {
-		out = append(out, desc)
-	}
-	idx.Manifests = out
-	return l.writeIndex(idx)
+		if !replaced {
+			out = append(out, desc)
+		}
+		idx.Manifests = out
+		return nil
+	})
 }
 
 // RemoveTag drops the entries of index.json carrying tag. The blobs stay
 // (as with umoci, a garbage collection removes unreferenced blobs). It
 // fails with ErrTagNotFound when no entry carries the tag.
 func (l *Layout) RemoveTag(ctx context.Context, tag string) error {
+	return l.updateIndex(ctx, func(idx *ocispec.Index) error {
+		out := idx.Manifests[:0]
+		found := false
+		for _, d := range idx.Manifests {
+			if d.Annotations[ocispec.AnnotationRefName] == tag {
+				found = true
+				continue
+			}
+			out = append(out, d)
+		}
+		if !found {
+			return &LayoutError{Path: l.indexPath(), Err: fmt.Errorf("%w: %q", ErrTagNotFound, tag)}
+		}
+		idx.Manifests = out
+		return nil
+	})
+}
+
+// updateIndex changes index.json under the index lock: it reads the
+// index, lets edit change it and writes it back (atomically) unless edit
+// fails.
+func (l *Layout) updateIndex(ctx context.Context, edit func(*ocispec.Index) error) error {
 	unlock, err := l.lockIndex()
 	if err != nil {
 		return err
@@ -277,19 +292,9 @@ func (l *Layout) RemoveTag(ctx context.Context, tag string) error {
 	if err != nil {
 		return err
 	}
-	out := idx.Manifests[:0]
-	found := false
-	for _, d := range idx.Manifests {
-		if d.Annotations[ocispec.AnnotationRefName] == tag {
-			found = true
-			continue
-		}
-		out = append(out, d)
+	if err := edit(idx); err != nil {
+		return err
 	}
-	if !found {
-		return &LayoutError{Path: l.indexPath(), Err: fmt.Errorf("%w: %q", ErrTagNotFound, tag)}
-	}
-	idx.Manifests = out
 	return l.writeIndex(idx)
 }
 

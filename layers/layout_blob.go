@@ -64,31 +64,11 @@ func (l *Layout) HasBlob(desc ocispec.Descriptor) (bool, error) {
 // ErrBlobCorrupt (instead of io.EOF) when the digest differs, so a caller
 // that reads to EOF has verified the blob. The caller closes it.
 func (l *Layout) OpenBlob(desc ocispec.Descriptor) (io.ReadCloser, error) {
-	p, err := l.BlobPath(desc.Digest)
+	f, err := l.openBlobFile(desc)
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, &LayoutError{Path: p, Err: fmt.Errorf("%w: %s (%s)", ErrBlobNotFound, desc.Digest, desc.MediaType)}
-	}
-	if err != nil {
-		return nil, err
-	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, &LayoutError{Path: p, Err: fmt.Errorf("%w: not a regular file", ErrBlobCorrupt)}
-	}
-	if fi.Size() != desc.Size {
-		f.Close()
-		return nil, &LayoutError{Path: p, Err: fmt.Errorf("%w: %d bytes, descriptor says %d", ErrBlobCorrupt, fi.Size(), desc.Size)}
-	}
-	return &layoutVerifyReader{f: f, path: p, want: desc.Digest, size: desc.Size, h: desc.Digest.Algorithm().Hash()}, nil
+	return &layoutVerifyReader{f: f, path: f.Name(), want: desc.Digest, size: desc.Size, h: desc.Digest.Algorithm().Hash()}, nil
 }
 
 // openBlobFile opens the blob of desc after checking that it is a regular
@@ -107,8 +87,10 @@ func (l *Layout) openBlobFile(desc ocispec.Descriptor) (*os.File, error) {
 		return nil, err
 	}
 	fi, err := f.Stat()
-	if err == nil && (!fi.Mode().IsRegular() || fi.Size() != desc.Size) {
-		err = &LayoutError{Path: p, Err: fmt.Errorf("%w: %d bytes (regular: %v), descriptor says %d", ErrBlobCorrupt, fi.Size(), fi.Mode().IsRegular(), desc.Size)}
+	if err == nil && !fi.Mode().IsRegular() {
+		err = &LayoutError{Path: p, Err: fmt.Errorf("%w: not a regular file", ErrBlobCorrupt)}
+	} else if err == nil && fi.Size() != desc.Size {
+		err = &LayoutError{Path: p, Err: fmt.Errorf("%w: %d bytes, descriptor says %d", ErrBlobCorrupt, fi.Size(), desc.Size)}
 	}
 	if err != nil {
 		f.Close()
