@@ -281,45 +281,22 @@ func scanImages(ctx context.Context, imgs []*qcow2.Image, opts ScanOptions, prog
 			f.ChainDepth = d
 		}
 		var zeroB, internal, shared, fresh atomic.Int64
-		work := make(chan int64)
-		ctx, cancel := context.WithCancelCause(ctx)
-		var wg sync.WaitGroup
-		for range opts.workers() {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				bp := bufs.Get().(*[]byte)
-				defer bufs.Put(bp)
-				for off := range work {
-					if ctx.Err() != nil {
-						continue
-					}
-					n := min(seg, img.Size()-off)
-					st, err := scanSegment(img, off, n, cs, (*bp)[:n], adder, int32(i))
-					if err != nil {
-						cancel(err)
-						continue
-					}
-					zeroB.Add(st.zero)
-					internal.Add(st.internal)
-					shared.Add(st.shared)
-					fresh.Add(st.fresh)
-					prog.add(n)
-				}
-			}()
-		}
-	feed:
-		for off := int64(0); off < img.Size(); off += seg {
-			select {
-			case work <- off:
-			case <-ctx.Done():
-				break feed
+		// The segment buffers come from bufs, shared by all images,
+		// rather than from parallelSegments' per-call ones.
+		err := parallelSegments(ctx, img.Size(), seg, opts.workers(), func(off, n int64, _ *segBufs) error {
+			bp := bufs.Get().(*[]byte)
+			defer bufs.Put(bp)
+			st, err := scanSegment(img, off, n, cs, (*bp)[:n], adder, int32(i))
+			if err != nil {
+				return err
 			}
-		}
-		close(work)
-		wg.Wait()
-		err := context.Cause(ctx)
-		cancel(nil)
+			zeroB.Add(st.zero)
+			internal.Add(st.internal)
+			shared.Add(st.shared)
+			fresh.Add(st.fresh)
+			prog.add(n)
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
