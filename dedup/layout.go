@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/imgtool/imgtool/internal/jobs"
 	"github.com/imgtool/imgtool/internal/zero"
 	"github.com/imgtool/imgtool/layers"
 	digest "github.com/opencontainers/go-digest"
@@ -171,54 +172,31 @@ func scanLayouts(ctx context.Context, dirs []string, lays []*layoutLayer, images
 	perLayer := make([][]chunkRef, len(lays))
 	fileDigests := make([][]Digest, len(lays))
 	rep.Inputs = make([]LayerFigures, len(lays))
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	work := make(chan int)
-	var wg sync.WaitGroup
-	for range opts.workers() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				if ctx.Err() != nil {
-					continue
-				}
-				ll := lays[i]
-				f := &rep.Inputs[i]
-				f.Layout, f.Digest, f.Images = ll.layout.Dir(), ll.desc.Digest, ll.images
-				var refs []chunkRef
-				emit := func(chunk []byte) error {
-					if err := st.hold(); err != nil {
-						return err
-					}
-					if zero.Is(chunk) {
-						refs = append(refs, chunkRef{n: int64(len(chunk)), zero: true})
-						return nil
-					}
-					refs = append(refs, chunkRef{d: sha256.Sum256(chunk), n: int64(len(chunk))})
-					return nil
-				}
-				fds, err := st.readLayer(ctx, ll, f, emit)
-				if err != nil {
-					cancel(err)
-					continue
-				}
-				perLayer[i], fileDigests[i] = refs, fds
-				prog.add(ll.desc.Size)
+	err := jobs.ForEach(ctx, opts.workers(), len(lays), func(ctx context.Context, i int) error {
+		ll := lays[i]
+		f := &rep.Inputs[i]
+		f.Layout, f.Digest, f.Images = ll.layout.Dir(), ll.desc.Digest, ll.images
+		var refs []chunkRef
+		emit := func(chunk []byte) error {
+			if err := st.hold(); err != nil {
+				return err
 			}
-		}()
-	}
-feed:
-	for i := range lays {
-		select {
-		case work <- i:
-		case <-ctx.Done():
-			break feed
+			if zero.Is(chunk) {
+				refs = append(refs, chunkRef{n: int64(len(chunk)), zero: true})
+				return nil
+			}
+			refs = append(refs, chunkRef{d: sha256.Sum256(chunk), n: int64(len(chunk))})
+			return nil
 		}
-	}
-	close(work)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+		fds, err := st.readLayer(ctx, ll, f, emit)
+		if err != nil {
+			return err
+		}
+		perLayer[i], fileDigests[i] = refs, fds
+		prog.add(ll.desc.Size)
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	// Index the chunks layer by layer, in input order, so the figures do

@@ -1,5 +1,6 @@
 // Package jobs runs indexed work a bounded number at a time: the blobs of
-// an image pull, the levels of a VM chain push or pull.
+// an image pull, the levels of a VM chain push or pull, the layers of a
+// dedup layout scan.
 package jobs
 
 import (
