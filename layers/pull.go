@@ -90,14 +90,7 @@ func Pull(ctx context.Context, src string, dst ImageRef, opts PullOptions) (*Pul
 	if err := ValidateTag(dst.Tag); err != nil {
 		return nil, err
 	}
-	c := opts.Client
-	if c == nil {
-		var err error
-		if c, err = registry.New(opts.Registry); err != nil {
-			return nil, err
-		}
-	}
-	ref, err := c.Reference(src)
+	c, ref, err := registry.ClientRef(opts.Client, opts.Registry, src)
 	if err != nil {
 		return nil, err
 	}

@@ -63,14 +63,7 @@ type PushResult struct {
 // the layout and verified against their digests while read; manifests go
 // last, children before the index.
 func Push(ctx context.Context, src ImageRef, dst string, opts PushOptions) (*PushResult, error) {
-	c := opts.Client
-	if c == nil {
-		var err error
-		if c, err = registry.New(opts.Registry); err != nil {
-			return nil, err
-		}
-	}
-	ref, err := c.Reference(dst)
+	c, ref, err := registry.ClientRef(opts.Client, opts.Registry, dst)
 	if err != nil {
 		return nil, err
 	}

@@ -65,6 +65,23 @@ type Client struct {
 	repos map[string]*Repo // "repo|push" -> authenticated repo
 }
 
+// ClientRef returns c, or when c is nil a new Client for o, and s parsed
+// as c.Reference parses it: the start of an operation whose options carry
+// an optional shared Client next to the Options that make one.
+func ClientRef(c *Client, o Options, s string) (*Client, name.Reference, error) {
+	if c == nil {
+		var err error
+		if c, err = New(o); err != nil {
+			return nil, nil, err
+		}
+	}
+	ref, err := c.Reference(s)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c, ref, nil
+}
+
 // New returns a Client for o (validated, defaults filled in).
 func New(o Options) (*Client, error) {
 	o, err := o.Validate()

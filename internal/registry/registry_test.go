@@ -136,3 +136,20 @@ func TestParseReference(t *testing.T) {
 		t.Errorf("%v %v", r, err)
 	}
 }
+
+func TestClientRef(t *testing.T) {
+	c, ref, err := ClientRef(nil, Options{Insecure: true}, "docker://127.0.0.1:5000/a/b:t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c == nil || ref.String() != "127.0.0.1:5000/a/b:t" || ref.Context().Scheme() != "http" {
+		t.Fatalf("ClientRef(nil, insecure) = %v, %v (scheme %s)", c, ref, ref.Context().Scheme())
+	}
+	c2, _, err := ClientRef(c, Options{}, "127.0.0.1:5000/a/b")
+	if err != nil || c2 != c {
+		t.Fatalf("ClientRef(c) = %p, %v; want the given client %p", c2, err, c)
+	}
+	if _, _, err := ClientRef(c, Options{}, "http://x/y"); !errors.Is(err, ErrInvalidReference) {
+		t.Errorf("ClientRef with a URL: %v, want ErrInvalidReference", err)
+	}
+}

@@ -83,13 +83,7 @@ type PulledLevel struct {
 // When dir is a chain directory (overlay/vmchain), the files are placed
 // under its lock and the pulled levels join its tree.
 func Pull(ctx context.Context, ref, dir string, opts PullOptions) (res *PullResult, err error) {
-	c := opts.Client
-	if c == nil {
-		if c, err = registry.New(opts.Registry); err != nil {
-			return nil, err
-		}
-	}
-	src, err := c.Reference(ref)
+	c, src, err := registry.ClientRef(opts.Client, opts.Registry, ref)
 	if err != nil {
 		return nil, err
 	}

@@ -101,14 +101,7 @@ type source struct {
 // manifest last. The same chain always gives the same layer and manifest
 // digests.
 func Push(ctx context.Context, image, ref string, opts PushOptions) (*PushResult, error) {
-	c := opts.Client
-	if c == nil {
-		var err error
-		if c, err = registry.New(opts.Registry); err != nil {
-			return nil, err
-		}
-	}
-	dst, err := c.Reference(ref)
+	c, dst, err := registry.ClientRef(opts.Client, opts.Registry, ref)
 	if err != nil {
 		return nil, err
 	}

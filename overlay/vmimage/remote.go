@@ -57,14 +57,7 @@ var ErrNoRange = registry.ErrRangeUnsupported
 // holds a whole blob); the registry's transport is trusted as for any
 // lazy read, and every metadata structure is bounds-checked by qcow2.
 func OpenRemote(ctx context.Context, ref string, o RemoteOptions) (*qcow2.Image, error) {
-	c := o.Client
-	if c == nil {
-		var err error
-		if c, err = registry.New(o.Registry); err != nil {
-			return nil, err
-		}
-	}
-	r, err := c.Reference(ref)
+	c, r, err := registry.ClientRef(o.Client, o.Registry, ref)
 	if err != nil {
 		return nil, err
 	}
