@@ -210,10 +210,8 @@ func (img *Image) Check(mode RepairMode) (*CheckResult, error) {
 		return nil, fmt.Errorf("%w: %s: repairing needs a writable image", ErrReadOnly, img.path)
 	}
 	if img.w != nil {
-		img.w.ops.Lock()
-		defer img.w.ops.Unlock()
-		img.w.mu.Lock()
-		defer img.w.mu.Unlock()
+		img.w.lockAll()
+		defer img.w.unlockAll()
 		if err := img.w.flushLocked(); err != nil {
 			return nil, err
 		}

@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 )
 
 // CommitOptions configures Commit. The zero value commits the top image
 // into its backing file and then empties the top, as `qemu-img commit`
-// does, with GOMAXPROCS workers and no progress reporting.
+// does, with twice GOMAXPROCS workers and no progress reporting.
 type CommitOptions struct {
 	// Base names the image of the backing chain to commit into (qemu-img
 	// commit -b); "" means the top image's backing file. A name is
@@ -49,11 +48,9 @@ type CommitOptions struct {
 // updates. The top and the base are opened with QEMU's writer lock, so
 // Commit refuses images a running QEMU (or another imgtool) uses.
 func Commit(ctx context.Context, path string, opts CommitOptions) error {
-	if opts.Workers < 0 {
-		return fmt.Errorf("qcow2: commit %s: negative Workers", path)
-	}
-	if opts.Workers == 0 {
-		opts.Workers = 2 * runtime.GOMAXPROCS(0) // cores stay busy while workers wait in the kernel
+	var err error
+	if opts.Workers, err = workerCount("commit", path, opts.Workers); err != nil {
+		return err
 	}
 	if err := opts.Cache.valid(); err != nil {
 		return err
@@ -252,10 +249,8 @@ func copyRanges(ctx context.Context, src *Image, tgt commitTarget, workers int, 
 // the tables are on disk.
 func (w *writer) makeEmpty(ctx context.Context) error {
 	img := w.img
-	w.ops.Lock()
-	defer w.ops.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.lockAll()
+	defer w.unlockAll()
 	if err := w.refusal(); err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"strings"
 )
 
@@ -90,10 +89,7 @@ func (o *ConvertOptions) validate(dst string) error {
 		o.SparseSize = sparseBlock
 	}
 	if o.Workers == 0 {
-		// Reads and writes of cached data are CPU work inside syscalls;
-		// more goroutines than cores keep every core busy while some
-		// wait in the kernel (qemu-img keeps a pool of I/O threads too).
-		o.Workers = 2 * runtime.GOMAXPROCS(0)
+		o.Workers = defaultWorkers()
 	}
 	if o.ChunkSize == 0 {
 		o.ChunkSize = 2 << 20

@@ -384,10 +384,8 @@ func preallocate(path string, full bool, progress func(done, total int64)) error
 
 func (w *writer) preallocate(full bool, progress func(done, total int64)) error {
 	img := w.img
-	w.ops.Lock()
-	defer w.ops.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.lockAll()
+	defer w.unlockAll()
 	clusters := (img.size + w.cs() - 1) >> w.cb()
 	perTable := int64(1) << img.l2Bits
 	backing := img.hdr.BackingFile != ""

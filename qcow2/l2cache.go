@@ -125,6 +125,15 @@ func decodeTable(raw []byte) []uint64 {
 	return out
 }
 
+// encodeTable converts host-endian words into a big-endian table.
+func encodeTable(t []uint64) []byte {
+	raw := make([]byte, len(t)*8)
+	for i, e := range t {
+		binary.BigEndian.PutUint64(raw[i*8:], e)
+	}
+	return raw
+}
+
 // replace publishes t as the table of L1 index i even if one is cached,
 // making it resident. Dirty tables are never evicted (put skips them),
 // so the cache may exceed its budget until the next flush.

@@ -192,10 +192,8 @@ func (img *Image) closeWriter() error {
 	if w == nil {
 		return nil
 	}
-	w.ops.Lock()
-	defer w.ops.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.lockAll()
+	defer w.unlockAll()
 	if w.closed {
 		return nil
 	}

@@ -2,8 +2,28 @@ package qcow2
 
 import (
 	"context"
+	"fmt"
+	"runtime"
 	"sync"
 )
+
+// defaultWorkers is the goroutine count a zero Workers option means.
+// Reads and writes of cached data are CPU work inside syscalls; more
+// goroutines than cores keep every core busy while some wait in the
+// kernel (qemu-img keeps a pool of I/O threads too).
+func defaultWorkers() int { return 2 * runtime.GOMAXPROCS(0) }
+
+// workerCount returns the goroutine count the Workers option n of op
+// (commit, rebase) on path asks for: n, or defaultWorkers() for 0.
+func workerCount(op, path string, n int) (int, error) {
+	if n < 0 {
+		return 0, fmt.Errorf("qcow2: %s %s: negative Workers", op, path)
+	}
+	if n == 0 {
+		return defaultWorkers(), nil
+	}
+	return n, nil
+}
 
 // runPool runs the jobs that produce emits on n worker goroutines.
 // newWorker is called once in each worker and returns the function that

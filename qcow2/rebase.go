@@ -6,13 +6,12 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
-	"runtime"
 
 	"github.com/imgtool/imgtool/internal/zero"
 )
 
 // RebaseOptions configures Rebase. The zero value (with Backing set) is
-// a safe rebase, as `qemu-img rebase -b NEW FILE`, with GOMAXPROCS
+// a safe rebase, as `qemu-img rebase -b NEW FILE`, with twice GOMAXPROCS
 // workers and no progress reporting.
 type RebaseOptions struct {
 	// Backing is the new backing file name as it will be stored; a
@@ -56,11 +55,9 @@ type RebaseOptions struct {
 // one write of the header's first sector, so a crash leaves either the
 // old or the new reference.
 func Rebase(ctx context.Context, path string, opts RebaseOptions) error {
-	if opts.Workers < 0 {
-		return fmt.Errorf("qcow2: rebase %s: negative Workers", path)
-	}
-	if opts.Workers == 0 {
-		opts.Workers = 2 * runtime.GOMAXPROCS(0) // cores stay busy while workers wait in the kernel
+	var err error
+	if opts.Workers, err = workerCount("rebase", path, opts.Workers); err != nil {
+		return err
 	}
 	if opts.Backing != "" {
 		if err := checkRefName(opts.Backing); err != nil {
@@ -377,10 +374,8 @@ func (w *writer) putCompressed(vc int64, out []byte, pk *packer) error {
 // written in one write and synced.
 func (w *writer) setBacking(name string, format Format) error {
 	img := w.img
-	w.ops.Lock()
-	defer w.ops.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.lockAll()
+	defer w.unlockAll()
 	if w.closed {
 		return ErrClosed
 	}

@@ -1,7 +1,6 @@
 package qcow2
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 )
@@ -56,30 +55,39 @@ func (img *Image) Resize(size int64, shrink bool) error {
 // growL1 moves the L1 table to new clusters with need entries.
 func (w *writer) growL1(need, size int64) error {
 	img := w.img
-	h := img.hdr
 	n := img.l1Len()
-	off, err := w.rc.alloc((need*8 + w.cs() - 1) >> w.cb())
+	off, err := w.rc.alloc(w.clustersFor(need * 8))
 	if err != nil {
 		return err
 	}
 	if err := w.writeRefcounts(); err != nil {
 		return err
 	}
-	raw := make([]byte, need*8)
-	for i := range n {
-		binary.BigEndian.PutUint64(raw[i*8:], uint64(img.l1Get(i)))
-	}
-	if err := w.meta.check(off, int64(len(raw)), metaNone); err != nil {
+	l1 := make([]uint64, need)
+	copy(l1, img.activeL1())
+	if err := w.meta.check(off, need*8, metaNone); err != nil {
 		return err
 	}
-	if err := writeFull(w.st, raw, off); err != nil {
+	if err := w.writeTableSync(off, l1); err != nil {
 		return err
 	}
-	if err := w.sync(); err != nil {
+	oldOff, oldN := int64(img.hdr.L1TableOffset), n
+	if err := w.switchL1(off, l1, size); err != nil {
 		return err
 	}
-	oldOff, oldN := int64(h.L1TableOffset), n
-	h.L1TableOffset, h.L1Size, h.Size = uint64(off), uint32(need), uint64(size)
+	if err := w.releaseRange(oldOff, oldN*8); err != nil {
+		return err
+	}
+	return w.writeRefcounts()
+}
+
+// switchL1 makes l1, already written and synced at off, the active L1
+// table and size the guest size: the header is written and synced
+// first, then the writer's view follows.
+func (w *writer) switchL1(off int64, l1 []uint64, size int64) error {
+	img := w.img
+	h := img.hdr
+	h.L1TableOffset, h.L1Size, h.Size = uint64(off), uint32(len(l1)), uint64(size)
 	if err := w.writeHeader(); err != nil {
 		return err
 	}
@@ -87,15 +95,12 @@ func (w *writer) growL1(need, size int64) error {
 		return err
 	}
 	img.size = size
-	l1 := make([]atomic.Uint64, need)
-	for i := range n {
-		l1[i].Store(uint64(img.l1Get(i)))
+	t := make([]atomic.Uint64, len(l1))
+	for i, e := range l1 {
+		t[i].Store(e)
 	}
-	w.l1.Store(&l1)
-	if err := w.releaseRange(oldOff, oldN*8); err != nil {
-		return err
-	}
-	return w.writeRefcounts()
+	w.l1.Store(&t)
+	return nil
 }
 
 // shrink drops the guest range past size, which must hold no clusters.
@@ -103,8 +108,8 @@ func (w *writer) growL1(need, size int64) error {
 func (w *writer) shrink(size, need int64) error {
 	img := w.img
 	h := img.hdr
-	firstCluster := (size + w.cs() - 1) >> w.cb()
-	end := (img.size + w.cs() - 1) >> w.cb()
+	firstCluster := w.clustersFor(size)
+	end := w.clustersFor(img.size)
 	for vc := firstCluster; vc < end; vc++ {
 		l1i := vc >> img.l2Bits
 		if img.l1Get(l1i).l2Offset() == 0 {

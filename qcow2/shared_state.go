@@ -20,6 +20,15 @@ func (img *Image) l1Get(i int64) l1Entry {
 	return l1Entry(img.l1[i])
 }
 
+// activeL1 returns a copy of the active L1 table.
+func (img *Image) activeL1() []uint64 {
+	l1 := make([]uint64, img.l1Len())
+	for i := range l1 {
+		l1[i] = uint64(img.l1Get(int64(i)))
+	}
+	return l1
+}
+
 // l1Set stores active L1 entry i; only the writer calls it, with its
 // metadata mutex held.
 func (img *Image) l1Set(i int64, v l1Entry) {

@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 )
 
@@ -12,10 +11,8 @@ import (
 // afterwards the writer's caches are reloaded from disk, since fn may
 // rewrite tables behind them.
 func (w *writer) exclusive(fn func() error) error {
-	w.ops.Lock()
-	defer w.ops.Unlock()
-	w.mu.Lock()
-	defer w.mu.Unlock()
+	w.lockAll()
+	defer w.unlockAll()
 	if err := w.refusal(); err != nil {
 		return err
 	}
@@ -62,6 +59,14 @@ func (w *writer) readL1At(off int64, n int64) ([]uint64, error) {
 		return nil, err
 	}
 	return decodeTable(raw), nil
+}
+
+// writeTableSync writes table t at off and syncs.
+func (w *writer) writeTableSync(off int64, t []uint64) error {
+	if err := writeFull(w.st, encodeTable(t), off); err != nil {
+		return err
+	}
+	return w.sync()
 }
 
 // addTree changes by delta the refcounts of every L2 table and data
@@ -137,9 +142,8 @@ func (w *writer) writeSnapshotTable(snaps []Snapshot) error {
 	data := encodeSnapshots(snaps)
 	var newOff int64
 	if len(data) > 0 {
-		n := (int64(len(data)) + w.cs() - 1) >> w.cb()
 		var err error
-		if newOff, err = w.rc.alloc(n); err != nil {
+		if newOff, err = w.rc.alloc(w.clustersFor(int64(len(data)))); err != nil {
 			return err
 		}
 		if err := w.writeRefcounts(); err != nil {
@@ -188,18 +192,15 @@ func (img *Image) CreateSnapshot(name string) error {
 		if len(img.snapshots) >= maxSnapshots {
 			return fmt.Errorf("qcow2: %s: too many snapshots", img.path)
 		}
-		n := img.l1Len()
-		l1 := make([]uint64, n)
-		for i := range n {
-			l1[i] = uint64(img.l1Get(i))
-		}
+		l1 := img.activeL1()
+		n := int64(len(l1))
 		// Everything the active table reaches gains a reference.
 		if err := w.addTree(l1, 1); err != nil {
 			return err
 		}
 		var l1Off int64
 		if n > 0 {
-			if l1Off, err = w.rc.alloc((n*8 + w.cs() - 1) >> w.cb()); err != nil {
+			if l1Off, err = w.rc.alloc(w.clustersFor(n * 8)); err != nil {
 				return err
 			}
 		}
@@ -214,14 +215,7 @@ func (img *Image) CreateSnapshot(name string) error {
 			l1[i] &^= entryCopied
 		}
 		if n > 0 {
-			raw := make([]byte, n*8)
-			for i, e := range l1 {
-				binary.BigEndian.PutUint64(raw[i*8:], e)
-			}
-			if err := writeFull(w.st, raw, l1Off); err != nil {
-				return err
-			}
-			if err := w.sync(); err != nil {
+			if err := w.writeTableSync(l1Off, l1); err != nil {
 				return err
 			}
 		}
@@ -305,11 +299,8 @@ func (img *Image) ApplySnapshot(name string) error {
 		if err != nil {
 			return err
 		}
-		oldN := img.l1Len()
-		oldL1 := make([]uint64, oldN)
-		for k := range oldN {
-			oldL1[k] = uint64(img.l1Get(k))
-		}
+		oldL1 := img.activeL1()
+		oldN := int64(len(oldL1))
 		// The snapshot's tree gains the active table's reference first.
 		if err := w.addTree(snapL1, 1); err != nil {
 			return err
@@ -323,8 +314,8 @@ func (img *Image) ApplySnapshot(name string) error {
 		if int64(len(snapL1)) > oldN {
 			// A larger table goes to new clusters.
 			l1N = int64(len(snapL1))
-			oldTableOff, oldTableClusters = l1Off, (oldN*8+w.cs()-1)>>w.cb()
-			if l1Off, err = w.rc.alloc((l1N*8 + w.cs() - 1) >> w.cb()); err != nil {
+			oldTableOff, oldTableClusters = l1Off, w.clustersFor(oldN*8)
+			if l1Off, err = w.rc.alloc(w.clustersFor(l1N * 8)); err != nil {
 				return err
 			}
 		}
@@ -335,29 +326,12 @@ func (img *Image) ApplySnapshot(name string) error {
 		for k, e := range snapL1 {
 			newL1[k] = e &^ entryCopied
 		}
-		raw := make([]byte, l1N*8)
-		for k, e := range newL1 {
-			binary.BigEndian.PutUint64(raw[k*8:], e)
-		}
-		if err := writeFull(w.st, raw, l1Off); err != nil {
+		if err := w.writeTableSync(l1Off, newL1); err != nil {
 			return err
 		}
-		if err := w.sync(); err != nil {
+		if err := w.switchL1(l1Off, newL1, newSize); err != nil {
 			return err
 		}
-		h.L1TableOffset, h.L1Size, h.Size = uint64(l1Off), uint32(l1N), uint64(newSize)
-		if err := w.writeHeader(); err != nil {
-			return err
-		}
-		if err := w.sync(); err != nil {
-			return err
-		}
-		img.size = newSize
-		l1 := make([]atomic.Uint64, l1N)
-		for k, e := range newL1 {
-			l1[k].Store(e)
-		}
-		w.l1.Store(&l1)
 		// The old active tree loses its reference.
 		if err := w.addTree(oldL1, -1); err != nil {
 			return err

@@ -69,6 +69,22 @@ func (w *writer) entryWords() int64 {
 	return 1
 }
 
+// lockAll waits for the reads and writes in flight and excludes new
+// ones (ops), then takes the metadata mutex, for an operation that
+// rewrites whole tables. unlockAll releases both.
+func (w *writer) lockAll() {
+	w.ops.Lock()
+	w.mu.Lock()
+}
+
+func (w *writer) unlockAll() {
+	w.mu.Unlock()
+	w.ops.Unlock()
+}
+
+// clustersFor returns the number of clusters n bytes occupy.
+func (w *writer) clustersFor(n int64) int64 { return (n + w.cs() - 1) >> w.cb() }
+
 // fail records the first metadata write failure in the sticky w.err and
 // returns err; after it the image refuses writes (its on-disk state is
 // still consistent, possibly with leaks).
