@@ -3,8 +3,6 @@ package qcow2
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,32 +28,16 @@ func (img *Image) mustHost(t *testing.T, off int64) int64 {
 func TestConvertCopyOffload(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {
-			img, err := Open(fixture(name), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := openFixture(t, name)
 			dst := filepath.Join(t.TempDir(), "out.raw")
 			if err := Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, CopyOffload: true, Workers: 2, ChunkSize: 8192}); err != nil {
 				t.Fatal(err)
 			}
-			b, err := os.ReadFile(dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sum := sha256.Sum256(b)
-			want, _ := os.ReadFile(fixture(name) + ".sha256")
-			if hex.EncodeToString(sum[:]) != strings.TrimSpace(string(want)) {
-				t.Error("converted content differs from qemu-img's")
-			}
+			checkRawSum(t, name, dst)
 		})
 	}
-	img, err := Open(fixture(fixtures[0]), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
-	err = Convert(context.Background(), img, filepath.Join(t.TempDir(), "x"), ConvertOptions{CopyOffload: true, Compress: true})
+	img := openFixture(t, fixtures[0])
+	err := Convert(context.Background(), img, filepath.Join(t.TempDir(), "x"), ConvertOptions{CopyOffload: true, Compress: true})
 	if err == nil || !strings.Contains(err.Error(), "copy offloading") {
 		t.Errorf("CopyOffload with Compress: %v, want a refusal", err)
 	}

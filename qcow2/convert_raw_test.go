@@ -3,13 +3,10 @@ package qcow2
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 )
@@ -17,16 +14,12 @@ import (
 func TestConvertRawFixtures(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {
-			img, err := Open(fixture(name), Options{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer img.Close()
+			img := openFixture(t, name)
 			dst := filepath.Join(t.TempDir(), "out.raw")
 			var mu sync.Mutex
 			var calls int
 			var last int64
-			err = Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, Workers: 2, ChunkSize: 8192, Progress: func(done, total int64) {
+			err := Convert(context.Background(), img, dst, ConvertOptions{Create: CreateOptions{Format: FormatRaw}, Workers: 2, ChunkSize: 8192, Progress: func(done, total int64) {
 				mu.Lock()
 				defer mu.Unlock()
 				if done < last || total != img.Size() {
@@ -41,15 +34,7 @@ func TestConvertRawFixtures(t *testing.T) {
 			if last != img.Size() || calls < 2 {
 				t.Errorf("progress ended at %d after %d calls, want %d", last, calls, img.Size())
 			}
-			b, err := os.ReadFile(dst)
-			if err != nil {
-				t.Fatal(err)
-			}
-			sum := sha256.Sum256(b)
-			want, _ := os.ReadFile(fixture(name) + ".sha256")
-			if hex.EncodeToString(sum[:]) != strings.TrimSpace(string(want)) {
-				t.Error("converted content differs from qemu-img's")
-			}
+			checkRawSum(t, name, dst)
 			if a, ok := allocatedSize(mustOpen(t, dst)); ok && a >= img.Size()/2 {
 				t.Errorf("output uses %d bytes on disk for a %d-byte mostly empty image; want holes", a, img.Size())
 			}
@@ -72,11 +57,7 @@ func mustOpen(t *testing.T, p string) *os.File {
 }
 
 func TestConvertRawCancel(t *testing.T) {
-	img, err := Open(fixture("chain/top.qcow2"), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
+	img := openFixture(t, "chain/top.qcow2")
 	dir := t.TempDir()
 	dst := filepath.Join(dir, "out.raw")
 	os.WriteFile(dst, []byte("keep me"), 0o644)

@@ -59,15 +59,24 @@ func ccNoCorruption(t *testing.T, path string) {
 	}
 }
 
+// ccChain builds the qcow2 chain base <- mid <- top (cmChain, with
+// create options opts) in a temp dir and returns it with want, a raw
+// copy of what top reads.
+func ccChain(t *testing.T, opts string) (dir, want string) {
+	t.Helper()
+	testutil.NeedTool(t, "qemu-img", "qemu-io")
+	dir = t.TempDir()
+	cmChain(t, dir, "qcow2", opts)
+	want = filepath.Join(t.TempDir(), "want.raw")
+	testutil.Run(t, "qemu-img", "convert", "-O", "raw", filepath.Join(dir, "top.qcow2"), want)
+	return dir, want
+}
+
 // TestCrashCommitEmptyTop crashes the second phase of a commit (emptying
 // the top, once the base holds its data) at every write: the top never
 // shows corruption and always reads as before.
 func TestCrashCommitEmptyTop(t *testing.T) {
-	testutil.NeedTool(t, "qemu-img", "qemu-io")
-	dir := t.TempDir()
-	cmChain(t, dir, "qcow2", "cluster_size=4k")
-	want := filepath.Join(t.TempDir(), "want.raw")
-	testutil.Run(t, "qemu-img", "convert", "-O", "raw", filepath.Join(dir, "top.qcow2"), want)
+	dir, want := ccChain(t, "cluster_size=4k")
 	// Phase 1: the base (mid) gets the data.
 	if err := Commit(context.Background(), filepath.Join(dir, "top.qcow2"), CommitOptions{Drop: true}); err != nil {
 		t.Fatal(err)
@@ -84,11 +93,7 @@ func TestCrashCommitEmptyTop(t *testing.T) {
 // every write: the image names the old or the new backing file, never
 // garbage, and reads the same either way.
 func TestCrashRebaseHeader(t *testing.T) {
-	testutil.NeedTool(t, "qemu-img", "qemu-io")
-	dir := t.TempDir()
-	cmChain(t, dir, "qcow2", "")
-	want := filepath.Join(t.TempDir(), "want.raw")
-	testutil.Run(t, "qemu-img", "convert", "-O", "raw", filepath.Join(dir, "top.qcow2"), want)
+	dir, want := ccChain(t, "")
 	ctx := context.Background()
 	// Copy what differs first (a full safe rebase onto base), then undo
 	// only the reference: both references now read the same.
@@ -120,11 +125,7 @@ func TestCrashRebaseHeader(t *testing.T) {
 // top's data into the base) at every write: the base shows no
 // corruption and the top, untouched, reads as before.
 func TestCrashCommitBase(t *testing.T) {
-	testutil.NeedTool(t, "qemu-img", "qemu-io")
-	dir := t.TempDir()
-	cmChain(t, dir, "qcow2", "cluster_size=4k")
-	want := filepath.Join(t.TempDir(), "want.raw")
-	testutil.Run(t, "qemu-img", "convert", "-O", "raw", filepath.Join(dir, "top.qcow2"), want)
+	dir, want := ccChain(t, "cluster_size=4k")
 	ccCrashSweep(t, dir, "mid.qcow2", func(mid *Image, cp string) error {
 		chain, err := Open(filepath.Join(cp, "top.qcow2"), Options{ForceShare: true})
 		if err != nil {

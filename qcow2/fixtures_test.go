@@ -30,6 +30,32 @@ var fixtures = []string{
 
 func fixture(name string) string { return filepath.Join("..", "testdata", filepath.FromSlash(name)) }
 
+// openFixture opens fixture name; it is closed when the test ends.
+func openFixture(t *testing.T, name string) *Image {
+	t.Helper()
+	img, err := Open(fixture(name), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { img.Close() })
+	return img
+}
+
+// checkRawSum reports an error unless the raw file path holds what
+// qemu-img convert gave for fixture name (its .sha256 file).
+func checkRawSum(t *testing.T, name, path string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(b)
+	want, _ := os.ReadFile(fixture(name) + ".sha256")
+	if hex.EncodeToString(sum[:]) != strings.TrimSpace(string(want)) {
+		t.Error("converted content differs from qemu-img's")
+	}
+}
+
 func TestFixtures(t *testing.T) {
 	for _, name := range fixtures {
 		t.Run(name, func(t *testing.T) {

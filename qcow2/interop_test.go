@@ -49,6 +49,15 @@ func interopCases() []interopCase {
 		args = append(args, extra...)
 		qimg(t, append(args, path, size)...)
 	}
+	// made creates the qcow2 image path (create options opts, size and
+	// extra create arguments such as a backing file), writes cmds into it
+	// with qemu-io and returns path.
+	made := func(t *testing.T, path, opts, size string, extra []string, cmds ...string) string {
+		t.Helper()
+		create(t, path, opts, size, extra...)
+		qio(t, path, "qcow2", cmds...)
+		return path
+	}
 	pattern := func(t *testing.T, path string, cs int) {
 		t.Helper()
 		// A mix of full clusters, partial writes, zero writes and
@@ -79,11 +88,9 @@ func interopCases() []interopCase {
 		{"v2", "compat=0.10"}, {"v3", "compat=1.1"}, {"extl2", "extended_l2=on"},
 	} {
 		cases = append(cases, interopCase{"2M-holes-" + v.name, func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "cluster_size=2M,"+v.opts, "64M")
-			qio(t, p, "qcow2", "write -P 1 0 4k", "write -P 2 5M 64k", "write -P 3 9M 1M", "write -P 4 33M 8k",
+			return made(t, filepath.Join(dir, "img.qcow2"), "cluster_size=2M,"+v.opts, "64M", nil,
+				"write -P 1 0 4k", "write -P 2 5M 64k", "write -P 3 9M 1M", "write -P 4 33M 8k",
 				"write -P 5 40M 2M", "write -z 41M 64k")
-			return p
 		}})
 	}
 	for _, rb := range []int{1, 2, 4, 8, 32, 64} {
@@ -104,33 +111,23 @@ func interopCases() []interopCase {
 		interopCase{"chain-relative-dirs", func(t *testing.T, dir string) string {
 			os.MkdirAll(filepath.Join(dir, "a", "b"), 0o755)
 			os.MkdirAll(filepath.Join(dir, "c"), 0o755)
-			base := filepath.Join(dir, "a", "b", "base.qcow2")
-			create(t, base, "", "4M")
-			qio(t, base, "qcow2", "write -P 1 0 4M")
-			mid := filepath.Join(dir, "c", "mid.qcow2")
-			create(t, mid, "", "6M", "-b", "../a/b/base.qcow2", "-F", "qcow2")
-			qio(t, mid, "qcow2", "write -P 2 1M 1M", "write -z 3M 512k")
-			top := filepath.Join(dir, "a", "top.qcow2")
-			create(t, top, "", "8M", "-b", "../c/mid.qcow2", "-F", "qcow2")
-			qio(t, top, "qcow2", "write -P 3 1536k 1M", "write -P 4 7M 4k")
-			return top
+			made(t, filepath.Join(dir, "a", "b", "base.qcow2"), "", "4M", nil, "write -P 1 0 4M")
+			made(t, filepath.Join(dir, "c", "mid.qcow2"), "", "6M", []string{"-b", "../a/b/base.qcow2", "-F", "qcow2"},
+				"write -P 2 1M 1M", "write -z 3M 512k")
+			return made(t, filepath.Join(dir, "a", "top.qcow2"), "", "8M", []string{"-b", "../c/mid.qcow2", "-F", "qcow2"},
+				"write -P 3 1536k 1M", "write -P 4 7M 4k")
 		}},
 		interopCase{"chain-raw-base", func(t *testing.T, dir string) string {
 			base := filepath.Join(dir, "base.raw")
 			qimg(t, "create", "-q", "-f", "raw", base, "2M")
 			qio(t, base, "raw", "write -P 7 64k 128k", "write -P 8 1M 4k")
-			top := filepath.Join(dir, "top.qcow2")
-			create(t, top, "", "3M", "-b", "base.raw", "-F", "raw")
-			qio(t, top, "qcow2", "write -P 9 96k 64k")
-			return top
+			return made(t, filepath.Join(dir, "top.qcow2"), "", "3M", []string{"-b", "base.raw", "-F", "raw"},
+				"write -P 9 96k 64k")
 		}},
 		interopCase{"chain-v2-probe", func(t *testing.T, dir string) string {
-			base := filepath.Join(dir, "base.qcow2")
-			create(t, base, "compat=0.10", "2M")
-			qio(t, base, "qcow2", "write -P 5 0 1M")
-			top := filepath.Join(dir, "top.qcow2")
-			create(t, top, "compat=0.10", "2M", "-b", "base.qcow2", "-F", "qcow2")
-			qio(t, top, "qcow2", "write -P 6 512k 64k")
+			made(t, filepath.Join(dir, "base.qcow2"), "compat=0.10", "2M", nil, "write -P 5 0 1M")
+			top := made(t, filepath.Join(dir, "top.qcow2"), "compat=0.10", "2M", []string{"-b", "base.qcow2", "-F", "qcow2"},
+				"write -P 6 512k 64k")
 			// Drop the backing format extension so the backing file is
 			// probed, as for old images (qemu-img no longer writes such
 			// images).
@@ -138,31 +135,21 @@ func interopCases() []interopCase {
 			return top
 		}},
 		interopCase{"extended-l2", func(t *testing.T, dir string) string {
-			base := filepath.Join(dir, "base.qcow2")
-			create(t, base, "", "4M")
-			qio(t, base, "qcow2", "write -P 1 0 4M")
-			top := filepath.Join(dir, "top.qcow2")
-			create(t, top, "extended_l2=on,cluster_size=64k", "4M", "-b", "base.qcow2", "-F", "qcow2")
-			qio(t, top, "qcow2", "write -P 2 2k 2k", "write -P 3 8k 6k", "write -z 32k 4k",
+			made(t, filepath.Join(dir, "base.qcow2"), "", "4M", nil, "write -P 1 0 4M")
+			return made(t, filepath.Join(dir, "top.qcow2"), "extended_l2=on,cluster_size=64k", "4M", []string{"-b", "base.qcow2", "-F", "qcow2"},
+				"write -P 2 2k 2k", "write -P 3 8k 6k", "write -z 32k 4k",
 				"write -P 4 128k 64k", "write -z 300k 10k", "discard 1M 64k", "write -P 5 2M 2k")
-			return top
 		}},
 		interopCase{"extended-l2-nobacking", func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "extended_l2=on,cluster_size=32k", "2M")
-			qio(t, p, "qcow2", "write -P 2 1k 1k", "write -z 4k 2k", "write -P 3 40k 3k")
-			return p
+			return made(t, filepath.Join(dir, "img.qcow2"), "extended_l2=on,cluster_size=32k", "2M", nil,
+				"write -P 2 1k 1k", "write -z 4k 2k", "write -P 3 40k 3k")
 		}},
 		interopCase{"extended-l2-compressed", func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "extended_l2=on,cluster_size=16k,compression_type=zstd", "1M")
-			qio(t, p, "qcow2", "write -c -P 7 0 64k", "write -P 8 20k 1k", "write -z 40k 2k", "write -c -P 9 256k 16k")
-			return p
+			return made(t, filepath.Join(dir, "img.qcow2"), "extended_l2=on,cluster_size=16k,compression_type=zstd", "1M", nil,
+				"write -c -P 7 0 64k", "write -P 8 20k 1k", "write -z 40k 2k", "write -c -P 9 256k 16k")
 		}},
 		interopCase{"snapshots", func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "", "4M")
-			qio(t, p, "qcow2", "write -P 1 0 1M")
+			p := made(t, filepath.Join(dir, "img.qcow2"), "", "4M", nil, "write -P 1 0 1M")
 			qimg(t, "snapshot", "-c", "first", p)
 			qio(t, p, "qcow2", "write -P 2 512k 1M")
 			qimg(t, "snapshot", "-c", "second", p)
@@ -170,16 +157,10 @@ func interopCases() []interopCase {
 			return p
 		}},
 		interopCase{"prealloc-metadata", func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "preallocation=metadata", "4M")
-			qio(t, p, "qcow2", "write -P 1 128k 4k")
-			return p
+			return made(t, filepath.Join(dir, "img.qcow2"), "preallocation=metadata", "4M", nil, "write -P 1 128k 4k")
 		}},
 		interopCase{"prealloc-full", func(t *testing.T, dir string) string {
-			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "preallocation=full", "2M")
-			qio(t, p, "qcow2", "write -P 1 128k 4k")
-			return p
+			return made(t, filepath.Join(dir, "img.qcow2"), "preallocation=full", "2M", nil, "write -P 1 128k 4k")
 		}},
 		interopCase{"lazy-refcounts-dirty", func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
@@ -208,18 +189,15 @@ func interopCases() []interopCase {
 		return p
 	}})
 	cases = append(cases, interopCase{"bitmaps", func(t *testing.T, dir string) string {
-		p := filepath.Join(dir, "img.qcow2")
-		create(t, p, "", "4M")
-		qio(t, p, "qcow2", "write -P 1 0 64k")
+		p := made(t, filepath.Join(dir, "img.qcow2"), "", "4M", nil, "write -P 1 0 64k")
 		qimg(t, "bitmap", "--add", p, "b0")
 		qimg(t, "bitmap", "--add", "-g", "128k", "--disable", p, "b1")
 		return p
 	}})
 	for _, ct := range []string{"zlib", "zstd"} {
 		cases = append(cases, interopCase{"compressed-" + ct, func(t *testing.T, dir string) string {
-			src := filepath.Join(dir, "src.qcow2")
-			create(t, src, "", "4M")
-			qio(t, src, "qcow2", "write -P 1 0 1M", "write -P 2 2M 64k", "write -z 3M 64k")
+			src := made(t, filepath.Join(dir, "src.qcow2"), "", "4M", nil,
+				"write -P 1 0 1M", "write -P 2 2M 64k", "write -z 3M 64k")
 			// Incompressible-ish data too: random bytes from a pattern
 			// mix.
 			rnd := filepath.Join(dir, "rnd.raw")
@@ -237,10 +215,8 @@ func interopCases() []interopCase {
 		}})
 	}
 	cases = append(cases, interopCase{"compressed-mixed", func(t *testing.T, dir string) string {
-		p := filepath.Join(dir, "img.qcow2")
-		create(t, p, "compression_type=zstd,cluster_size=4k", "1M")
-		qio(t, p, "qcow2", "write -c -P 1 0 64k", "write -P 2 16k 4k", "write -c -P 3 128k 8k")
-		return p
+		return made(t, filepath.Join(dir, "img.qcow2"), "compression_type=zstd,cluster_size=4k", "1M", nil,
+			"write -c -P 1 0 64k", "write -P 2 16k 4k", "write -c -P 3 128k 8k")
 	}})
 	return cases
 }
