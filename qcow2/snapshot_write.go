@@ -247,15 +247,7 @@ func (img *Image) CreateSnapshot(name string) error {
 // only it used (qemu-img snapshot -d). It waits for and excludes writes;
 // the caller must not read the image concurrently.
 func (img *Image) DeleteSnapshot(name string) error {
-	w, err := img.writerOrErr()
-	if err != nil {
-		return err
-	}
-	return w.exclusive(func() error {
-		i := img.findSnapshot(name)
-		if i < 0 {
-			return fmt.Errorf("%w: %s: %q", ErrSnapshotNotFound, img.path, name)
-		}
+	return img.onSnapshot(name, func(w *writer, i int) error {
 		s := img.snapshots[i]
 		snaps := append(append([]Snapshot(nil), img.snapshots[:i]...), img.snapshots[i+1:]...)
 		// First the table no longer names it ...
@@ -270,13 +262,7 @@ func (img *Image) DeleteSnapshot(name string) error {
 		if err := w.addTree(l1, -1); err != nil {
 			return err
 		}
-		if err := w.releaseRange(int64(s.L1TableOffset), int64(s.L1Size)*8); err != nil {
-			return err
-		}
-		if err := w.writeRefcounts(); err != nil {
-			return err
-		}
-		return w.fixCopied()
+		return w.releaseL1(int64(s.L1TableOffset), int64(s.L1Size)*8)
 	})
 }
 
@@ -284,15 +270,7 @@ func (img *Image) DeleteSnapshot(name string) error {
 // (qemu-img snapshot -a). It waits for and excludes writes; the caller
 // must not read the image concurrently.
 func (img *Image) ApplySnapshot(name string) error {
-	w, err := img.writerOrErr()
-	if err != nil {
-		return err
-	}
-	return w.exclusive(func() error {
-		i := img.findSnapshot(name)
-		if i < 0 {
-			return fmt.Errorf("%w: %s: %q", ErrSnapshotNotFound, img.path, name)
-		}
+	return img.onSnapshot(name, func(w *writer, i int) error {
 		s := img.snapshots[i]
 		h := img.hdr
 		snapL1, err := w.readL1At(int64(s.L1TableOffset), int64(s.L1Size))
@@ -336,12 +314,34 @@ func (img *Image) ApplySnapshot(name string) error {
 		if err := w.addTree(oldL1, -1); err != nil {
 			return err
 		}
-		if err := w.releaseRange(oldTableOff, oldTableClusters<<w.cb()); err != nil {
-			return err
-		}
-		if err := w.writeRefcounts(); err != nil {
-			return err
-		}
-		return w.fixCopied()
+		return w.releaseL1(oldTableOff, oldTableClusters<<w.cb())
 	})
+}
+
+// onSnapshot runs fn, with all I/O excluded (see exclusive), on the
+// index of the snapshot whose name (or else ID) is name.
+func (img *Image) onSnapshot(name string, fn func(w *writer, i int) error) error {
+	w, err := img.writerOrErr()
+	if err != nil {
+		return err
+	}
+	return w.exclusive(func() error {
+		i := img.findSnapshot(name)
+		if i < 0 {
+			return fmt.Errorf("%w: %s: %q", ErrSnapshotNotFound, img.path, name)
+		}
+		return fn(w, i)
+	})
+}
+
+// releaseL1 frees an L1 table no longer used (size bytes at off), writes
+// the refcounts and then the COPIED flags they call for.
+func (w *writer) releaseL1(off, size int64) error {
+	if err := w.releaseRange(off, size); err != nil {
+		return err
+	}
+	if err := w.writeRefcounts(); err != nil {
+		return err
+	}
+	return w.fixCopied()
 }

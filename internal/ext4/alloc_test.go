@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"testing"
+
+	"github.com/imgtool/imgtool/internal/tartest"
 )
 
 // blockRecorder is an io.WriterAt that records which blocks each write
@@ -36,7 +38,7 @@ func TestAllocatorForwardOnly(t *testing.T) {
 	var highest uint32
 	for k, l := range layers {
 		rec := &blockRecorder{blocks: map[uint32][]byte{}}
-		if _, err := fs.ApplyLayer(context.Background(), bytes.NewReader(makeTar(t, l)), rec); err != nil {
+		if _, err := fs.ApplyLayer(context.Background(), bytes.NewReader(tartest.Layer(l...)), rec); err != nil {
 			t.Fatalf("layer %d: %v", k, err)
 		}
 		var lowestData uint32 = 1<<32 - 1

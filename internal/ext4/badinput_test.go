@@ -7,6 +7,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/imgtool/imgtool/internal/tartest"
 )
 
 // TestBadInput: hostile or unsupported layers fail with a clear error
@@ -24,19 +26,19 @@ func TestBadInput(t *testing.T) {
 		{"dotdot", []tarEntry{fileE("a/../../etc/passwd", 0o644, nil)}, ErrUnsafePath, "a/../../etc/passwd"},
 		{"absolute", []tarEntry{fileE("/etc/passwd", 0o644, nil)}, ErrUnsafePath, "/etc/passwd"},
 		{"duplicate", []tarEntry{fileE("a", 0o644, nil), fileE("a", 0o644, nil)}, ErrUnsupported, "duplicate"},
-		{"hardlink to nothing", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "missing"}}}, ErrHardlink, "missing"},
-		{"hardlink to dir", []tarEntry{dirE("d/", 0o755), {hdr: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "d"}}}, ErrHardlink, "directory"},
+		{"hardlink to nothing", []tarEntry{{Header: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "missing"}}}, ErrHardlink, "missing"},
+		{"hardlink to dir", []tarEntry{dirE("d/", 0o755), {Header: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "d"}}}, ErrHardlink, "directory"},
 		{"symlink loop", []tarEntry{
-			{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "a", Linkname: "b"}},
-			{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "b", Linkname: "a"}},
+			{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "a", Linkname: "b"}},
+			{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "b", Linkname: "a"}},
 			fileE("a/x", 0o644, nil)}, ErrUnsafePath, "too many symlinks"},
 		{"file as parent", []tarEntry{fileE("f", 0o644, nil), fileE("f/x", 0o644, nil)}, ErrUnsafePath, "not a directory"},
-		{"unsupported type", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "c"}}}, ErrUnsupported, "'7'"},
-		{"unsupported xattr", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "x", PAXRecords: map[string]string{"SCHILY.xattr.weird.name": "v"}}}}, ErrUnsupportedXattr, "weird.name"},
+		{"unsupported type", []tarEntry{{Header: tar.Header{Typeflag: tar.TypeCont, Name: "c"}}}, ErrUnsupported, "'7'"},
+		{"unsupported xattr", []tarEntry{{Header: tar.Header{Typeflag: tar.TypeReg, Name: "x", PAXRecords: map[string]string{"SCHILY.xattr.weird.name": "v"}}}}, ErrUnsupportedXattr, "weird.name"},
 		{"lost+found replaced", []tarEntry{fileE("lost+found", 0o644, nil)}, ErrUnsupported, "lost+found"},
 		{"bare whiteout", []tarEntry{fileE(".wh.", 0o644, nil)}, ErrBadWhiteout, ".wh."},
 		{"whiteout of dotdot", []tarEntry{dirE("a/", 0o755), fileE("a/.wh...", 0o644, nil)}, ErrBadWhiteout, `".."`},
-		{"device number too big", []tarEntry{{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "c", Devmajor: 1 << 12}}}, ErrUnsupported, "4096:0"},
+		{"device number too big", []tarEntry{{Header: tar.Header{Typeflag: tar.TypeChar, Name: "c", Devmajor: 1 << 12}}}, ErrUnsupported, "4096:0"},
 		{"too big", []tarEntry{fileE("big", 0o644, make([]byte, MinSize+1))}, ErrNoSpace, "big"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -44,7 +46,7 @@ func TestBadInput(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			_, err = fs.ApplyLayer(context.Background(), bytes.NewReader(makeTar(t, tc.entries)), discardAt{})
+			_, err = fs.ApplyLayer(context.Background(), bytes.NewReader(tartest.Layer(tc.entries...)), discardAt{})
 			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("err = %v, want %v mentioning %q", err, tc.want, tc.msg)
 			}
@@ -64,15 +66,15 @@ func TestHardlinkLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := fs.ApplyLayer(context.Background(), bytes.NewReader(makeTar(t, []tarEntry{fileE("f", 0o644, []byte("x"))})), discardAt{}); err != nil {
+	if _, err := fs.ApplyLayer(context.Background(), bytes.NewReader(tartest.Layer([]tarEntry{fileE("f", 0o644, []byte("x"))}...)), discardAt{}); err != nil {
 		t.Fatal(err)
 	}
 	fs.inodes[fs.inodes[rootIno].dir.lookup("f")].links = maxLinkCount - 1
 	links := []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "l1", Linkname: "f"}},
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "l2", Linkname: "f"}},
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "l1", Linkname: "f"}},
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "l2", Linkname: "f"}},
 	}
-	_, err = fs.ApplyLayer(context.Background(), bytes.NewReader(makeTar(t, links)), discardAt{})
+	_, err = fs.ApplyLayer(context.Background(), bytes.NewReader(tartest.Layer(links...)), discardAt{})
 	if !errors.Is(err, ErrHardlink) || !strings.Contains(err.Error(), "l2") || !strings.Contains(err.Error(), "65000 names") {
 		t.Fatalf("err = %v, want ErrHardlink naming l2 and the limit", err)
 	}

@@ -10,50 +10,19 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/imgtool/imgtool/internal/tartest"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
-// tarEntry is one entry of a test layer.
-type tarEntry struct {
-	hdr  tar.Header
-	data []byte
-}
-
-func makeTar(t testing.TB, entries []tarEntry) []byte {
-	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if h.ModTime.IsZero() {
-			h.ModTime = time.Unix(1700000000, 123456789)
-		}
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		if len(e.data) > 0 {
-			if _, err := tw.Write(e.data); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
+// tarEntry is one entry of a test layer; tartest.Layer writes them.
+type tarEntry = tartest.Entry
 
 func dirE(name string, mode int64) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode}}
+	return tarEntry{Header: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: mode}}
 }
 func fileE(name string, mode int64, data []byte) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode}, data: data}
+	return tarEntry{Header: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode}, Body: data}
 }
 
 // testLayers is a 3-layer image exercising every feature.
@@ -66,17 +35,17 @@ func testLayers(t testing.TB) [][]byte {
 		dirE("etc/", 0o755), fileE("etc/passwd", 0o644, []byte("root:x:0:0\n")),
 		dirE("bin/", 0o755), fileE("bin/big", 0o755, big),
 		fileE("bin/sparse", 0o600, sparse),
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "bin/biglink", Linkname: "bin/big"}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/fast", Linkname: "big"}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/slow", Linkname: strings.Repeat("x/", 60) + "big"}},
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev-null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
-		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev-big", Mode: 0o660, Devmajor: 259, Devminor: 70000}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "bin/biglink", Linkname: "bin/big"}},
+		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/fast", Linkname: "big"}},
+		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/slow", Linkname: strings.Repeat("x/", 60) + "big"}},
+		{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev-null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		{Header: tar.Header{Typeflag: tar.TypeBlock, Name: "dev-big", Mode: 0o660, Devmajor: 259, Devminor: 70000}},
+		{Header: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
 			"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
 			"SCHILY.xattr.user.small":          "v",
 			"SCHILY.xattr.trusted.overlay.x":   "dropped"}}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
 			"SCHILY.xattr.user.big": strings.Repeat("y", 1000)}}},
 		dirE("opq/", 0o755), fileE("opq/old", 0o644, []byte("old")), dirE("opq/sub/", 0o755), fileE("opq/sub/x", 0o644, []byte("x")),
 		fileE("gone", 0o644, []byte("gone")),
@@ -92,20 +61,20 @@ func testLayers(t testing.TB) [][]byte {
 		l1 = append(l1, fileE(fmt.Sprintf("many/file-with-a-longish-name-%05d", i), 0o644, []byte(fmt.Sprint(i))))
 	}
 	l2 := []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone"}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq"}},
 		fileE("opq/new", 0o644, []byte("new")),
 		fileE("etc/passwd", 0o600, []byte("root:x:0:0:changed\n")),
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "many/.wh.file-with-a-longish-name-00007"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "many/.wh.file-with-a-longish-name-00007"}},
 	}
 	for i := 0; i < 2000; i++ {
 		l2 = append(l2, fileE(fmt.Sprintf("many/added-%05d", i), 0o644, []byte("a")))
 	}
 	l3 := []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bin/.wh.big"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "bin/.wh.big"}},
 		fileE("new-in-3", 0o644, bytes.Repeat([]byte{7}, 5000)),
 	}
-	return [][]byte{makeTar(t, l1), makeTar(t, l2), makeTar(t, l3)}
+	return [][]byte{tartest.Layer(l1...), tartest.Layer(l2...), tartest.Layer(l3...)}
 }
 
 func e2fsck(t *testing.T, img string) {

@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"testing"
+
+	"github.com/imgtool/imgtool/internal/tartest"
 )
 
 type discardAt struct{}
@@ -14,14 +16,14 @@ func (discardAt) WriteAt(p []byte, off int64) (int, error) { return len(p), nil 
 // FuzzApplyLayer feeds arbitrary bytes as a layer tar to a small
 // filesystem: errors are fine, panics and hangs are not.
 func FuzzApplyLayer(f *testing.F) {
-	f.Add(makeTar(f, []tarEntry{
+	f.Add(tartest.Layer([]tarEntry{
 		dirE("a/", 0o755), fileE("a/b", 0o644, []byte("hello")),
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "l", Linkname: "a"}},
+		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "l", Linkname: "a"}},
 		fileE("l/c", 0o644, []byte("via link")),
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "a/b"}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh.b"}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh..wh..opq"}},
-	}))
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "h", Linkname: "a/b"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "a/.wh.b"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: ".wh..wh..opq"}},
+	}...))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		fs, err := New(Options{Size: MinSize})
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/imgtool/imgtool/internal/tartest"
 	"github.com/imgtool/imgtool/internal/testutil"
 )
 
@@ -19,19 +20,19 @@ import (
 func TestXattrPolicy(t *testing.T) {
 	debugfs := testutil.NeedTool(t, "debugfs")
 	capv := "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-	layer := makeTar(t, []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "small", Mode: 0o755, PAXRecords: map[string]string{
+	layer := tartest.Layer([]tarEntry{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "small", Mode: 0o755, PAXRecords: map[string]string{
 			"SCHILY.xattr.security.capability":    capv,
 			"SCHILY.xattr.user.note":              "hello",
 			"SCHILY.xattr.trusted.kept":           "yes",
 			"SCHILY.xattr.trusted.overlay.opaque": "y",
 			"SCHILY.xattr.trusted.overlay.origin": "dropped",
 		}}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, PAXRecords: map[string]string{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "big", Mode: 0o644, PAXRecords: map[string]string{
 			"SCHILY.xattr.user.big":                 strings.Repeat("b", 900),
 			"SCHILY.xattr.trusted.overlay.redirect": "/x",
 		}}},
-	})
+	}...)
 	img := filepath.Join(t.TempDir(), "fs.raw")
 	f, err := os.Create(img)
 	if err != nil {

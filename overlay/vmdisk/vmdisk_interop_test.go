@@ -13,50 +13,29 @@ import (
 	"testing"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/tartest"
 	"github.com/imgtool/imgtool/internal/testutil"
 	"github.com/imgtool/imgtool/internal/treecmp"
 	"github.com/imgtool/imgtool/layers"
 	"golang.org/x/sys/unix"
 )
 
-type tarEntry struct {
-	hdr  tar.Header
-	data []byte
-}
+// tarEntry is one entry of a test layer.
+type tarEntry = tartest.Entry
 
+// writeTar writes the entries to path as tartest.Layer lays them out.
 func writeTar(t testing.TB, path string, entries []tarEntry) {
 	t.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		h := e.hdr
-		if h.Typeflag == tar.TypeReg {
-			h.Size = int64(len(e.data))
-		}
-		if h.ModTime.IsZero() {
-			h.ModTime = time.Unix(1700000000, 123456789)
-		}
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tw.Write(e.data); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, tartest.Layer(entries...), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
 
 func dirE(name string) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755}}
+	return tarEntry{Header: tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755}}
 }
 func fileE(name string, mode int64, data []byte) tarEntry {
-	return tarEntry{hdr: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Uid: 1000, Gid: 1000}, data: data}
+	return tarEntry{Header: tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: mode, Uid: 1000, Gid: 1000}, Body: data}
 }
 
 // testImage writes four layer tars and builds the images k1, k2, k3 (the
@@ -72,17 +51,17 @@ func testImage(t testing.TB) string {
 		dirE("etc/"), fileE("etc/passwd", 0o644, []byte("root:x:0:0\n")),
 		dirE("bin/"), fileE("bin/big", 0o4755, big),
 		fileE("bin/sparse", 0o600, sparse),
-		{hdr: tar.Header{Typeflag: tar.TypeLink, Name: "bin/biglink", Linkname: "bin/big"}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/fast", Linkname: "big", Mode: 0o777}},
-		{hdr: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/slow", Linkname: strings.Repeat("x/", 60) + "big", Mode: 0o777}},
-		{hdr: tar.Header{Typeflag: tar.TypeChar, Name: "dev-null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
-		{hdr: tar.Header{Typeflag: tar.TypeBlock, Name: "dev-big", Mode: 0o660, Devmajor: 259, Devminor: 70000}},
-		{hdr: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
+		{Header: tar.Header{Typeflag: tar.TypeLink, Name: "bin/biglink", Linkname: "bin/big"}},
+		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/fast", Linkname: "big", Mode: 0o777}},
+		{Header: tar.Header{Typeflag: tar.TypeSymlink, Name: "bin/slow", Linkname: strings.Repeat("x/", 60) + "big", Mode: 0o777}},
+		{Header: tar.Header{Typeflag: tar.TypeChar, Name: "dev-null", Mode: 0o666, Devmajor: 1, Devminor: 3}},
+		{Header: tar.Header{Typeflag: tar.TypeBlock, Name: "dev-big", Mode: 0o660, Devmajor: 259, Devminor: 70000}},
+		{Header: tar.Header{Typeflag: tar.TypeFifo, Name: "fifo", Mode: 0o644}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "caps", Mode: 0o755, Uid: 1000, Gid: 70000, PAXRecords: map[string]string{
 			"SCHILY.xattr.security.capability": "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
 			"SCHILY.xattr.user.small":          "v",
 			"SCHILY.xattr.trusted.overlay.x":   "dropped"}}},
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "bigxattr", Mode: 0o644, PAXRecords: map[string]string{
 			"SCHILY.xattr.user.big": strings.Repeat("y", 1000)}}},
 		dirE("opq/"), fileE("opq/old", 0o644, []byte("old")), dirE("opq/sub/"), fileE("opq/sub/x", 0o644, []byte("x")),
 		fileE("gone", 0o644, []byte("gone")),
@@ -98,20 +77,20 @@ func testImage(t testing.TB) string {
 		l1 = append(l1, fileE(fmt.Sprintf("many/file-with-a-longish-name-%05d", i), 0o644, []byte(fmt.Sprint(i))))
 	}
 	l2 := []tarEntry{
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: ".wh.gone"}},
 		dirE("opq/"),
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "opq/.wh..wh..opq"}},
 		fileE("opq/new", 0o644, []byte("new")),
 		fileE("etc/passwd", 0o600, []byte("root:x:0:0:changed\n")),
 		dirE("many/"),
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "many/.wh.file-with-a-longish-name-00007"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "many/.wh.file-with-a-longish-name-00007"}},
 	}
 	for i := 0; i < 2000; i++ {
 		l2 = append(l2, fileE(fmt.Sprintf("many/added-%05d", i), 0o644, []byte("a")))
 	}
 	l3 := []tarEntry{
 		dirE("bin/"),
-		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "bin/.wh.big"}},
+		{Header: tar.Header{Typeflag: tar.TypeReg, Name: "bin/.wh.big"}},
 		fileE("new-in-3", 0o644, bytes.Repeat([]byte{7}, 5000)),
 	}
 	l4 := []tarEntry{fileE("other", 0o644, []byte("another third layer"))}
