@@ -109,8 +109,7 @@ func TestCheckAgreesWithQemu(t *testing.T) {
 		t.Run(d.name, func(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "d.qcow2")
-			testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p, "16M")
-			testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 64k", "-c", "write -P 0x62 2M 64k", p)
+			qemuImage(t, p, "cluster_size=4096", "16M", "write -P 0x61 0 64k", "write -P 0x62 2M 64k")
 			b, err := os.ReadFile(p)
 			if err != nil {
 				t.Fatal(err)
@@ -167,8 +166,7 @@ func TestRepairLeaksOnly(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "l.qcow2")
-	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p, "16M")
-	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 64k", p)
+	qemuImage(t, p, "cluster_size=4096", "16M", "write -P 0x61 0 64k")
 	b, _ := os.ReadFile(p)
 	h, _ := parseHeader(p, b, int64(len(b)))
 	damages()[0].poke(t, &b, h)
@@ -192,8 +190,7 @@ func TestRepairLeaksOnly(t *testing.T) {
 func TestBitmapsAfterWrite(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img", "qemu-io")
 	p := filepath.Join(t.TempDir(), "bm.qcow2")
-	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "64M")
-	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write 0 1M", p)
+	qemuImage(t, p, "", "64M", "write 0 1M")
 	testutil.Run(t, "qemu-img", "bitmap", "--add", p, "b0")
 	res, err := CheckFile(p, RepairNone, Options{})
 	if err != nil || res.ExitCode() != 0 {

@@ -52,8 +52,7 @@ func TestConvertHostHoles(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	src := filepath.Join(dir, "src.qcow2")
-	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=2M", src, "8M")
-	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 4k", "-c", "write -P 0xaa 1M 4k", "-c", "write -P 0x11 5M 8k", src)
+	qemuImage(t, src, "cluster_size=2M", "8M", "write -P 0x55 0 4k", "write -P 0xaa 1M 4k", "write -P 0x11 5M 8k")
 	// qemu leaves the rest of the cluster unwritten (a hole) or
 	// zero-allocated depending on the file system: punch the hole, the
 	// bytes read as zeros either way.

@@ -22,8 +22,7 @@ func TestWriteAfterQemuSnapshot(t *testing.T) {
 			dir := t.TempDir()
 			p := filepath.Join(dir, "s.qcow2")
 			size := int64(4 << 20)
-			testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", o, p, "4M")
-			testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 3M", p)
+			qemuImage(t, p, o, "4M", "write -P 0x11 0 3M")
 			testutil.Run(t, "qemu-img", "snapshot", "-c", "s1", p)
 			snapRaw := filepath.Join(dir, "snap.raw")
 			testutil.Run(t, "qemu-img", "convert", "-O", "raw", p, snapRaw)
@@ -71,8 +70,7 @@ func TestConcurrentWrites(t *testing.T) {
 func concurrentWrites(t *testing.T, extL2 bool) {
 	dir := t.TempDir()
 	base := filepath.Join(dir, "base.qcow2")
-	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", base, "8M")
-	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x55 0 8M", base)
+	qemuImage(t, base, "cluster_size=4096", "8M", "write -P 0x55 0 8M")
 	p := filepath.Join(dir, "top.qcow2")
 	cs := int64(4096)
 	if extL2 {

@@ -122,8 +122,7 @@ func TestWriteCompressed(t *testing.T) {
 		t.Run(ct, func(t *testing.T) {
 			dir := t.TempDir()
 			src := filepath.Join(dir, "src.qcow2")
-			testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", src, "2M")
-			testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 1M", "-c", "write -P 0x42 1M 512k", src)
+			qemuImage(t, src, "", "2M", "write -P 0x41 0 1M", "write -P 0x42 1M 512k")
 			p := filepath.Join(dir, "c.qcow2")
 			testutil.Run(t, "qemu-img", "convert", "-c", "-O", "qcow2", "-o", "compression_type="+ct+",cluster_size=65536", src, p)
 			refPath := filepath.Join(dir, "ref.raw")

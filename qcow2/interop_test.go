@@ -22,6 +22,26 @@ func qimg(t *testing.T, args ...string) []byte {
 	return testutil.Run(t, "qemu-img", args...)
 }
 
+// qemuImage creates the qcow2 image path with qemu-img (create options
+// opts, "" for none) and writes cmds into it with qemu-io.
+func qemuImage(t *testing.T, path, opts, size string, cmds ...string) {
+	t.Helper()
+	qemuCreate(t, path, opts, size)
+	qio(t, path, "qcow2", cmds...)
+}
+
+// qemuCreate creates the qcow2 image path with qemu-img: create options
+// opts ("" for none), then extra arguments (a backing file) and size.
+func qemuCreate(t *testing.T, path, opts, size string, extra ...string) {
+	t.Helper()
+	args := []string{"create", "-q", "-f", "qcow2"}
+	if opts != "" {
+		args = append(args, "-o", opts)
+	}
+	args = append(args, extra...)
+	qimg(t, append(args, path, size)...)
+}
+
 // qio runs qemu-io commands on an image of the given format.
 func qio(t *testing.T, path, format string, cmds ...string) {
 	t.Helper()
@@ -40,21 +60,12 @@ type interopCase struct {
 }
 
 func interopCases() []interopCase {
-	create := func(t *testing.T, path string, opts string, size string, extra ...string) {
-		t.Helper()
-		args := []string{"create", "-q", "-f", "qcow2"}
-		if opts != "" {
-			args = append(args, "-o", opts)
-		}
-		args = append(args, extra...)
-		qimg(t, append(args, path, size)...)
-	}
 	// made creates the qcow2 image path (create options opts, size and
 	// extra create arguments such as a backing file), writes cmds into it
 	// with qemu-io and returns path.
 	made := func(t *testing.T, path, opts, size string, extra []string, cmds ...string) string {
 		t.Helper()
-		create(t, path, opts, size, extra...)
+		qemuCreate(t, path, opts, size, extra...)
 		qio(t, path, "qcow2", cmds...)
 		return path
 	}
@@ -75,7 +86,7 @@ func interopCases() []interopCase {
 	for _, cs := range []int{512, 4096, 65536, 2 << 20} {
 		cases = append(cases, interopCase{"cluster" + itoa(cs), func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "cluster_size="+itoa(cs), itoa(max(8<<20, 12*cs)))
+			qemuCreate(t, p, "cluster_size="+itoa(cs), itoa(max(8<<20, 12*cs)))
 			pattern(t, p, cs)
 			return p
 		}})
@@ -96,7 +107,7 @@ func interopCases() []interopCase {
 	for _, rb := range []int{1, 2, 4, 8, 32, 64} {
 		cases = append(cases, interopCase{"refcount" + itoa(rb), func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "refcount_bits="+itoa(rb)+",cluster_size=4096", "4M")
+			qemuCreate(t, p, "refcount_bits="+itoa(rb)+",cluster_size=4096", "4M")
 			pattern(t, p, 4096)
 			return p
 		}})
@@ -104,7 +115,7 @@ func interopCases() []interopCase {
 	cases = append(cases,
 		interopCase{"v2", func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "compat=0.10", "4M")
+			qemuCreate(t, p, "compat=0.10", "4M")
 			pattern(t, p, 65536)
 			return p
 		}},
@@ -164,7 +175,7 @@ func interopCases() []interopCase {
 		}},
 		interopCase{"lazy-refcounts-dirty", func(t *testing.T, dir string) string {
 			p := filepath.Join(dir, "img.qcow2")
-			create(t, p, "lazy_refcounts=on", "4M")
+			qemuCreate(t, p, "lazy_refcounts=on", "4M")
 			// abort leaves the dirty bit set; qemu-io exits by signal.
 			testutil.Exec("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 128k", "-c", "abort", p)
 			img, err := Open(p, Options{})

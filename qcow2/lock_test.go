@@ -74,8 +74,7 @@ func TestCorruptBit(t *testing.T) {
 	testutil.NeedTool(t, "qemu-img", "qemu-io")
 	dir := t.TempDir()
 	p := filepath.Join(dir, "c.qcow2")
-	testutil.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", p, "1M")
-	testutil.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0x33 0 8k", p)
+	qemuImage(t, p, "cluster_size=4096", "1M", "write -P 0x33 0 8k")
 	b, _ := os.ReadFile(p)
 	h, err := parseHeader(p, b, int64(len(b)))
 	if err != nil {
