@@ -44,13 +44,7 @@ func TestWriteAfterQemuSnapshot(t *testing.T) {
 				t.Fatal(err)
 			}
 			clear(ref[1<<20 : 1<<20+256<<10])
-			if err := img.Close(); err != nil {
-				t.Fatal(err)
-			}
-			qemuCheckClean(t, p)
-			refPath := filepath.Join(dir, "ref.raw")
-			os.WriteFile(refPath, ref, 0o644)
-			qemuCompare(t, p, refPath)
+			closeAndCompare(t, img, p, ref)
 			// The snapshot still holds the old content.
 			testutil.Run(t, "qemu-img", "snapshot", "-a", "s1", p)
 			qemuCompare(t, p, snapRaw)
@@ -135,11 +129,5 @@ func concurrentWrites(t *testing.T, extL2 bool) {
 	if !bytes.Equal(got, ref) {
 		t.Fatal("content differs after concurrent writes")
 	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	qemuCheckClean(t, p)
-	refPath := filepath.Join(dir, "ref.raw")
-	os.WriteFile(refPath, ref, 0o644)
-	qemuCompare(t, p, refPath)
+	closeAndCompare(t, img, p, ref)
 }

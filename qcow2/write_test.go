@@ -25,6 +25,21 @@ func qemuCheckClean(t *testing.T, path string) {
 	}
 }
 
+// closeAndCompare closes img, the writable image at p, then has qemu
+// check it (clean) and compare its content with ref.
+func closeAndCompare(t *testing.T, img *Image, p string, ref []byte) {
+	t.Helper()
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuCheckClean(t, p)
+	refPath := filepath.Join(t.TempDir(), "ref.raw")
+	if err := os.WriteFile(refPath, ref, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	qemuCompare(t, p, refPath)
+}
+
 // qemuCompare fails unless qemu-img compare says the two are identical.
 func qemuCompare(t *testing.T, img, raw string) {
 	t.Helper()
@@ -67,13 +82,7 @@ func TestWriteBasic(t *testing.T) {
 	if !bytes.Equal(got, ref) {
 		t.Fatal("read back differs before close")
 	}
-	if err := img.Close(); err != nil {
-		t.Fatal(err)
-	}
-	qemuCheckClean(t, p)
-	rawPath := filepath.Join(dir, "ref.raw")
-	os.WriteFile(rawPath, ref, 0o644)
-	qemuCompare(t, p, rawPath)
+	closeAndCompare(t, img, p, ref)
 	_ = exec.Command
 	_ = strings.Contains
 }
