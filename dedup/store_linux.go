@@ -15,6 +15,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/overlay"
 	"golang.org/x/sys/unix"
 )
@@ -362,7 +363,7 @@ func hashFiles(ctx context.Context, files []*storeFile, workers int, prog *progr
 					continue
 				}
 				h.Reset()
-				_, err = io.CopyBuffer(h, &ctxReader{ctx, fh}, buf)
+				_, err = io.CopyBuffer(h, ioprogress.WithContext(ctx, fh), buf)
 				fh.Close()
 				if err != nil {
 					cancel(fmt.Errorf("dedup: %s: %w", f.path, err))
@@ -384,18 +385,6 @@ feed:
 	close(work)
 	wg.Wait()
 	return context.Cause(ctx)
-}
-
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r *ctxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
 }
 
 var errNoReflink = errors.New("dedup: reflink not supported")

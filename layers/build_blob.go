@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 	digest "github.com/opencontainers/go-digest"
@@ -30,7 +31,7 @@ func buildFileLayer(ctx context.Context, l *Layout, path string, lim Limits, rep
 		return Descriptor{}, err
 	}
 	defer w.Abort()
-	raw := &buildCountReader{r: io.TeeReader(layoutCtxReader{ctx, f}, w), report: report}
+	raw := &buildCountReader{r: io.TeeReader(ioprogress.WithContext(ctx, f), w), report: report}
 	br := bufio.NewReaderSize(raw, 64<<10)
 	comp, dec, err := buildDecompressor(br, lim)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"golang.org/x/sys/unix"
 )
 
@@ -233,7 +234,7 @@ func copyFile(ctx context.Context, w io.Writer, path string, size int64, buf []b
 		return err
 	}
 	defer f.Close()
-	n, err := io.CopyBuffer(w, layoutCtxReader{ctx, io.LimitReader(f, size)}, buf)
+	n, err := io.CopyBuffer(w, ioprogress.WithContext(ctx, io.LimitReader(f, size)), buf)
 	if err != nil {
 		return fmt.Errorf("%s: %w", path, err)
 	}

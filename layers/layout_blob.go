@@ -18,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/imgtool/imgtool/internal/atomicfile"
+	"github.com/imgtool/imgtool/internal/ioprogress"
 )
 
 // blobPath is the file of a digest: blobs/ALG/HEX. The digest must have
@@ -204,7 +205,7 @@ func (l *Layout) WriteBlob(ctx context.Context, r io.Reader, want ocispec.Descri
 		return ocispec.Descriptor{}, err
 	}
 	defer w.Abort()
-	if _, err := io.Copy(w, layoutCtxReader{ctx, r}); err != nil {
+	if _, err := io.Copy(w, ioprogress.WithContext(ctx, r)); err != nil {
 		return ocispec.Descriptor{}, err
 	}
 	return w.Commit(want)
@@ -266,16 +267,3 @@ func (w *layoutBlobWriter) Commit(want ocispec.Descriptor) (ocispec.Descriptor, 
 
 // Abort drops the blob unless Commit put it in place.
 func (w *layoutBlobWriter) Abort() { w.f.Abort() }
-
-// layoutCtxReader stops a copy when ctx is done.
-type layoutCtxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (r layoutCtxReader) Read(p []byte) (int, error) {
-	if err := r.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return r.r.Read(p)
-}

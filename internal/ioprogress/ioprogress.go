@@ -1,9 +1,32 @@
-// Package ioprogress counts the bytes that move through a reader or a
-// writer and reports the running total: the progress of layer unpacks,
-// container commits, registry transfers and VM disk builds.
+// Package ioprogress wraps the readers and writers of long copies: it
+// counts the bytes that move through them and reports the running total
+// (the progress of layer unpacks, container commits, registry transfers
+// and VM disk builds), and stops a copy when its context is done.
 package ioprogress
 
-import "io"
+import (
+	"context"
+	"io"
+)
+
+// WithContext returns a reader of r that fails with ctx.Err(), before
+// reading, once ctx is done: a long io.Copy from it ends soon after a
+// cancel.
+func WithContext(ctx context.Context, r io.Reader) io.Reader {
+	return ctxReader{ctx: ctx, r: r}
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
 
 // Reader counts the bytes read through R. After each read that returned
 // bytes it calls Fn (when not nil) with the total so far. It keeps the

@@ -2,6 +2,7 @@ package ioprogress
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -69,5 +70,18 @@ func TestWriter(t *testing.T) {
 	}
 	if w.N != 4 || dst.String() != "abcd" {
 		t.Errorf("N = %d, written %q; want 4, \"abcd\"", w.N, dst.String())
+	}
+}
+
+func TestWithContext(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := WithContext(ctx, strings.NewReader("abcdef"))
+	b := make([]byte, 3)
+	if n, err := r.Read(b); n != 3 || err != nil {
+		t.Fatalf("Read before cancel = %d, %v", n, err)
+	}
+	cancel()
+	if n, err := r.Read(b); n != 0 || err != context.Canceled {
+		t.Fatalf("Read after cancel = %d, %v; want 0, context.Canceled", n, err)
 	}
 }

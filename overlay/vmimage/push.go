@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/internal/jobs"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -334,25 +335,12 @@ func hashSources(ctx context.Context, srcs []*source, workers int) error {
 		defer rc.Close()
 		h := sha256.New()
 		buf := make([]byte, 1<<20)
-		if _, err := io.CopyBuffer(h, ctxReader{ctx, rc}, buf); err != nil {
+		if _, err := io.CopyBuffer(h, ioprogress.WithContext(ctx, rc), buf); err != nil {
 			return fmt.Errorf("hashing %s: %w", s.path, err)
 		}
 		s.Digest = v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
 		return nil
 	})
-}
-
-// ctxReader stops reading once ctx is done.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 // pushImage is the chain as a v1.Image for remote.Write.
