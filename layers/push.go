@@ -14,7 +14,6 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/imgtool/imgtool/internal/ioprogress"
 	"github.com/imgtool/imgtool/internal/registry"
 	digest "github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -309,41 +308,20 @@ func (l *pushLayer) Compressed() (io.ReadCloser, error) {
 	}
 	rep := registry.Progress{Digest: l.desc.Digest, MediaType: l.desc.MediaType, Size: l.desc.Size, State: registry.BlobStarted}
 	l.p.progress.Report(rep)
-	return &pushReader{l: l, rc: rc, r: ioprogress.Reader{R: l.p.progress.Reader(rc, rep)}, rep: rep}, nil
+	// Reaching EOF (where the layout reader has verified the digest)
+	// marks the blob uploaded: its bytes count in the push's total once.
+	return l.p.progress.Upload(rc, rep, func(n int64) {
+		p := l.p
+		p.mu.Lock()
+		if !p.opened[l.desc.Digest] {
+			p.opened[l.desc.Digest] = true
+			p.bytes += n
+		}
+		p.mu.Unlock()
+		rep.Done, rep.State = n, registry.BlobDone
+		p.progress.Report(rep)
+	}), nil
 }
-
-// pushReader counts an upload; reaching EOF (where the layout reader has
-// verified the digest) marks the blob uploaded.
-type pushReader struct {
-	l   *pushLayer
-	rc  io.ReadCloser
-	r   ioprogress.Reader
-	rep registry.Progress
-}
-
-func (r *pushReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	if err == io.EOF {
-		r.uploaded()
-	}
-	return n, err
-}
-
-// uploaded counts the blob's r.r.N bytes in the push's total (once per
-// blob) and reports it done.
-func (r *pushReader) uploaded() {
-	p := r.l.p
-	p.mu.Lock()
-	if !p.opened[r.l.desc.Digest] {
-		p.opened[r.l.desc.Digest] = true
-		p.bytes += r.r.N
-	}
-	p.mu.Unlock()
-	r.rep.Done, r.rep.State = r.r.N, registry.BlobDone
-	p.progress.Report(r.rep)
-}
-
-func (r *pushReader) Close() error { return r.rc.Close() }
 
 // pushIndex is a layout index as a v1.ImageIndex.
 type pushIndex struct {

@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"errors"
 	"io"
 
 	digest "github.com/opencontainers/go-digest"
@@ -57,3 +58,27 @@ func (fn ProgressFunc) Reader(r io.Reader, p Progress) io.Reader {
 		fn(p)
 	}}
 }
+
+// Upload wraps rc, a blob's body handed to remote.Write: reads report
+// progress as Reader does, and each read that returns io.EOF (remote.Write
+// read the whole blob) calls atEOF with the bytes read so far. Close
+// closes rc.
+func (fn ProgressFunc) Upload(rc io.ReadCloser, p Progress, atEOF func(n int64)) io.ReadCloser {
+	return &uploadBody{rc: rc, r: ioprogress.Reader{R: fn.Reader(rc, p)}, atEOF: atEOF}
+}
+
+type uploadBody struct {
+	rc    io.ReadCloser
+	r     ioprogress.Reader
+	atEOF func(n int64)
+}
+
+func (b *uploadBody) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if errors.Is(err, io.EOF) {
+		b.atEOF(b.r.N)
+	}
+	return n, err
+}
+
+func (b *uploadBody) Close() error { return b.rc.Close() }

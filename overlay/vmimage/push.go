@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -455,29 +454,13 @@ func (l *pushLayer) Compressed() (io.ReadCloser, error) {
 	}
 	rep := registry.Progress{Digest: digest.Digest(l.s.Digest.String()), MediaType: string(LayerMediaType), Size: l.s.BlobSize, State: registry.BlobStarted}
 	l.pi.progress.Report(rep)
-	return &uploadReader{l: l, rc: rc, r: l.pi.progress.Reader(rc, rep), rep: rep}, nil
-}
-
-// uploadReader marks the level uploaded when remote.Write read it to the
-// end.
-type uploadReader struct {
-	l   *pushLayer
-	rc  io.ReadCloser
-	r   io.Reader
-	rep registry.Progress
-}
-
-func (r *uploadReader) Read(b []byte) (int, error) {
-	n, err := r.r.Read(b)
-	if errors.Is(err, io.EOF) {
-		pi := r.l.pi
+	// remote.Write read the level to the end: it is uploaded.
+	return l.pi.progress.Upload(rc, rep, func(int64) {
+		pi := l.pi
 		pi.mu.Lock()
-		pi.uploaded[r.l.s.Digest] = true
+		pi.uploaded[l.s.Digest] = true
 		pi.mu.Unlock()
-		r.rep.Done, r.rep.State = r.l.s.BlobSize, registry.BlobDone
-		pi.progress.Report(r.rep)
-	}
-	return n, err
+		rep.Done, rep.State = l.s.BlobSize, registry.BlobDone
+		pi.progress.Report(rep)
+	}), nil
 }
-
-func (r *uploadReader) Close() error { return r.rc.Close() }
