@@ -16,13 +16,13 @@ import (
 // refused before anything is fetched.
 func BuildFromRegistry(ctx context.Context, src, outdir string, opts Options, pull layers.PullOptions) (_ *Result, err error) {
 	outdir = filepath.Clean(outdir)
-	made, err := claimOutdir(outdir) // before anything is fetched
+	undo, err := claimOutdir(outdir) // before anything is fetched
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			removeMade(made)
+			undo()
 		}
 	}()
 	tmp, err := os.MkdirTemp(filepath.Dir(outdir), "."+filepath.Base(outdir)+".pull-")

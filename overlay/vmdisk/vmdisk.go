@@ -135,13 +135,13 @@ func BuildLayers(ctx context.Context, ls []v1.Layer, outdir string, opts Options
 		return nil, fmt.Errorf("vmdisk: the image has no layers")
 	}
 	outdir = filepath.Clean(outdir)
-	made, err := claimOutdir(outdir)
+	undo, err := claimOutdir(outdir)
 	if err != nil {
 		return nil, err
 	}
 	defer func() {
 		if err != nil {
-			removeMade(made)
+			undo()
 		}
 	}()
 	var diffIDs []digest.Digest
@@ -255,50 +255,17 @@ func buildLevel(ctx context.Context, fs *ext4.FS, layer v1.Layer, dir, name, bac
 }
 
 // claimOutdir refuses an outdir that is not an empty directory or a name
-// still free, then makes its missing parents (see mkdirParents).
-func claimOutdir(outdir string) (made []string, err error) {
+// still free, then makes its missing parents; undo removes those again.
+func claimOutdir(outdir string) (undo func(), err error) {
 	if ents, err := os.ReadDir(outdir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("vmdisk: %s exists and is not empty", outdir)
 	} else if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
-	return mkdirParents(outdir)
-}
-
-// mkdirParents creates the missing parents of dir (mode 0777 less the
-// umask, as mkdir -p does) and returns those it created, deepest last.
-func mkdirParents(dir string) ([]string, error) {
-	var missing []string
-	for p := filepath.Dir(dir); ; p = filepath.Dir(p) {
-		fi, err := os.Stat(p)
-		if err == nil {
-			if !fi.IsDir() {
-				return nil, fmt.Errorf("vmdisk: %s: %s is not a directory", dir, p)
-			}
-			break
-		}
-		if !errors.Is(err, os.ErrNotExist) || p == filepath.Dir(p) {
-			return nil, fmt.Errorf("vmdisk: %w", err)
-		}
-		missing = append(missing, p)
+	if undo, err = atomicfile.MkdirParents(outdir); err != nil {
+		return nil, fmt.Errorf("vmdisk: %w", err)
 	}
-	var made []string
-	for i := len(missing) - 1; i >= 0; i-- {
-		if err := os.Mkdir(missing[i], 0o777); err != nil && !errors.Is(err, os.ErrExist) {
-			removeMade(made)
-			return nil, fmt.Errorf("vmdisk: %w", err)
-		}
-		made = append(made, missing[i])
-	}
-	return made, nil
-}
-
-// removeMade removes the directories mkdirParents made, deepest first,
-// where they are still empty.
-func removeMade(made []string) {
-	for i := len(made) - 1; i >= 0; i-- {
-		os.Remove(made[i])
-	}
+	return undo, nil
 }
 
 // mkdirTemp is os.MkdirTemp with mode 0777 less the umask instead of

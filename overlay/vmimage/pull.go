@@ -134,15 +134,18 @@ func Pull(ctx context.Context, ref, dir string, opts PullOptions) (res *PullResu
 		}
 	}
 	if created {
-		if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o755); err != nil {
+		var undo func()
+		if undo, err = atomicfile.MkdirParents(dir); err != nil {
 			return nil, fail(err)
 		}
-		if err := os.Mkdir(dir, 0o755); err != nil {
+		if err := os.Mkdir(dir, 0o777); err != nil {
+			undo()
 			return nil, fail(err)
 		}
 		defer func() {
 			if err != nil {
 				os.Remove(dir) // empty again: temp files are unnamed or removed
+				undo()         // and the parents made for it
 			}
 		}()
 	}

@@ -383,7 +383,8 @@ func TestInteropPullHostile(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ref := reg.Host + "/hostile" + strconv.Itoa(i) + ":1"
 			putChain(t, ref, tc.blobs, tc.ann, tc.top)
-			for _, dir := range []string{filepath.Join(t.TempDir(), "new"), t.TempDir()} {
+			nested := filepath.Join(t.TempDir(), "a")
+			for _, dir := range []string{filepath.Join(t.TempDir(), "new"), t.TempDir(), filepath.Join(nested, "b", "new")} {
 				before := dirState(t, dir)
 				_, err := Pull(ctx, ref, dir, PullOptions{})
 				if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -396,6 +397,9 @@ func TestInteropPullHostile(t *testing.T) {
 				if after := dirState(t, dir); after != before {
 					t.Errorf("Pull wrote into %s:\nbefore %s\nafter %s", dir, before, after)
 				}
+			}
+			if _, err := os.Stat(nested); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("Pull left %s, a parent it made for DIR: %v", nested, err)
 			}
 		})
 	}
